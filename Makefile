@@ -1,0 +1,53 @@
+# taskpod: `make demo` runs the operator on a local control plane; `make test` runs every test.
+# Both set up what they need: the Python venv (.venv) and the upstream binaries, built once from the
+# Go module proxy and cached in $${XDG_CACHE_HOME:-~/.cache}/taskpod/bin.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CLUSTER_DIR ?= .cluster
+PYTEST_ARGS ?=
+export PYTHONPATH := $(CURDIR)/hack
+
+.PHONY: help venv binaries test unit integration lint fmt cluster cluster-down clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create the Python venv with taskpod and its dev tools
+
+binaries: venv ## build the upstream binaries into the cache (first time: several minutes)
+	$(BIN)/python -m localkube build
+
+test: binaries ## run every test (unit and integration; starts a local control plane)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv ## run the unit tests only (seconds, no cluster)
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+integration: binaries ## run the integration tests only
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: venv ## format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+cluster: binaries ## start a local control plane in the background (kubeconfig: .cluster/kubeconfig)
+	$(BIN)/python -m localkube up --dir $(CLUSTER_DIR)
+
+cluster-down: venv ## stop the local control plane
+	$(BIN)/python -m localkube down --dir $(CLUSTER_DIR)
+
+clean: cluster-down ## stop the cluster and remove the venv (the binary cache stays)
+	rm -rf $(VENV) $(CLUSTER_DIR)
