@@ -1,0 +1,478 @@
+"""A real Kubernetes control plane on this machine, without containers.
+
+etcd, kube-apiserver (RBAC, client certificates, ServiceAccount signing), kube-controller-manager,
+kube-scheduler, kwok for fake nodes whose pod CIDRs lie in 127.0.0.0/8, and a small PV provisioner.
+Every process runs in its own session with its log under the cluster directory; `state.json` records
+what was started so that `down` can stop all of it, even from another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from localkube import binaries, pki
+
+HERE = Path(__file__).resolve().parent
+STAGES = HERE / "stages.yaml"
+STORAGE_CLASS = "standard"
+PROVISIONER = "localkube.taskpod.dev/hostpath"
+NODE_ANNOTATION = "kwok.x-k8s.io/node"
+SERVICE_CIDR = "10.0.0.0/24"
+COMPONENT_ORDER = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "provisioner",
+]
+
+
+def _say(msg: str) -> None:
+    print(f"[localkube] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Process:
+    pid: int
+    started: str  # /proc/<pid>/stat start time: tells our process from a later one that reused the pid
+    cmd: list[str]
+    log: str
+
+
+@dataclass
+class State:
+    directory: str
+    kubeconfig: str
+    server: str
+    pod_cidrs: list[str]
+    ports: dict[str, int]
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def save(self) -> None:
+        Path(self.directory, "state.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> State | None:
+        path = directory / "state.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        raw["processes"] = {k: Process(**v) for k, v in raw.get("processes", {}).items()}
+        return cls(**raw)
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _alive(proc: Process) -> bool:
+    return _start_time(proc.pid) == proc.started
+
+
+def _free_ports(names: list[str]) -> dict[str, int]:
+    """Ask the kernel for distinct free ports, holding them all open until every one is chosen."""
+    socks = []
+    try:
+        for _ in names:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return {name: s.getsockname()[1] for name, s in zip(names, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pick_pod_octet() -> int:
+    """A second octet for 127.X.0.0/16 that no listening socket on this machine uses yet."""
+    used = set()
+    for table in ("/proc/net/tcp",):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                addr = line.split()[1].split(":")[0]
+                octets = bytes.fromhex(addr)[::-1]  # little-endian hex
+                if octets[0] == 127:
+                    used.add(octets[1])
+    choices = [o for o in range(20, 250) if o not in used]
+    return random.choice(choices)
+
+
+def _set_pdeathsig() -> None:
+    """Run in the child: die with the parent, so a crashed test run leaves no control plane behind."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LocalCluster:
+    """Start, query and stop a control plane rooted at `directory`."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory).resolve()
+        self._tie = False
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    def state(self) -> State | None:
+        return State.load(self.directory)
+
+    def running(self) -> bool:
+        state = self.state()
+        return bool(state and state.processes and all(_alive(p) for p in state.processes.values()))
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def up(self, nodes: int = 1, tie_to_parent: bool = False) -> State:
+        """Start everything and return once nodes are Ready and the default ServiceAccount exists."""
+        if self.running():
+            state = self.state()
+            assert state is not None
+            _say(f"already running: {state.server} (kubeconfig {state.kubeconfig})")
+            return state
+        self.down(quiet=True)
+        bins = binaries.ensure_all(
+            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+        )
+        started = time.monotonic()
+        for sub in ("pki", "etcd", "volumes"):
+            shutil.rmtree(self.directory / sub, ignore_errors=True)
+        pki_dir = self.directory / "pki"
+        pki_dir.mkdir(parents=True)
+        ports = _free_ports(
+            ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+        )
+        octet = _pick_pod_octet()
+        state = State(
+            directory=str(self.directory),
+            kubeconfig=str(self.kubeconfig),
+            server=f"https://127.0.0.1:{ports['kube-apiserver']}",
+            pod_cidrs=[f"127.{octet}.{i}.0/24" for i in range(nodes)],
+            ports=ports,
+        )
+        certs = self._make_pki(pki_dir, state)
+        self._tie = tie_to_parent
+        try:
+            self._start_etcd(state, bins["etcd"])
+            self._start_apiserver(state, bins["kube-apiserver"], certs)
+            self._register_nodes(state)
+            self._start_controllers(state, bins, certs)
+            self._wait_ready(state)
+        except BaseException:
+            state.save()
+            self.down(quiet=True)
+            raise
+        state.save()
+        _say(f"ready in {time.monotonic() - started:.1f}s: {state.server}, kubeconfig {state.kubeconfig}")
+        return state
+
+    def _make_pki(self, d: Path, state: State) -> dict[str, pki.KeyPair]:
+        ca = pki.make_ca(d)
+        sa = pki.make_signing_key(d)
+        hosts = (
+            "127.0.0.1",
+            "localhost",
+            "10.0.0.1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        )
+        certs = {
+            "ca": ca,
+            "sa": sa,
+            "apiserver": pki.issue(ca, d, "kube-apiserver", "kube-apiserver", hosts=hosts),
+            "admin": pki.issue(ca, d, "admin", "localkube-admin", orgs=("system:masters",)),
+        }
+        pki.write_kubeconfig(self.kubeconfig, state.server, ca, certs["admin"])
+        for name, cn in [
+            ("kube-controller-manager", "system:kube-controller-manager"),
+            ("kube-scheduler", "system:kube-scheduler"),
+        ]:
+            pair = pki.issue(ca, d, name, cn)
+            pki.write_kubeconfig(d / f"{name}.kubeconfig", state.server, ca, pair, user=cn)
+        return certs
+
+    def _spawn(self, state: State, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.directory / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives the shell that ran `make cluster`
+                env={**os.environ, **(env or {})},
+                preexec_fn=_set_pdeathsig if self._tie else None,
+            )
+        started = _start_time(proc.pid) or ""
+        state.processes[name] = Process(proc.pid, started, cmd, str(log))
+        state.save()
+
+    def _start_etcd(self, state: State, etcd: Path) -> None:
+        client = f"http://127.0.0.1:{state.ports['etcd']}"
+        peer = f"http://127.0.0.1:{state.ports['etcd-peer']}"
+        self._spawn(
+            state,
+            "etcd",
+            [
+                str(etcd),
+                "--name=localkube",
+                f"--data-dir={self.directory / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=localkube={peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._wait(
+            state, "etcd", lambda: httpx.get(f"{client}/health", timeout=2).json().get("health") == "true"
+        )
+
+    def _start_apiserver(self, state: State, apiserver: Path, certs: dict[str, pki.KeyPair]) -> None:
+        d = self.directory / "pki"
+        self._spawn(
+            state,
+            "kube-apiserver",
+            [
+                str(apiserver),
+                f"--etcd-servers=http://127.0.0.1:{state.ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={state.ports['kube-apiserver']}",
+                f"--cert-dir={d}",
+                f"--tls-cert-file={certs['apiserver'].cert}",
+                f"--tls-private-key-file={certs['apiserver'].key}",
+                f"--client-ca-file={certs['ca'].cert}",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={certs['sa'].cert}",
+                f"--service-account-signing-key-file={certs['sa'].key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",  # the loopback address is not a valid Endpoints IP
+                "--profiling=false",
+            ],
+        )
+        admin = certs["admin"]
+
+        def ready() -> bool:
+            with httpx.Client(verify=str(certs["ca"].cert), cert=(str(admin.cert), str(admin.key))) as c:
+                return c.get(f"{state.server}/readyz", timeout=3).text == "ok"
+
+        self._wait(state, "kube-apiserver", ready, timeout=90)
+
+    def _register_nodes(self, state: State) -> None:
+        """Create the fake Nodes (kwok manages but never creates them) and the default StorageClass."""
+        api = _client(self.kubeconfig)
+        from kubernetes import client
+
+        core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
+        for i, cidr in enumerate(state.pod_cidrs):
+            name = f"kwok-node-{i}"
+            core.create_node(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "annotations": {NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                        "labels": {
+                            "kubernetes.io/hostname": name,
+                            "kubernetes.io/os": "linux",
+                            "kubernetes.io/arch": "amd64",
+                            "type": "kwok",
+                        },
+                    },
+                    "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+                }
+            )
+        storage.create_storage_class(
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {
+                    "name": STORAGE_CLASS,
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                "provisioner": PROVISIONER,
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": "WaitForFirstConsumer",
+            }
+        )
+
+    def _start_controllers(self, state: State, bins: dict[str, Path], certs: dict[str, pki.KeyPair]) -> None:
+        d = self.directory / "pki"
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            kc = d / f"{name}.kubeconfig"
+            extra = (
+                [
+                    f"--service-account-private-key-file={certs['sa'].key}",
+                    f"--root-ca-file={certs['ca'].cert}",
+                    "--use-service-account-credentials=true",
+                    f"--cluster-signing-cert-file={certs['ca'].cert}",
+                    f"--cluster-signing-key-file={certs['ca'].key}",
+                    "--kube-api-qps=200",
+                    "--kube-api-burst=400",
+                ]
+                if name == "kube-controller-manager"
+                else ["--kube-api-qps=200", "--kube-api-burst=400"]
+            )
+            self._spawn(
+                state,
+                name,
+                [
+                    str(bins[name]),
+                    f"--kubeconfig={kc}",
+                    f"--authentication-kubeconfig={kc}",
+                    f"--authorization-kubeconfig={kc}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={state.ports[name]}",
+                    *extra,
+                ],
+            )
+        self._spawn(
+            state,
+            "kwok",
+            [
+                str(bins["kwok"]),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={STAGES}",
+                f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
+                "--node-lease-duration-seconds=40",
+                f"--node-ip={state.pod_cidrs[0].rsplit('.', 1)[0]}.1",
+                f"--server-address=127.0.0.1:{state.ports['kwok']}",
+            ],
+            env={"HOME": str(self.directory)},
+        )  # kwok always loads ~/.kwok/kwok.yaml; keep a user's out
+        self._spawn(
+            state,
+            "provisioner",
+            [
+                sys.executable,
+                "-m",
+                "localkube.provisioner",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--root={self.directory / 'volumes'}",
+            ],
+            env={"PYTHONPATH": str(HERE.parent)},
+        )
+
+    def _wait_ready(self, state: State) -> None:
+        from kubernetes import client
+
+        api = _client(self.kubeconfig)
+        core = client.CoreV1Api(api)
+
+        def nodes_ready() -> bool:
+            nodes = core.list_node().items
+            return bool(nodes) and all(
+                any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+                for n in nodes
+            )
+
+        def default_service_account() -> bool:
+            return any(
+                sa.metadata.name == "default" for sa in core.list_namespaced_service_account("default").items
+            )
+
+        def scheduler_healthy() -> bool:
+            return (
+                httpx.get(
+                    f"https://127.0.0.1:{state.ports['kube-scheduler']}/healthz", verify=False, timeout=2
+                ).text
+                == "ok"
+            )
+
+        self._wait(state, "kwok", nodes_ready)
+        self._wait(state, "kube-controller-manager", default_service_account)
+        self._wait(state, "kube-scheduler", scheduler_healthy)
+
+    def _wait(self, state: State, name: str, check: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            for proc_name, proc in state.processes.items():
+                if not _alive(proc):
+                    tail = Path(proc.log).read_text(errors="replace").splitlines()[-20:]
+                    raise RuntimeError(
+                        f"{proc_name} exited during start-up; last lines of {proc.log}:\n" + "\n".join(tail)
+                    )
+            try:
+                if check():
+                    return
+            except Exception as exc:  # not up yet: connection refused, 403 before RBAC bootstrap, ...
+                last = exc
+            time.sleep(0.25)
+        raise TimeoutError(
+            f"{name} not ready after {timeout:.0f}s (last error: {last}); see {self.directory}"
+        )
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def down(self, quiet: bool = False) -> None:
+        """Stop every process this cluster started (SIGTERM, then SIGKILL), newest first."""
+        state = self.state()
+        if state is None:
+            if not quiet:
+                _say(f"no cluster state in {self.directory}; nothing to stop")
+            return
+        order = sorted(
+            state.processes,
+            key=lambda n: COMPONENT_ORDER.index(n) if n in COMPONENT_ORDER else 99,
+            reverse=True,
+        )
+        for name in order:
+            proc = state.processes[name]
+            if _alive(proc):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in state.processes.values()):
+            time.sleep(0.1)
+        for proc in state.processes.values():
+            if _alive(proc):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        state.processes = {}
+        state.save()
+        if not quiet:
+            _say(f"stopped the control plane in {self.directory}")
+
+
+def _client(kubeconfig: Path) -> Any:
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def kubeconfig_server(kubeconfig: Path) -> str:
+    data = yaml.safe_load(kubeconfig.read_text())
+    return str(data["clusters"][0]["cluster"]["server"])

@@ -1,0 +1,141 @@
+"""A hostPath PV provisioner for the local control plane's default StorageClass.
+
+It does what local-path-provisioner does on real clusters, minus the node plumbing: for each pending claim
+of our class (once the scheduler has picked a node, for WaitForFirstConsumer) it creates a PersistentVolume
+pre-bound to the claim, backed by a folder under --root; the PV controller in kube-controller-manager
+completes the binding. Released volumes with reclaim policy Delete are removed with their folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+from localkube.cluster import PROVISIONER, STORAGE_CLASS
+
+log = logging.getLogger("provisioner")
+SELECTED_NODE = "volume.kubernetes.io/selected-node"
+
+
+def volume_for_claim(claim: dict[str, Any], binding_mode: str, root: Path) -> dict[str, Any] | None:
+    """The PV to create for `claim`, or None when it is not ours or not ready to provision (pure)."""
+    meta, spec = claim["metadata"], claim["spec"]
+    if spec.get("storageClassName") != STORAGE_CLASS or spec.get("volumeName"):
+        return None
+    if meta.get("deletionTimestamp") or claim.get("status", {}).get("phase") == "Bound":
+        return None
+    if binding_mode == "WaitForFirstConsumer" and SELECTED_NODE not in (meta.get("annotations") or {}):
+        return None
+    name = f"pvc-{meta['uid']}"
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
+        "spec": {
+            "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+            "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": STORAGE_CLASS,
+            "volumeMode": spec.get("volumeMode") or "Filesystem",
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "hostPath": {"path": str(root / name), "type": "DirectoryOrCreate"},
+        },
+    }
+
+
+def volume_to_delete(volume: dict[str, Any]) -> bool:
+    """True for a released volume that we provisioned with reclaim policy Delete (pure)."""
+    annotations = volume["metadata"].get("annotations") or {}
+    return (
+        annotations.get("pv.kubernetes.io/provisioned-by") == PROVISIONER
+        and volume["spec"].get("persistentVolumeReclaimPolicy") == "Delete"
+        and volume.get("status", {}).get("phase") in ("Released", "Failed")
+    )
+
+
+class Provisioner:
+    def __init__(self, api: client.ApiClient, root: Path) -> None:
+        self.core = client.CoreV1Api(api)
+        self.storage = client.StorageV1Api(api)
+        self.api = api
+        self.root = root
+
+    def _binding_mode(self) -> str:
+        sc = self.storage.read_storage_class(STORAGE_CLASS)
+        return sc.volume_binding_mode or "Immediate"
+
+    def on_claim(self, claim: dict[str, Any]) -> None:
+        pv = volume_for_claim(claim, self._binding_mode(), self.root)
+        if pv is None:
+            return
+        Path(pv["spec"]["hostPath"]["path"]).mkdir(parents=True, exist_ok=True)
+        try:
+            self.core.create_persistent_volume(pv)
+            log.info(
+                "provisioned %s for %s/%s",
+                pv["metadata"]["name"],
+                claim["metadata"]["namespace"],
+                claim["metadata"]["name"],
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # 409: already provisioned on an earlier event
+                raise
+
+    def on_volume(self, volume: dict[str, Any]) -> None:
+        if not volume_to_delete(volume):
+            return
+        name = volume["metadata"]["name"]
+        try:
+            self.core.delete_persistent_volume(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        shutil.rmtree(self.root / name, ignore_errors=True)
+        log.info("deleted released volume %s", name)
+
+    def follow(self, list_fn: Any, handler: Any) -> None:
+        """List-then-watch forever, calling `handler` with each object as plain data."""
+        while True:
+            try:
+                w = watch.Watch()
+                for event in w.stream(list_fn, timeout_seconds=300, _request_timeout=330):
+                    obj = self.api.sanitize_for_serialization(event["object"])
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        handler(obj)
+            except Exception:
+                log.exception("watch failed; restarting in 1s")
+                time.sleep(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--root", type=Path, required=True, help="folder that holds the volumes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=args.kubeconfig, client_configuration=cfg)
+    api = client.ApiClient(cfg)
+    p = Provisioner(api, args.root)
+    threading.Thread(target=p.follow, args=(p.core.list_persistent_volume, p.on_volume), daemon=True).start()
+    p.follow(p.core.list_persistent_volume_claim_for_all_namespaces, p.on_claim)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
