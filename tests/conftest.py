@@ -1,0 +1,60 @@
+"""Fixtures: a real Kubernetes control plane for the integration tests, and a namespace per test.
+
+The cluster is the one named by TASKPOD_KUBECONFIG when set (any conformant cluster, e.g. kind); otherwise
+a local control plane (hack/localkube) is started for the run and stopped at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from tests.support import Kube
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    existing = os.environ.get("TASKPOD_KUBECONFIG")
+    if existing:
+        yield Kube.connect(Path(existing), local=False)
+        return
+    from localkube.cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.up(tie_to_parent=True)  # tied: a killed test run takes its control plane with it
+    try:
+        yield Kube.connect(cluster.kubeconfig, local=True)
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, deleted afterwards."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base}-{secrets.token_hex(2)}"
+    kube.core.create_namespace({"metadata": {"name": name, "labels": {"taskpod.dev/test": "true"}}})
+    yield name
+    try:
+        kube.core.delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture(autouse=True)
+def _needs_loopback(request: pytest.FixtureRequest) -> None:
+    """Tests marked `loopback` play pods with local processes; elsewhere they skip, saying why."""
+    if request.node.get_closest_marker("loopback") is None:
+        return
+    kube: Kube = request.getfixturevalue("kube")
+    if not kube.loopback_pods():
+        pytest.skip(
+            "needs pod IPs in 127.0.0.0/8 (the local kwok control plane); this cluster's pods are remote"
+        )
