@@ -70,7 +70,9 @@ COMPONENTS: dict[str, Component] = {
             f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}",
             ldflags=f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
         ),
-        Component("agentapi", AGENTAPI_VERSION, f"github.com/coder/agentapi@{AGENTAPI_VERSION}"),
+        # Our own module (go.mod `tool` directive): `go install ...@v` needs the proxy's version list,
+        # which the proxy refuses for agentapi.
+        Component("agentapi", AGENTAPI_VERSION, "github.com/coder/agentapi", GO_DIR / "agentapi"),
     ]
 }
 

@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -281,7 +282,9 @@ class LocalCluster:
         admin = certs["admin"]
 
         def ready() -> bool:
-            with httpx.Client(verify=str(certs["ca"].cert), cert=(str(admin.cert), str(admin.key))) as c:
+            tls = ssl.create_default_context(cafile=str(certs["ca"].cert))
+            tls.load_cert_chain(str(admin.cert), str(admin.key))
+            with httpx.Client(verify=tls) as c:
                 return c.get(f"{state.server}/readyz", timeout=3).text == "ok"
 
         self._wait(state, "kube-apiserver", ready, timeout=90)
