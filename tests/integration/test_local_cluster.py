@@ -25,7 +25,7 @@ def _cluster_processes(directory: Path) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if str(directory) in cmdline and "pytest" not in cmdline:
+            if str(directory) in cmdline:
                 found.append(int(proc.name))
     return found
 
