@@ -1,0 +1,215 @@
+"""Pydantic models of the Task and TaskTemplate resources; crds/ is the source of truth they mirror.
+
+Handlers parse a raw body into these once, at the edge; nothing deeper digs in dicts.
+tests/unit/test_models.py proves that every field, type, default and limit agrees with the CRD schemas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "taskpod.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+DEFAULT_TEMPLATE = "default"
+DEFAULT_AGENT_PORT = 3284
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class Phase(StrEnum):
+    """The task's status, as Coder Tasks named it."""
+
+    PENDING = "Pending"
+    INITIALIZING = "Initializing"
+    ACTIVE = "Active"
+    PAUSED = "Paused"
+    ERROR = "Error"
+    UNKNOWN = "Unknown"
+
+
+class AgentState(StrEnum):
+    WORKING = "working"
+    IDLE = "idle"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class AgentStatus(StrEnum):
+    """AgentAPI's own status: stable means the agent waits for input."""
+
+    STABLE = "stable"
+    RUNNING = "running"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def dump(self) -> dict[str, Any]:
+        """The object as the API shows it: camelCase keys, unset fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class EnvVar(Model):
+    name: str = Field(min_length=1)
+    value: str | None = None
+    value_from: dict[str, Any] | None = None
+
+
+# -- Task ----------------------------------------------------------------------------------------
+
+
+class TaskSpec(Model):
+    prompt: str = Field(min_length=1, max_length=65536)
+    display_name: str | None = Field(default=None, max_length=64)
+    paused: bool = False
+    template: str = Field(default=DEFAULT_TEMPLATE, min_length=1, max_length=253, pattern=NAME_PATTERN)
+    env: list[EnvVar] | None = None
+
+
+class StateReport(Model):
+    state: AgentState | None = None
+    message: str | None = None
+    uri: str | None = None
+    timestamp: dt.datetime | None = None
+
+
+class Condition(Model):
+    type: str = Field(max_length=316)
+    status: ConditionStatus
+    observed_generation: int | None = Field(default=None, ge=0)
+    last_transition_time: dt.datetime
+    reason: str = Field(max_length=1024)
+    message: str = Field(max_length=32768)
+
+
+class WorkspaceStatus(Model):
+    stateful_set: str | None = None
+    pod: str | None = None
+    pod_ip: str | None = Field(default=None, alias="podIP")
+    lifetime: int | None = Field(default=None, ge=0)
+
+
+class AgentInfo(Model):
+    status: AgentStatus | None = None
+    type: str | None = None
+    healthy: bool | None = None
+    reason: str | None = None
+
+
+class TemplateInfo(Model):
+    name: str | None = None
+    display_name: str | None = None
+    icon: str | None = None
+
+
+class PromptStatus(Model):
+    sha256: str | None = None
+    delivered_at: dt.datetime | None = None
+    lifetime: int | None = Field(default=None, ge=0)
+
+
+class LogSnapshot(Model):
+    config_map: str | None = None
+    taken_at: dt.datetime | None = None
+    messages: int | None = Field(default=None, ge=0)
+    bytes: int | None = Field(default=None, ge=0)
+    truncated: bool | None = None
+
+
+class TaskStatus(Model):
+    phase: Phase | None = None
+    message: str | None = None
+    display_name: str | None = Field(default=None, max_length=64)
+    state: StateReport | None = None
+    conditions: list[Condition] | None = None
+    workspace: WorkspaceStatus | None = None
+    agent: AgentInfo | None = None
+    template: TemplateInfo | None = None
+    prompt: PromptStatus | None = None
+    log_snapshot: LogSnapshot | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class ObjectMeta(Model):
+    name: str
+    namespace: str
+    uid: str = ""
+    generation: int = 0
+    resource_version: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    deletion_timestamp: dt.datetime | None = None
+
+
+class Task(Model):
+    metadata: ObjectMeta
+    spec: TaskSpec
+    status: TaskStatus = Field(default_factory=TaskStatus)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+
+# -- TaskTemplate --------------------------------------------------------------------------------
+
+
+class AgentSpec(Model):
+    type: str = Field(default="claude", max_length=63)
+    port: int = Field(default=DEFAULT_AGENT_PORT, ge=1, le=65535)
+
+
+class Resources(Model):
+    requests: dict[str, int | str] | None = None
+    limits: dict[str, int | str] | None = None
+
+
+class PodTemplate(Model):
+    image: str = Field(min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: list[EnvVar] | None = None
+    resources: Resources | None = None
+    security_context: dict[str, Any] | None = None
+    pod_security_context: dict[str, Any] | None = None
+    service_account_name: str | None = None
+    annotations: dict[str, str] | None = None
+    labels: dict[str, str] | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+
+
+class StorageSpec(Model):
+    size: int | str = "10Gi"
+    storage_class_name: str | None = None
+    mount_path: str = Field(default="/workspace", pattern="^/")
+
+
+class TaskTemplateSpec(Model):
+    display_name: str | None = Field(default=None, max_length=64)
+    icon: str | None = Field(default=None, max_length=2048)
+    description: str | None = Field(default=None, max_length=4096)
+    agent: AgentSpec = Field(default_factory=AgentSpec)
+    pod: PodTemplate
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+
+class TaskTemplate(Model):
+    metadata: ObjectMeta
+    spec: TaskTemplateSpec
