@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.support import Kube
+from tests.support import Kube, install_crds
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,13 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         yield Kube.connect(cluster.kubeconfig, local=True)
     finally:
         cluster.down()
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Kube) -> list[str]:
+    """taskpod's CRDs, installed from crds/ (server-side apply, so a re-run updates them) and established."""
+    names = install_crds(kube)
+    return names
 
 
 @pytest.fixture

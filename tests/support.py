@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client, config
 
 T = TypeVar("T")
@@ -46,6 +47,35 @@ class Kube:
         return bool(cidrs) and all(
             ipaddress.ip_network(c)[0] in LOOPBACK and ipaddress.ip_network(c)[-1] in LOOPBACK for c in cidrs
         )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD_DIR = ROOT / "crds"
+
+
+def install_crds(kube: Kube) -> list[str]:
+    """Apply every CRD in crds/ and wait until the API server serves them."""
+    ext = client.ApiextensionsV1Api(kube.api)
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        name = crd["metadata"]["name"]
+        ext.patch_custom_resource_definition(
+            name, crd, field_manager="taskpod-tests", force=True, _content_type="application/apply-patch+yaml"
+        )
+        names.append(name)
+
+    def established() -> bool:
+        return all(
+            any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(n).status.conditions or []
+            )
+            for n in names
+        )
+
+    wait_for(established, 30, "the taskpod CRDs to be established")
+    return names
 
 
 def wait_for(
