@@ -1,0 +1,295 @@
+"""The task's phase and conditions, derived purely from what the cluster reports.
+
+Coder took the first status that is not "active" from build, agent and app health, in that order; we do
+the same with the StatefulSet, the pod, its conditions and its container states.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from taskpod.models import Condition, ConditionStatus, Phase, Task, TaskTemplate
+
+LIFETIME_ANNOTATION = "taskpod.dev/lifetime"
+SPEC_HASH_ANNOTATION = "taskpod.dev/spec-hash"
+READY = "Ready"
+PAUSED = "Paused"
+
+# Container waiting reasons a kubelet will not get past by itself: the user must act.
+FATAL_WAITING = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ContainerProblem:
+    container: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The facts about a workspace pod that decide the phase."""
+
+    name: str
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    deleting: bool = False
+    node_name: str | None = None
+    pod_ip: str | None = None
+    ready: bool = False
+    unschedulable: str | None = None  # the scheduler's message while PodScheduled is False
+    waiting: tuple[ContainerProblem, ...] = ()
+    reason: str | None = None
+    message: str | None = None
+    lifetime: int | None = None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> PodView:
+        meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {}) or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        scheduled = conditions.get("PodScheduled", {})
+        waiting = tuple(
+            ContainerProblem(cs.get("name", ""), w.get("reason", ""), w.get("message", ""))
+            for cs in status.get("containerStatuses") or []
+            if (w := (cs.get("state") or {}).get("waiting")) and w.get("reason")
+        )
+        lifetime = (meta.get("annotations") or {}).get(LIFETIME_ANNOTATION)
+        return cls(
+            name=meta.get("name", ""),
+            phase=status.get("phase") or "Pending",
+            deleting=bool(meta.get("deletionTimestamp")),
+            node_name=spec.get("nodeName"),
+            pod_ip=status.get("podIP"),
+            ready=conditions.get("Ready", {}).get("status") == "True",
+            unschedulable=_unschedulable(scheduled),
+            waiting=waiting,
+            reason=status.get("reason"),
+            message=status.get("message"),
+            lifetime=int(lifetime) if lifetime and lifetime.isdigit() else None,
+        )
+
+
+def _unschedulable(scheduled: Mapping[str, Any]) -> str | None:
+    """The scheduler's own sentence when no node fits; a short note for its transient states."""
+    if scheduled.get("status") != "False":
+        return None
+    if scheduled.get("reason") == "Unschedulable":
+        return str(scheduled.get("message") or "no node fits the pod")
+    return f"waiting to be scheduled ({scheduled.get('reason') or 'no reason given'})"
+
+
+@dataclass(frozen=True)
+class StatefulSetView:
+    name: str
+    replicas: int
+    lifetime: int
+    spec_hash: str | None
+    storage: Mapping[str, Any]  # the (immutable) volume claim template's size and class
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> StatefulSetView:
+        meta, spec = body.get("metadata", {}), body.get("spec", {})
+        template_meta = (spec.get("template") or {}).get("metadata") or {}
+        lifetime = (template_meta.get("annotations") or {}).get(LIFETIME_ANNOTATION, "0")
+        claims = spec.get("volumeClaimTemplates") or [{}]
+        claim_spec = claims[0].get("spec") or {}
+        return cls(
+            name=meta.get("name", ""),
+            replicas=int(spec.get("replicas", 1)),
+            lifetime=int(lifetime) if str(lifetime).isdigit() else 0,
+            spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+            storage={
+                "size": ((claim_spec.get("resources") or {}).get("requests") or {}).get("storage"),
+                "storageClassName": claim_spec.get("storageClassName"),
+            },
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the phase depends on, gathered by the shell from its watches."""
+
+    generation: int
+    paused: bool
+    template_name: str
+    template: TaskTemplate | None
+    statefulset: StatefulSetView | None
+    pod: PodView | None
+    workspace_error: str | None = None  # the API server refused the workspace we built (a template problem)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: Phase
+    reason: str  # CamelCase, for the Ready condition and Events
+    message: str
+
+
+def derive_phase(obs: Observation) -> Verdict:
+    """The task's phase, with a reason and one human sentence, errors first."""
+    if obs.paused:
+        if obs.pod is None:
+            return Verdict(
+                Phase.PAUSED, "Paused", "Task is paused: the workspace is scaled to zero; its files are kept."
+            )
+        running = _workspace_verdict(obs)
+        return Verdict(running.phase, "Pausing", f"Pausing: waiting for pod {obs.pod.name} to stop.")
+    if obs.template is None:
+        return Verdict(
+            Phase.ERROR,
+            "TemplateNotFound",
+            f'TaskTemplate "{obs.template_name}" not found in this namespace: create it, '
+            "or set spec.template to an existing one.",
+        )
+    if obs.workspace_error is not None:
+        return Verdict(Phase.ERROR, "InvalidWorkspace", obs.workspace_error)
+    return _workspace_verdict(obs)
+
+
+def _workspace_verdict(obs: Observation) -> Verdict:
+    sts, pod = obs.statefulset, obs.pod
+    if sts is None:
+        return Verdict(Phase.PENDING, "WorkspaceCreating", "Workspace is being created.")
+    if pod is None:
+        return Verdict(
+            Phase.PENDING, "PodPending", "Workspace is pending: waiting for its pod to be created."
+        )
+    if pod.deleting:
+        return Verdict(
+            Phase.PENDING, "PodStopping", f"Workspace is pending: the previous pod {pod.name} is stopping."
+        )
+    if pod.phase == "Failed":
+        detail = ": ".join(x for x in (pod.reason, pod.message) if x) or "no reason given"
+        return Verdict(Phase.ERROR, "PodFailed", f"Workspace pod {pod.name} failed: {detail.rstrip('.')}.")
+    if pod.phase == "Succeeded":
+        return Verdict(
+            Phase.ERROR, "PodExited", f"Workspace pod {pod.name} exited; the agent should keep running."
+        )
+    if pod.phase == "Unknown":
+        return Verdict(
+            Phase.UNKNOWN, "NodeLost", f"Lost contact with node {pod.node_name} that runs the workspace."
+        )
+    for problem in pod.waiting:
+        if problem.reason in FATAL_WAITING:
+            detail = f": {problem.message}" if problem.message else ""
+            return Verdict(
+                Phase.ERROR,
+                problem.reason,
+                f"Container {problem.container} cannot start: {problem.reason}{detail}",
+            )
+    if pod.unschedulable is not None:
+        return Verdict(Phase.PENDING, "Unschedulable", f"Workspace is pending: {pod.unschedulable}")
+    if not pod.node_name:
+        return Verdict(
+            Phase.PENDING, "Scheduling", "Workspace is pending: waiting for a node and its volume."
+        )
+    if pod.phase == "Pending":
+        return Verdict(
+            Phase.INITIALIZING,
+            "ContainersStarting",
+            "Workspace is starting: its containers are being created.",
+        )
+    if not pod.ready:
+        return Verdict(Phase.INITIALIZING, "AgentStarting", "Agent is starting.")
+    return Verdict(Phase.ACTIVE, "WorkspaceReady", "Workspace is ready.")
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    now: dt.datetime,
+) -> list[Condition]:
+    """Replace one condition; its lastTransitionTime moves only when its status changes."""
+    previous = next((c for c in conditions if c.type == type_), None)
+    changed = previous is None or previous.status != status
+    condition = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=now if changed or previous is None else previous.last_transition_time,
+    )
+    if previous is None:
+        return [*conditions, condition]
+    return [condition if c.type == type_ else c for c in conditions]  # in place: no reordering churn
+
+
+def lifecycle_status(task: Task, obs: Observation, now: dt.datetime) -> dict[str, Any]:
+    """The parts of status that the lifecycle owns, as a merge patch (other writers own the rest)."""
+    verdict = derive_phase(obs)
+    conditions = list(task.status.conditions or [])
+    active = verdict.phase is Phase.ACTIVE
+    conditions = set_condition(
+        conditions,
+        READY,
+        ConditionStatus.TRUE if active else ConditionStatus.FALSE,
+        verdict.reason,
+        verdict.message,
+        obs.generation,
+        now,
+    )
+    if obs.paused and obs.pod is None:
+        paused = (ConditionStatus.TRUE, "Paused", "The workspace is scaled to zero.")
+    elif obs.paused:
+        paused = (
+            ConditionStatus.FALSE,
+            "Pausing",
+            f"Waiting for pod {obs.pod.name} to stop." if obs.pod else "",
+        )
+    else:
+        paused = (ConditionStatus.FALSE, "Running", "The task is not paused.")
+    conditions = set_condition(conditions, PAUSED, *paused, obs.generation, now)
+
+    workspace: dict[str, Any] = {}
+    if obs.statefulset is not None:
+        workspace = {"statefulSet": obs.statefulset.name, "lifetime": obs.statefulset.lifetime}
+        workspace["pod"] = obs.pod.name if obs.pod else None
+        workspace["podIP"] = obs.pod.pod_ip if obs.pod else None
+    spec = obs.template.spec if obs.template is not None else None
+    # Explicit None removes what a previous template showed: a merge patch keeps keys it is not told to drop.
+    template = {
+        "name": obs.template_name,
+        "displayName": spec.display_name if spec else None,
+        "icon": spec.icon if spec else None,
+    }
+    return {
+        "phase": verdict.phase.value,
+        "message": verdict.message,
+        "displayName": task.spec.display_name or task.status.display_name,
+        "conditions": [c.dump() for c in conditions],
+        "workspace": workspace or None,
+        "template": template,
+        "observedGeneration": obs.generation,
+    }
+
+
+def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """True when a merge patch of `desired` onto `current` would change anything."""
+    for key, value in desired.items():
+        if isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
+            if status_changed(current[key], value):
+                return True
+        elif value is None:
+            if current.get(key) is not None:
+                return True
+        elif current.get(key) != value:
+            return True
+    return False
