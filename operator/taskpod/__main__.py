@@ -1,0 +1,70 @@
+"""python -m taskpod: run the operator.
+
+Scope: `--namespace NS` (repeatable) or `--all-namespaces`; the chart sets the same through
+TASKPOD_NAMESPACES (comma-separated) or TASKPOD_ALL_NAMESPACES=true. The Kubernetes connection comes
+from the in-cluster service account, or from KUBECONFIG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m taskpod", description="The taskpod operator.")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeatable); env TASKPOD_NAMESPACES=a,b",
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default); env TASKPOD_ALL_NAMESPACES=true",
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=os.environ.get("TASKPOD_LIVENESS"),
+        help="serve Kopf's health probe here, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if not args.namespaces and not args.all_namespaces:
+        from_env = [ns for ns in os.environ.get("TASKPOD_NAMESPACES", "").split(",") if ns.strip()]
+        args.namespaces = [ns.strip() for ns in from_env] or None
+    args.all_namespaces = not args.namespaces
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if not args.verbose:  # Kopf logs every handler run at INFO; our Events and warnings tell the story
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    import taskpod.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespaces or (),
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Kopf wiring only: what the operator watches, and which reconcile each change triggers.
+
+Indexes keep the latest view of every Task, TaskTemplate and workspace child, parsed once at the edge;
+events on any of them reconcile the task they belong to. Nothing polls the API server. There are no
+change handlers and no daemons, hence no finalizers: deleting a Task never waits for the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from taskpod.lifecycle import SPEC_HASH_ANNOTATION, PodView, StatefulSetView
+from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, TaskTemplate
+from taskpod.reconcile import Reconciler, Views
+from taskpod.workspace import MANAGED_BY, TASK_LABEL
+
+TASKS = (GROUP, VERSION, "tasks")
+TEMPLATES = (GROUP, VERSION, "tasktemplates")
+MANAGED = {MANAGED_BY: "taskpod", TASK_LABEL: kopf.PRESENT}
+
+
+def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type, reason=reason, message=message[:1024])
+
+
+reconciler = Reconciler(event=_post_event)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = "taskpod.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskpod.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="taskpod.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.ERROR  # our own Events tell the story; no "handler succeeded" noise
+    settings.watching.server_timeout = 300  # plus Kopf's inactivity timeout, so a stalled watch recovers
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 16  # threads for the blocking kubernetes client
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_via_client(**kwargs)
+
+
+# -- what the watches saw ------------------------------------------------------------------------
+
+
+@kopf.index(*TASKS)
+def tasks(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(*TASKS)
+def tasks_by_template(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    return {(namespace, spec.get("template", DEFAULT_TEMPLATE)): name}
+
+
+@kopf.index(*TEMPLATES)
+def templates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    try:
+        return {(namespace, name): TaskTemplate.model_validate(dict(body))}
+    except ValidationError as exc:  # the CRD should prevent this; say what is wrong rather than crash
+        return {(namespace, name): f'TaskTemplate "{name}" is invalid: {exc.errors()[0]["msg"]}'}
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
+def statefulsets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[TASK_LABEL]): StatefulSetView.parse(body)}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[TASK_LABEL]): PodView.parse(body)}
+
+
+@kopf.index("", "v1", "services", labels=MANAGED)
+def services(namespace: str, labels: kopf.Labels, annotations: kopf.Annotations, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[TASK_LABEL]): annotations.get(SPEC_HASH_ANNOTATION)}
+
+
+def _views(kw: dict[str, Any]) -> Views:
+    return Views(kw["tasks"], kw["templates"], kw["statefulsets"], kw["pods"], kw["services"])
+
+
+# -- what each change triggers -------------------------------------------------------------------
+
+
+@kopf.on.event(*TASKS)
+async def task_changed(namespace: str, name: str, **kw: Any) -> None:
+    await reconciler.reconcile((namespace, name), _views(kw))
+
+
+@kopf.on.event(*TEMPLATES)
+async def template_changed(
+    namespace: str, name: str, tasks_by_template: kopf.Index[Any, str], **kw: Any
+) -> None:
+    for task in list(tasks_by_template.get((namespace, name), [])):
+        await reconciler.reconcile((namespace, task), _views({**kw, "tasks_by_template": tasks_by_template}))
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+async def child_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:
+    await reconciler.reconcile((namespace, labels[TASK_LABEL]), _views(kw))
