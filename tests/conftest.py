@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.support import Kube, install_crds
+from tests.support import Kube, Operator, install_crds
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +53,15 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture
+def operator(kube: Kube, crds: list[str], namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    """The operator, running as its own process and watching the test's namespace."""
+    op = Operator(kube.kubeconfig, [namespace], tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+    print(f"--- operator log (last lines) ---\n{op.tail()}")
 
 
 @pytest.fixture(autouse=True)

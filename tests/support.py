@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +81,42 @@ def install_crds(kube: Kube) -> list[str]:
     return names
 
 
+class Operator:
+    """The operator as its own process (`python -m taskpod`), as a user runs it: killable and restartable."""
+
+    def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path) -> None:
+        self.kubeconfig, self.namespaces, self.log = kubeconfig, namespaces, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        args = [a for ns in self.namespaces for a in ("--namespace", ns)]
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "taskpod", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies or the OOM killer strikes."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        return (
+            "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        )
+
+
 def wait_for(
     check: Callable[[], T | None], timeout: float = 60, what: str = "condition", interval: float = 0.2
 ) -> T:
@@ -98,3 +137,126 @@ def wait_for(
 def plain(api: client.ApiClient, obj: Any) -> Any:
     """A client model as the plain JSON a user would see with `kubectl get -o json`."""
     return api.sanitize_for_serialization(obj)
+
+
+# -- taskpod objects, as a user would create and read them ----------------------------------------
+
+
+def tasks_api(kube: Kube) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube.api)
+
+
+def create_template(
+    kube: Kube,
+    namespace: str,
+    name: str = "default",
+    *,
+    image: str = "example.invalid/agent:1",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "taskpod.dev/v1alpha1",
+        "kind": "TaskTemplate",
+        "metadata": {"name": name},
+        "spec": {
+            "displayName": "Test agent",
+            "agent": {"type": "custom"},
+            "pod": {"image": image, "annotations": annotations or {}},
+            "storage": {"size": "1Gi"},
+        },
+    }
+    return dict(
+        tasks_api(kube).create_namespaced_custom_object(
+            "taskpod.dev", "v1alpha1", namespace, "tasktemplates", body
+        )
+    )
+
+
+def create_task(
+    kube: Kube, namespace: str, name: str, *, prompt: str = "Fix the flaky login test", **spec: Any
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "taskpod.dev/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": name},
+        "spec": {"prompt": prompt, **spec},
+    }
+    return dict(
+        tasks_api(kube).create_namespaced_custom_object("taskpod.dev", "v1alpha1", namespace, "tasks", body)
+    )
+
+
+def get_task(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        tasks_api(kube).get_namespaced_custom_object("taskpod.dev", "v1alpha1", namespace, "tasks", name)
+    )
+
+
+def patch_task(kube: Kube, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        tasks_api(kube).patch_namespaced_custom_object(
+            "taskpod.dev",
+            "v1alpha1",
+            namespace,
+            "tasks",
+            name,
+            {"spec": spec},
+            _content_type="application/merge-patch+json",
+        )
+    )
+
+
+def condition(task: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The task's condition of that type; failing the test when there is none."""
+    found = [c for c in task.get("status", {}).get("conditions", []) if c["type"] == type_]
+    assert found, f"no {type_} condition in {task.get('status')}"
+    return dict(found[0])
+
+
+def phase_is(kube: Kube, namespace: str, name: str, phase: str) -> dict[str, Any] | None:
+    """The task, once its status shows `phase` for the spec it has now (observedGeneration caught up)."""
+    task = get_task(kube, namespace, name)
+    status = task.get("status", {})
+    caught_up = status.get("observedGeneration") == task["metadata"]["generation"]
+    return task if caught_up and status.get("phase") == phase else None
+
+
+class PhaseRecorder:
+    """Follows a task's status.phase through a watch, recording each distinct phase in order."""
+
+    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
+        import threading
+
+        self.phases: list[str] = []
+        self._stop = threading.Event()
+        self._args = (kube, namespace, name)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        kube, namespace, name = self._args
+        while not self._stop.is_set():
+            try:
+                stream = watch.Watch().stream(
+                    tasks_api(kube).list_namespaced_custom_object,
+                    "taskpod.dev",
+                    "v1alpha1",
+                    namespace,
+                    "tasks",
+                    field_selector=f"metadata.name={name}",
+                    timeout_seconds=5,
+                )
+                for event in stream:
+                    phase = (event["object"].get("status") or {}).get("phase")
+                    if phase and (not self.phases or self.phases[-1] != phase):
+                        self.phases.append(phase)
+                    if self._stop.is_set():
+                        return
+            except Exception:
+                time.sleep(0.1)
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        return self.phases

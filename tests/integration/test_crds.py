@@ -1,0 +1,213 @@
+"""The Task and TaskTemplate CRDs as a user meets them: the examples apply as they are, bad input is refused
+with the field named, a running task's prompt is locked, status is a subresource, and kubectl explains and
+lists tasks. Everything here is enforced by the API server alone; no operator runs."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from localkube import binaries
+from tests.support import ROOT, Kube, wait_for
+
+pytestmark = pytest.mark.integration
+
+GROUP, VERSION = "taskpod.dev", "v1alpha1"
+EXAMPLES = ROOT / "examples"
+MERGE_PATCH = "application/merge-patch+json"
+PROMPT_LOCKED = "the task must be paused to change its prompt"
+
+Write = Callable[[client.CustomObjectsApi, str], object]
+
+
+def kubectl(kube: Kube, *args: str) -> str:
+    """Run kubectl against the test cluster, as a user would; fail with its stderr."""
+    cmd = [str(binaries.ensure("kubectl")), "--kubeconfig", str(kube.kubeconfig), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
+
+
+def task(name: str = "fix-login", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Task",
+        "metadata": {"name": name},
+        "spec": {"prompt": "Fix the flaky login test", **spec},
+    }
+
+
+def template(name: str = "default", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TaskTemplate",
+        "metadata": {"name": name},
+        "spec": {"pod": {"image": "example.invalid/workspace:1"}, **spec},
+    }
+
+
+def create(plural: str, body: dict[str, Any]) -> Write:
+    return lambda api, ns: api.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
+
+
+def set_task_status(status: dict[str, Any]) -> Write:
+    """Create a valid task, then write `status` to its status subresource (what the operator does)."""
+
+    def write(api: client.CustomObjectsApi, ns: str) -> object:
+        api.create_namespaced_custom_object(GROUP, VERSION, ns, "tasks", task())
+        return api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ns, "tasks", "fix-login", {"status": status}, _content_type=MERGE_PATCH
+        )
+
+    return write
+
+
+def read_task(api: client.CustomObjectsApi, ns: str, name: str = "fix-login") -> dict[str, Any]:
+    obj: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ns, "tasks", name)
+    return obj
+
+
+def patch_task(api: client.CustomObjectsApi, ns: str, patch: dict[str, Any]) -> object:
+    return api.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "tasks", "fix-login", patch, _content_type=MERGE_PATCH
+    )
+
+
+def test_the_examples_apply_and_the_api_server_fills_in_defaults(
+    kube: Kube, crds: list[str], namespace: str
+) -> None:
+    out = kubectl(kube, "apply", "-n", namespace, "-f", str(EXAMPLES))
+    assert "task.taskpod.dev/fix-flaky-login created" in out
+    assert "tasktemplate.taskpod.dev/default created" in out
+
+    api = client.CustomObjectsApi(kube.api)
+    spec = read_task(api, namespace, "fix-flaky-login")["spec"]
+    assert spec["prompt"] == "Fix the flaky login test in tests/test_auth.py"
+    assert spec["displayName"] == "Fix flaky login test"
+    assert spec["paused"] is False
+    assert spec["template"] == "default"
+
+    tmpl = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "tasktemplates", "default")["spec"]
+    assert tmpl["agent"] == {"type": "claude", "port": 3284}
+    assert tmpl["pod"]["image"] == "ghcr.io/taskpod-dev/workspace:0.1.0"
+    assert tmpl["storage"] == {"size": "5Gi", "mountPath": "/workspace"}
+
+
+@pytest.mark.parametrize(
+    ("write", "field", "complaint"),
+    [
+        (create("tasks", task(prompt="")), "spec.prompt", "should be at least 1 chars long"),
+        (create("tasks", task(displayName="x" * 65)), "spec.displayName", "may not be more than 64"),
+        (create("tasks", task(paused="yes")), "spec.paused", "must be of type boolean"),
+        (create("tasks", {**task(), "spec": {"displayName": "No prompt"}}), "spec.prompt", "Required value"),
+        (create("tasks", task(template="Bad_Name")), "spec.template", "should match"),
+        (set_task_status({"phase": "Running"}), "status.phase", "Unsupported value"),
+        (
+            create("tasktemplates", template(agent={"port": 70000})),
+            "spec.agent.port",
+            "less than or equal to",
+        ),
+        (create("tasktemplates", template(pod={})), "spec.pod.image", "Required value"),
+    ],
+    ids=[
+        "empty-prompt",
+        "display-name-too-long",
+        "paused-not-a-boolean",
+        "missing-prompt",
+        "template-not-a-name",
+        "unknown-phase",
+        "agent-port-out-of-range",
+        "template-without-image",
+    ],
+)
+def test_invalid_input_is_rejected_naming_the_field(
+    kube: Kube, crds: list[str], namespace: str, write: Write, field: str, complaint: str
+) -> None:
+    with pytest.raises(ApiException) as err:
+        write(client.CustomObjectsApi(kube.api), namespace)
+    assert err.value.status == 422, err.value.body
+    assert field in err.value.body
+    assert complaint in err.value.body, err.value.body
+
+
+def test_the_prompt_can_change_only_while_paused(kube: Kube, crds: list[str], namespace: str) -> None:
+    api = client.CustomObjectsApi(kube.api)
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, "tasks", task())
+
+    # A running task keeps its prompt.
+    with pytest.raises(ApiException) as err:
+        patch_task(api, namespace, {"spec": {"prompt": "Fix the signup test instead"}})
+    assert err.value.status == 422
+    assert PROMPT_LOCKED in err.value.body and "spec.prompt" in err.value.body
+
+    # Pause it first; then the prompt can change.
+    patch_task(api, namespace, {"spec": {"paused": True}})
+    patch_task(api, namespace, {"spec": {"prompt": "Fix the signup test instead"}})
+    assert read_task(api, namespace)["spec"]["prompt"] == "Fix the signup test instead"
+
+    # Changing it while resuming in the same edit is still a change to a running task.
+    with pytest.raises(ApiException) as err:
+        patch_task(api, namespace, {"spec": {"prompt": "Fix both tests", "paused": False}})
+    assert err.value.status == 422
+    assert PROMPT_LOCKED in err.value.body
+    assert read_task(api, namespace)["spec"] == {
+        "prompt": "Fix the signup test instead",
+        "paused": True,
+        "template": "default",
+    }
+
+
+def test_status_is_a_subresource(kube: Kube, crds: list[str], namespace: str) -> None:
+    api = client.CustomObjectsApi(kube.api)
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, "tasks", task())
+
+    # Writing status through the main resource is silently dropped (the rest of the patch applies).
+    patch_task(api, namespace, {"metadata": {"labels": {"team": "auth"}}, "status": {"phase": "Active"}})
+    obj = read_task(api, namespace)
+    assert obj["metadata"]["labels"] == {"team": "auth"}
+    assert "status" not in obj
+
+    # Writing it through /status works, and cannot change the spec.
+    api.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        "tasks",
+        "fix-login",
+        {"spec": {"paused": True}, "status": {"phase": "Active", "message": "The agent is up."}},
+        _content_type=MERGE_PATCH,
+    )
+    obj = read_task(api, namespace)
+    assert obj["status"] == {"phase": "Active", "message": "The agent is up."}
+    assert obj["spec"]["paused"] is False
+
+
+def test_kubectl_explains_and_lists_tasks(kube: Kube, crds: list[str], namespace: str) -> None:
+    kubectl(kube, "apply", "-n", namespace, "-f", str(EXAMPLES))
+
+    # The schema's descriptions are published (OpenAPI can lag the CRD's establishment by a moment).
+    explained = wait_for(
+        lambda: "scales the workspace to zero" in kubectl(kube, "explain", "task.spec.paused"),
+        30,
+        "kubectl explain to show the Task schema",
+    )
+    assert explained
+    explanation = kubectl(kube, "explain", "task.spec.paused")
+    assert "FIELD: paused <boolean>" in explanation
+    assert "false (the default) runs the workspace" in " ".join(explanation.split())
+
+    listing = kubectl(kube, "get", "tasks", "-n", namespace)
+    header, *rows = listing.splitlines()
+    assert header.split() == ["NAME", "STATUS", "STATE", "STATE", "CHANGED", "MESSAGE", "AGE"]
+    assert [row.split()[0] for row in rows] == ["fix-flaky-login"]
+
+    # The short name and the category reach the same objects.
+    assert "fix-flaky-login" in kubectl(kube, "get", "tk", "-n", namespace)
+    everything = kubectl(kube, "get", "taskpod", "-n", namespace)
+    assert "task.taskpod.dev/fix-flaky-login" in everything
+    assert "tasktemplate.taskpod.dev/default" in everything

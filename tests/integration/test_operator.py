@@ -1,0 +1,287 @@
+"""The operator's story, as a user lives it: apply a task, watch it run, pause it, resume it, delete it."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from functools import partial
+
+import pytest
+from kubernetes import client
+
+from localkube import binaries
+from tests.support import (
+    ROOT,
+    Kube,
+    Operator,
+    PhaseRecorder,
+    condition,
+    create_task,
+    create_template,
+    get_task,
+    patch_task,
+    phase_is,
+    tasks_api,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def kubectl(kube: Kube, *args: str) -> str:
+    result = subprocess.run(
+        [str(binaries.ensure("kubectl")), "--kubeconfig", str(kube.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def children(kube: Kube, namespace: str, name: str) -> dict[str, list[str]]:
+    selector = f"taskpod.dev/task={name}"
+    return {
+        "statefulsets": [
+            s.metadata.name
+            for s in kube.apps.list_namespaced_stateful_set(namespace, label_selector=selector).items
+        ],
+        "services": [
+            s.metadata.name
+            for s in kube.core.list_namespaced_service(namespace, label_selector=selector).items
+        ],
+        "pods": [
+            p.metadata.name for p in kube.core.list_namespaced_pod(namespace, label_selector=selector).items
+        ],
+        "claims": [
+            c.metadata.name
+            for c in kube.core.list_namespaced_persistent_volume_claim(
+                namespace, label_selector=selector
+            ).items
+        ],
+    }
+
+
+def test_example_goes_pending_initializing_active(kube: Kube, namespace: str, operator: Operator) -> None:
+    recorder = PhaseRecorder(kube, namespace, "fix-flaky-login")
+    kubectl(kube, "apply", "-n", namespace, "-f", str(ROOT / "examples"))
+
+    wait_for(
+        lambda: phase_is(kube, namespace, "fix-flaky-login", "Active"), 60, "the example task to be Active"
+    )
+    phases = recorder.stop()
+    assert phases[0] == "Pending" and phases[-1] == "Active", phases
+    assert "Initializing" in phases and phases.index("Initializing") > phases.index("Pending"), phases
+    assert "Error" not in phases, phases
+
+    table = kubectl(kube, "get", "tasks", "-n", namespace)
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "STATUS", "STATE", "STATE", "CHANGED"]
+    assert row.split()[:2] == ["fix-flaky-login", "Active"]
+
+    task = get_task(kube, namespace, "fix-flaky-login")
+    assert condition(task, "Ready")["status"] == "True"
+    assert task["status"]["workspace"] == {
+        "statefulSet": "fix-flaky-login",
+        "pod": "fix-flaky-login-0",
+        "podIP": kube.core.read_namespaced_pod("fix-flaky-login-0", namespace).status.pod_ip,
+        "lifetime": 1,
+    }
+    assert task["status"]["template"] == {"name": "default", "displayName": "Claude Code", "icon": "🤖"}
+    kubectl(kube, "wait", "-n", namespace, "--for=condition=Ready", "task/fix-flaky-login", "--timeout=5s")
+
+    sts = kube.apps.read_namespaced_stateful_set("fix-flaky-login", namespace)
+    assert sts.metadata.owner_references[0].kind == "Task" and sts.metadata.owner_references[0].controller
+    assert sts.metadata.labels["app.kubernetes.io/managed-by"] == "taskpod"
+    claim = kube.core.read_namespaced_persistent_volume_claim("workspace-fix-flaky-login-0", namespace)
+    owners = [(o.kind, o.controller) for o in claim.metadata.owner_references or []]
+    assert owners == [("StatefulSet", True)], "the PVC must be owned by the StatefulSet alone"
+
+    describe = kubectl(kube, "describe", "task", "-n", namespace, "fix-flaky-login")
+    assert "WorkspaceCreated" in describe and "WorkspaceReady" in describe
+
+
+def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
+    kube: Kube, namespace: str, operator: Operator
+) -> None:
+    create_template(kube, namespace)
+    create_task(kube, namespace, "refactor")
+    wait_for(lambda: phase_is(kube, namespace, "refactor", "Active"), 60, "Active")
+    claim_uid = kube.core.read_namespaced_persistent_volume_claim(
+        "workspace-refactor-0", namespace
+    ).metadata.uid
+
+    kubectl(
+        kube,
+        "patch",
+        "task",
+        "refactor",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"paused":true}}',
+    )
+    kubectl(kube, "wait", "-n", namespace, "--for=condition=Paused", "task/refactor", "--timeout=60s")
+    task = get_task(kube, namespace, "refactor")
+    assert task["status"]["phase"] == "Paused"
+    assert condition(task, "Ready")["status"] == "False"
+    assert children(kube, namespace, "refactor")["pods"] == []
+    assert (
+        kube.core.read_namespaced_persistent_volume_claim("workspace-refactor-0", namespace).metadata.uid
+        == claim_uid
+    )
+    assert kube.apps.read_namespaced_stateful_set("refactor", namespace).spec.replicas == 0
+
+    recorder = PhaseRecorder(kube, namespace, "refactor")
+    kubectl(
+        kube,
+        "patch",
+        "task",
+        "refactor",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"paused":false}}',
+    )
+    task = wait_for(lambda: phase_is(kube, namespace, "refactor", "Active"), 60, "Active again")
+    phases = recorder.stop()
+    assert phases[-1] == "Active" and ("Pending" in phases or "Initializing" in phases), phases
+    paused = condition(task, "Paused")
+    assert paused["status"] == "False", "the Paused condition must not stay True after resume"
+    assert task["status"]["workspace"]["lifetime"] == 2
+    assert (
+        kube.core.read_namespaced_persistent_volume_claim("workspace-refactor-0", namespace).metadata.uid
+        == claim_uid
+    )
+
+    events = kubectl(
+        kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=refactor"
+    )
+    for reason in ("Pausing", "Paused", "Resuming"):
+        assert reason in events
+
+
+def test_missing_template_is_an_error_that_heals_when_the_template_appears(
+    kube: Kube, namespace: str, operator: Operator
+) -> None:
+    create_task(kube, namespace, "orphan", template="claude-opus")
+    task = wait_for(lambda: phase_is(kube, namespace, "orphan", "Error"), 30, "Error")
+    assert 'TaskTemplate "claude-opus" not found' in task["status"]["message"]
+    assert condition(task, "Ready")["reason"] == "TemplateNotFound"
+    assert children(kube, namespace, "orphan")["statefulsets"] == []
+
+    create_template(kube, namespace, "claude-opus")
+    wait_for(lambda: phase_is(kube, namespace, "orphan", "Active"), 60, "the task to heal")
+
+
+def test_an_image_that_cannot_be_pulled_is_an_error_with_the_reason(
+    kube: Kube, namespace: str, operator: Operator
+) -> None:
+    # kwok plays a kubelet that cannot pull the image when the pod carries this annotation.
+    create_template(kube, namespace, annotations={"sim.taskpod.dev/container-waiting": "ImagePullBackOff"})
+    create_task(kube, namespace, "typo")
+    task = wait_for(lambda: phase_is(kube, namespace, "typo", "Error"), 60, "Error")
+    assert "ImagePullBackOff" in task["status"]["message"]
+    assert condition(task, "Ready")["reason"] == "ImagePullBackOff"
+    events = kubectl(kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=typo")
+    assert "Warning" in events and "ImagePullBackOff" in events
+
+
+def test_template_and_task_changes_reach_the_workspace(
+    kube: Kube, namespace: str, operator: Operator
+) -> None:
+    create_template(kube, namespace)
+    create_task(kube, namespace, "upgrade-orm", env=[{"name": "LOG_LEVEL", "value": "info"}])
+    wait_for(lambda: phase_is(kube, namespace, "upgrade-orm", "Active"), 60, "Active")
+
+    def container() -> client.V1Container:
+        return kube.apps.read_namespaced_stateful_set("upgrade-orm", namespace).spec.template.spec.containers[
+            0
+        ]
+
+    tasks_api(kube).patch_namespaced_custom_object(
+        "taskpod.dev",
+        "v1alpha1",
+        namespace,
+        "tasktemplates",
+        "default",
+        {"spec": {"pod": {"image": "example.invalid/agent:2"}}},
+        _content_type="application/merge-patch+json",
+    )
+    wait_for(lambda: container().image == "example.invalid/agent:2", 30, "the template's new image")
+
+    patch_task(kube, namespace, "upgrade-orm", {"env": [{"name": "LOG_LEVEL", "value": "debug"}]})
+    wait_for(
+        lambda: ("LOG_LEVEL", "debug") in [(e.name, e.value) for e in container().env], 30, "the new env"
+    )
+    wait_for(lambda: phase_is(kube, namespace, "upgrade-orm", "Active"), 60, "Active after the rollout")
+
+    # Someone deletes the StatefulSet by hand: the operator puts it back.
+    kube.apps.delete_namespaced_stateful_set("upgrade-orm", namespace)
+    wait_for(
+        lambda: (
+            kube.apps.read_namespaced_stateful_set("upgrade-orm", namespace).metadata.deletion_timestamp
+            is None
+            and phase_is(kube, namespace, "upgrade-orm", "Active")
+        ),
+        60,
+        "the StatefulSet to be recreated",
+    )
+
+
+def test_deleting_the_task_leaves_nothing_behind(kube: Kube, namespace: str, operator: Operator) -> None:
+    create_template(kube, namespace)
+    create_task(kube, namespace, "cleanup")
+    wait_for(lambda: phase_is(kube, namespace, "cleanup", "Active"), 60, "Active")
+    assert all(children(kube, namespace, "cleanup").values())
+
+    tasks_api(kube).delete_namespaced_custom_object("taskpod.dev", "v1alpha1", namespace, "tasks", "cleanup")
+    wait_for(
+        lambda: not any(children(kube, namespace, "cleanup").values()), 60, "every child to be collected"
+    )
+
+
+def test_deletion_does_not_wait_for_the_operator(kube: Kube, namespace: str, operator: Operator) -> None:
+    create_template(kube, namespace)
+    create_task(kube, namespace, "no-finalizer")
+    wait_for(lambda: phase_is(kube, namespace, "no-finalizer", "Active"), 60, "Active")
+    assert not get_task(kube, namespace, "no-finalizer")["metadata"].get("finalizers")
+    operator.kill()
+    tasks_api(kube).delete_namespaced_custom_object(
+        "taskpod.dev", "v1alpha1", namespace, "tasks", "no-finalizer"
+    )
+    wait_for(lambda: not any(children(kube, namespace, "no-finalizer").values()), 60, "children collected")
+
+
+@pytest.mark.parametrize("moment", ["creating", "pausing"])
+def test_a_killed_operator_converges_after_restart(
+    kube: Kube, namespace: str, operator: Operator, moment: str
+) -> None:
+    create_template(kube, namespace)
+    rng = random.Random(moment)
+    for round_ in range(3):
+        name = f"{moment}-{round_}"
+        if moment == "creating":
+            create_task(kube, namespace, name)
+        else:
+            create_task(kube, namespace, name)
+            wait_for(partial(phase_is, kube, namespace, name, "Active"), 60, "Active")
+            patch_task(kube, namespace, name, {"paused": True})
+        time.sleep(rng.uniform(0.0, 0.6))  # somewhere in the middle of the operator's work
+        operator.kill()
+        operator.start()
+        expected = "Active" if moment == "creating" else "Paused"
+        task = wait_for(partial(phase_is, kube, namespace, name, expected), 60, f"{expected} after restart")
+        kids = children(kube, namespace, name)
+        assert kids["statefulsets"] == [name] and kids["services"] == [name]
+        assert kids["claims"] == [f"workspace-{name}-0"]
+        assert condition(task, "Ready")["status"] == ("True" if expected == "Active" else "False")
+        assert condition(task, "Paused")["status"] == ("False" if expected == "Active" else "True")
+        assert all(
+            c["observedGeneration"] == task["metadata"]["generation"] for c in task["status"]["conditions"]
+        )
