@@ -9,10 +9,13 @@ CLUSTER_DIR ?= .cluster
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help venv binaries test unit integration lint fmt cluster cluster-down clean
+.PHONY: help demo venv binaries test unit integration lint fmt cluster cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+demo: binaries ## the main job: a local control plane, the operator, and a task through its life
+	$(BIN)/python hack/demo.py --dir $(CLUSTER_DIR)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

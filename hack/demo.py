@@ -1,0 +1,146 @@
+"""make demo: a local control plane, the operator, and one task through its life, shown with kubectl.
+
+Every step prints the kubectl command a user would type, then what it shows. The control plane stays up
+afterwards so you can look around; `make cluster-down` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from localkube import binaries
+from localkube.cluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "demo"
+TASK = "fix-flaky-login"
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+class Demo:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.kubeconfig = directory / "kubeconfig"
+        self.kubectl_bin = str(binaries.ensure("kubectl"))
+
+    def kubectl(self, *args: str, show: bool = True, check: bool = True) -> str:
+        if show:
+            print(f"$ kubectl {' '.join(args)}", flush=True)
+        result = subprocess.run(
+            [self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True, text=True
+        )
+        if check and result.returncode != 0:
+            raise SystemExit(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        if show and result.stdout.strip():
+            print(result.stdout.rstrip(), flush=True)
+        return result.stdout
+
+    def watch_tasks(self, until: Callable[[str], bool], timeout: float = 90) -> None:
+        """Like `kubectl get tasks -w`: print the table whenever it changes, until `until(phase)`."""
+        print(f"$ kubectl get tasks -n {NAMESPACE} --watch", flush=True)
+        last, header_shown, deadline = "", False, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            table = self.kubectl("get", "tasks", "-n", NAMESPACE, show=False)
+            lines = table.splitlines()
+            if len(lines) > 1 and lines[1] != last:
+                if not header_shown:
+                    print(lines[0])
+                    header_shown = True
+                print(lines[1], flush=True)
+                last = lines[1]
+            phase = self.kubectl(
+                "get",
+                "task",
+                TASK,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.phase}",
+                show=False,
+                check=False,
+            )
+            if until(phase):
+                return
+            time.sleep(0.3)
+        raise SystemExit(f"the task did not get there in {timeout:.0f}s; see {self.directory}/operator.log")
+
+    def run(self) -> None:
+        say("Starting a local Kubernetes control plane (etcd, kube-apiserver, controllers, kwok nodes)")
+        LocalCluster(self.directory).up()
+        self.kubectl("get", "nodes")
+
+        say("Installing the taskpod CRDs")
+        self.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        self.kubectl(
+            "wait", "--for=condition=Established", "crd/tasks.taskpod.dev", "crd/tasktemplates.taskpod.dev"
+        )
+        self.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", show=False)
+        self.kubectl("create", "namespace", NAMESPACE)
+
+        say("Starting the operator (python -m taskpod), logging to .cluster/operator.log")
+        log = (self.directory / "operator.log").open("ab")
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "taskpod", "--namespace", NAMESPACE],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            self.story()
+        finally:
+            operator.terminate()
+            operator.wait(15)
+
+    def story(self) -> None:
+        say("Applying the example TaskTemplate and Task")
+        self.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples"))
+        self.watch_tasks(lambda phase: phase == "Active")
+        self.kubectl("get", "statefulsets,pods,pvc", "-n", NAMESPACE)
+
+        say("Pausing the task: the workspace scales to zero, its volume stays")
+        self.kubectl(
+            "patch", "task", TASK, "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"paused":true}}'
+        )
+        self.watch_tasks(lambda phase: phase == "Paused")
+        self.kubectl("wait", "--for=condition=Paused", f"task/{TASK}", "-n", NAMESPACE)
+        self.kubectl("get", "pods,pvc", "-n", NAMESPACE)
+
+        say("Resuming it: the same volume comes back in a new pod (lifetime 2)")
+        self.kubectl(
+            "patch", "task", TASK, "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"paused":false}}'
+        )
+        self.watch_tasks(lambda phase: phase == "Active")
+        self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", "jsonpath={.status.workspace}{'\\n'}")
+
+        say("What happened, as the task's Events tell it")
+        describe = self.kubectl("describe", "task", TASK, "-n", NAMESPACE, show=False)
+        print(f"$ kubectl describe task {TASK} -n {NAMESPACE}   (Events)")
+        print(describe[describe.find("Events:") :].rstrip())
+
+        say("Done. The control plane is still running; look around with:")
+        print(f"  export KUBECONFIG={self.kubeconfig}")
+        print(f"  {self.kubectl_bin} get tasks -n {NAMESPACE}")
+        print("  make cluster-down    # stops it")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--dir", type=Path, default=ROOT / ".cluster", help="cluster directory (default .cluster)"
+    )
+    Demo(parser.parse_args().dir.resolve()).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
