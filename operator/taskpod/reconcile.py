@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from taskpod import kube, lifecycle, workspace
 from taskpod.lifecycle import Observation, StatefulSetView
-from taskpod.models import Phase, Task, TaskTemplate
+from taskpod.models import Phase, Task, TaskStatus, TaskTemplate
 
 log = logging.getLogger("taskpod")
 Key = tuple[str, str]  # (namespace, task name)
@@ -174,8 +174,10 @@ class Reconciler:
         return raw.get("status") or {}
 
     async def _write_status(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
-        status = lifecycle.lifecycle_status(task, obs, _now())
         current = self._current_status(task, raw)
+        # Decide from the same status we compare against, or two versions of it would take turns forever.
+        task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
+        status = lifecycle.lifecycle_status(task, obs, _now())
         if not lifecycle.status_changed(current, status):
             return
         key = (task.namespace, task.name)

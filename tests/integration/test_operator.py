@@ -285,3 +285,25 @@ def test_a_killed_operator_converges_after_restart(
         assert all(
             c["observedGeneration"] == task["metadata"]["generation"] for c in task["status"]["conditions"]
         )
+
+
+def test_settled_tasks_are_not_rewritten(kube: Kube, namespace: str, operator: Operator) -> None:
+    """Many tasks created at once settle: no status or workspace write once nothing changes."""
+    create_template(kube, namespace)
+    names = [f"quiet-{i}" for i in range(10)]
+    for name in names:
+        create_task(kube, namespace, name)
+    for name in names:
+        wait_for(partial(phase_is, kube, namespace, name, "Active"), 90, f"{name} Active")
+
+    def versions() -> dict[str, str]:
+        tasks = tasks_api(kube).list_namespaced_custom_object("taskpod.dev", "v1alpha1", namespace, "tasks")
+        sts = kube.apps.list_namespaced_stateful_set(namespace).items
+        return {t["metadata"]["name"]: t["metadata"]["resourceVersion"] for t in tasks["items"]} | {
+            f"sts/{s.metadata.name}": s.metadata.resource_version for s in sts
+        }
+
+    time.sleep(2)  # let in-flight status updates land
+    before = versions()
+    time.sleep(5)
+    assert versions() == before

@@ -1,0 +1,168 @@
+"""The reconciler's write discipline: one status patch when something changed, none otherwise, even while
+the watch still shows a version older than our own last write."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+
+from taskpod import kube, reconcile
+from taskpod.lifecycle import PodView, StatefulSetView
+from taskpod.models import TaskTemplate
+from taskpod.reconcile import Reconciler, Views
+
+NS, NAME = "team", "fix-login"
+KEY = (NS, NAME)
+
+
+class FakeIndex:
+    def __init__(self, values: dict[Any, Any]) -> None:
+        self.values = values
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return [self.values[key]] if key in self.values else default
+
+
+class FakeApi:
+    """Stands in for the API server: remembers the task's status and counts writes."""
+
+    def __init__(self) -> None:
+        self.version = 10
+        self.status: dict[str, Any] = {}
+        self.status_patches: list[dict[str, Any]] = []
+        self.applies: list[dict[str, Any]] = []
+
+    async def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.status_patches.append(copy.deepcopy(status))
+        self.version += 1
+        self.status = _merge(self.status, status)
+        return {"metadata": {"resourceVersion": str(self.version)}, "status": copy.deepcopy(self.status)}
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.applies.append(obj)
+        return obj
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi()
+    monkeypatch.setattr(kube, "patch_task_status", fake.patch_task_status)
+    monkeypatch.setattr(kube, "apply", fake.apply)
+    return fake
+
+
+def task_body(version: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "taskpod.dev/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "u1", "generation": 1, "resourceVersion": version},
+        "spec": {"prompt": "Fix the flaky login test"},
+        "status": status or {},
+    }
+
+
+def views(task: dict[str, Any], api: FakeApi) -> Views:
+    """An Active workspace whose children already match what the operator would build."""
+    from taskpod import workspace
+    from taskpod.models import Task
+
+    template = TaskTemplate.model_validate(
+        {"metadata": {"name": "default", "namespace": NS}, "spec": {"pod": {"image": "agent:1"}}}
+    )
+    parsed = Task.model_validate(task)
+    sts = workspace.statefulset(parsed, template, 1, 1, None)
+    service = workspace.service(parsed, template)
+    pod = PodView(
+        name=f"{NAME}-0", phase="Running", node_name="n0", pod_ip="127.1.0.5", ready=True, lifetime=1
+    )
+    return Views(
+        tasks=FakeIndex({KEY: task}),
+        templates=FakeIndex({(NS, "default"): template}),
+        statefulsets=FakeIndex({KEY: StatefulSetView.parse(sts)}),
+        pods=FakeIndex({KEY: pod}),
+        services=FakeIndex({KEY: workspace.spec_hash(service)}),
+    )
+
+
+def run(reconciler: Reconciler, v: Views) -> None:
+    asyncio.run(reconciler.reconcile(KEY, v))
+
+
+def test_first_reconcile_writes_status_once_and_tells_the_story(api: FakeApi) -> None:
+    events: list[str] = []
+    reconciler = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+    run(reconciler, views(task_body("5"), api))
+    assert len(api.status_patches) == 1
+    assert api.status_patches[0]["phase"] == "Active"
+    assert api.applies == []  # children already match: nothing to apply
+    assert events == ["WorkspaceReady"]
+
+
+def test_a_stale_watch_version_does_not_cause_a_second_write(api: FakeApi) -> None:
+    events: list[str] = []
+    reconciler = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+    stale = task_body("5")
+    run(reconciler, views(stale, api))
+    # More events arrive while the watch still shows version 5, from before our write.
+    run(reconciler, views(stale, api))
+    run(reconciler, views(stale, api))
+    assert len(api.status_patches) == 1 and events == ["WorkspaceReady"]
+    # The watch catches up with our write: still nothing to do.
+    run(reconciler, views(task_body(str(api.version), api.status), api))
+    assert len(api.status_patches) == 1
+
+
+def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: conditions derived from the watch's older status, compared with our newer write, flipped
+    lastTransitionTime back and forth forever (found with 100 idle tasks burning a CPU core)."""
+    reconciler = Reconciler(event=lambda body, **kw: None)
+    run(reconciler, views(task_body("5"), api))  # writes status with transition times "now"
+    older = copy.deepcopy(api.status)
+    for c in older["conditions"]:
+        c["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    # An older write of ours, still in flight in the watch, carries other transition times.
+    reconciler._written[KEY] = reconcile._Written("u1", "12", api.status, ("5", "11"))
+    run(reconciler, views(task_body("11", older), api))
+    run(reconciler, views(task_body("5"), api))
+    assert len(api.status_patches) == 1
+
+
+def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+
+    async def flaky(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise kube.ApiException(status=500, reason="etcd is sad")
+        return await api.patch_task_status(namespace, name, status)
+
+    monkeypatch.setattr(kube, "patch_task_status", flaky)
+    monkeypatch.setattr(reconcile, "RETRY_DELAYS", (0.05,))
+    events: list[str] = []
+    reconciler = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+
+    async def scenario() -> None:
+        await reconciler.reconcile(KEY, views(task_body("5"), api))
+        await asyncio.sleep(0.3)  # the retry timer fires
+
+    asyncio.run(scenario())
+    assert calls == 2 and api.status_patches[0]["phase"] == "Active"
+    assert events == ["ReconcileFailed", "WorkspaceReady"]
