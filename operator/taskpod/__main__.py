@@ -38,6 +38,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("TASKPOD_LIVENESS"),
         help="serve Kopf's health probe here, e.g. http://0.0.0.0:8080/healthz",
     )
+    parser.add_argument(
+        "--agent-transport",
+        choices=["direct", "proxy"],
+        default=os.environ.get("TASKPOD_AGENT_TRANSPORT", "direct"),
+        help="reach agents at the pod IP (direct, in-cluster) or through the API server's "
+        "pod proxy (proxy, works from outside); env TASKPOD_AGENT_TRANSPORT",
+    )
+    parser.add_argument(
+        "--agent-grace",
+        type=float,
+        metavar="SECONDS",
+        default=float(os.environ.get("TASKPOD_AGENT_GRACE_SECONDS", "30")),
+        help="how long an agent may be silent before the phase is Unknown (default 30)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not args.namespaces and not args.all_namespaces:
@@ -55,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # Kopf logs every handler run at INFO; our Events and warnings tell the story
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    os.environ["TASKPOD_AGENT_TRANSPORT"] = args.agent_transport  # read by the startup handler
+    os.environ["TASKPOD_AGENT_GRACE_SECONDS"] = str(args.agent_grace)
     import taskpod.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(

@@ -7,12 +7,16 @@ change handlers and no daemons, hence no finalizers: deleting a Task never waits
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
+from taskpod import kube
+from taskpod.agents import Agents, Transport
 from taskpod.lifecycle import SPEC_HASH_ANNOTATION, PodView, StatefulSetView
 from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, TaskTemplate
 from taskpod.reconcile import Reconciler, Views
@@ -31,7 +35,7 @@ reconciler = Reconciler(event=_post_event)
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = "taskpod.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskpod.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -41,6 +45,19 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300  # plus Kopf's inactivity timeout, so a stalled watch recovers
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16  # threads for the blocking kubernetes client
+    via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "direct") == "proxy"
+    http, server = kube.agent_transport(via_proxy)
+    reconciler.agents = Agents(Transport(http, server), reconciler.poke)
+    grace = os.environ.get("TASKPOD_AGENT_GRACE_SECONDS")
+    if grace:
+        reconciler.agent_grace = dt.timedelta(seconds=float(grace))
+
+
+@kopf.on.cleanup()
+async def stop_following(**_: Any) -> None:
+    if reconciler.agents is not None:
+        await reconciler.agents.stop_all()
+        await reconciler.agents.transport.http.aclose()
 
 
 @kopf.on.login()

@@ -7,9 +7,12 @@ stalls the event loop that all tasks share.
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from functools import cache
 from typing import Any
 
+import httpx
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -29,7 +32,8 @@ def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)
+        # read KUBECONFIG now: the client library only looks at it when first imported
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
     cfg.connection_pool_maxsize = 32  # one per worker thread, so calls never queue for a socket
     return client.ApiClient(cfg)
 
@@ -74,3 +78,75 @@ def _patch_status_sync(namespace: str, name: str, status: dict[str, Any]) -> dic
 async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
     """One merge patch of the Task's status subresource; keys set to None are removed."""
     return await asyncio.to_thread(_patch_status_sync, namespace, name, status)
+
+
+def agent_transport(via_proxy: bool, timeout: float = 5.0) -> tuple[httpx.AsyncClient, str | None]:
+    """An HTTP client for reaching agents, and the API server URL when going through its pod proxy.
+
+    Direct: plain HTTP to pod IPs (in-cluster). Proxy: HTTPS to the API server with the operator's own
+    credentials, which needs RBAC on pods/proxy but works from anywhere kubectl does.
+    """
+    if not via_proxy:
+        return httpx.AsyncClient(timeout=timeout), None
+    cfg = api_client().configuration
+    tls = (
+        ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if cfg.ssl_ca_cert
+        else ssl.create_default_context()
+    )
+    if cfg.cert_file and cfg.key_file:
+        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+    headers = {}
+    if token := (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken"):
+        headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
+    return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout), str(cfg.host)
+
+
+def _get_task_sync(namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "tasks", name
+        )
+    )
+
+
+async def get_task(namespace: str, name: str) -> dict[str, Any]:
+    return await asyncio.to_thread(_get_task_sync, namespace, name)
+
+
+def _patch_task_sync(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    result = client.CustomObjectsApi(api_client()).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "tasks", name, {"spec": spec}, _content_type=MERGE
+    )
+    return dict(result)
+
+
+async def patch_task_spec(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.to_thread(_patch_task_sync, namespace, name, spec)
+
+
+def _read_configmap_sync(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _plain(client.CoreV1Api(api_client()).read_namespaced_config_map(name, namespace))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
+    return await asyncio.to_thread(_read_configmap_sync, namespace, name)
+
+
+def _agent_port_sync(namespace: str, pod: str, port_name: str) -> int | None:
+    spec = client.CoreV1Api(api_client()).read_namespaced_pod(pod, namespace).spec
+    for container in spec.containers:
+        for port in container.ports or []:
+            if port.name == port_name:
+                return int(port.container_port)
+    return None
+
+
+async def agent_port(namespace: str, pod: str, port_name: str) -> int | None:
+    """The pod's port of that name (the agent's, for taskpod workspaces)."""
+    return await asyncio.to_thread(_agent_port_sync, namespace, pod, port_name)

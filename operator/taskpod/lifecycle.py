@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod.models import Condition, ConditionStatus, Phase, Task, TaskTemplate
+from taskpod.models import AgentStatus, Condition, ConditionStatus, Phase, Task, TaskTemplate
 
 LIFETIME_ANNOTATION = "taskpod.dev/lifetime"
 SPEC_HASH_ANNOTATION = "taskpod.dev/spec-hash"
@@ -46,6 +46,7 @@ class PodView:
 
     name: str
     phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    uid: str = ""
     deleting: bool = False
     node_name: str | None = None
     pod_ip: str | None = None
@@ -70,6 +71,7 @@ class PodView:
         return cls(
             name=meta.get("name", ""),
             phase=status.get("phase") or "Pending",
+            uid=meta.get("uid", ""),
             deleting=bool(meta.get("deletionTimestamp")),
             node_name=spec.get("nodeName"),
             pod_ip=status.get("podIP"),
@@ -118,9 +120,26 @@ class StatefulSetView:
         )
 
 
+AGENT_GRACE = dt.timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the operator has heard from the workspace's agent (AgentAPI) in the current pod."""
+
+    lifetime: int
+    answered: bool = False  # it has answered at least once since this pod started
+    healthy: bool = False  # the last contact worked
+    status: AgentStatus | None = None
+    agent_type: str | None = None
+    reason: str | None = None  # why the last contact failed
+    silent_since: dt.datetime | None = None  # first failure after the last success
+    last_message: str | None = None  # the newest agent message
+
+
 @dataclass(frozen=True)
 class Observation:
-    """Everything the phase depends on, gathered by the shell from its watches."""
+    """Everything the phase depends on, gathered by the shell from its watches and the agent."""
 
     generation: int
     paused: bool
@@ -129,6 +148,9 @@ class Observation:
     statefulset: StatefulSetView | None
     pod: PodView | None
     workspace_error: str | None = None  # the API server refused the workspace we built (a template problem)
+    agent: AgentView | None = None  # None: nothing heard from the agent of the current pod yet
+    now: dt.datetime | None = None
+    agent_grace: dt.timedelta = AGENT_GRACE  # how long an agent may be silent before the phase is Unknown
 
 
 @dataclass(frozen=True)
@@ -204,6 +226,23 @@ def _workspace_verdict(obs: Observation) -> Verdict:
         )
     if not pod.ready:
         return Verdict(Phase.INITIALIZING, "AgentStarting", "Agent is starting.")
+    return _agent_verdict(obs)
+
+
+def _agent_verdict(obs: Observation) -> Verdict:
+    """The pod is Ready; Active also needs AgentAPI answering (Coder's app health)."""
+    agent = obs.agent
+    if agent is None or not agent.answered:
+        reason = f" ({agent.reason})" if agent is not None and agent.reason else ""
+        return Verdict(Phase.INITIALIZING, "AgentStarting", f"Agent is starting{reason}.")
+    if not agent.healthy and agent.silent_since is not None and obs.now is not None:
+        silent = obs.now - agent.silent_since
+        if silent >= obs.agent_grace:
+            return Verdict(
+                Phase.UNKNOWN,
+                "AgentUnreachable",
+                f"The agent has not answered for {int(silent.total_seconds())}s: {agent.reason}.",
+            )
     return Verdict(Phase.ACTIVE, "WorkspaceReady", "Workspace is ready.")
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from taskpod import kube, lifecycle, workspace
-from taskpod.lifecycle import Observation, StatefulSetView
-from taskpod.models import Phase, Task, TaskStatus, TaskTemplate
+from taskpod import agentstate, kube, lifecycle, snapshots, workspace
+from taskpod.agentapi import AgentError, AgentUnavailable
+from taskpod.agents import Agents, Target, deliver_prompt
+from taskpod.lifecycle import Observation, PodView, StatefulSetView
+from taskpod.models import AgentStatus, Phase, Task, TaskStatus, TaskTemplate
 
 log = logging.getLogger("taskpod")
 Key = tuple[str, str]  # (namespace, task name)
-Hook = Callable[[Task], Awaitable[None]]
+SNAPSHOT_TIMEOUT = 5.0  # seconds; a pause never waits longer on an unreachable agent
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # Phases worth an Event of their own; the steps between them are visible in status, not in the story.
 STORY_PHASES = frozenset({Phase.ACTIVE, Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN})
@@ -63,8 +65,16 @@ def _one(index: Index, key: Any) -> Any:
     return next(iter(values), None) if values else None
 
 
-async def _no_hook(task: Task) -> None:
-    return None
+def _target(
+    task: Task, template: TaskTemplate | None, sts: StatefulSetView | None, pod: PodView | None
+) -> Target | None:
+    """The agent to follow: the one in the running pod, unless the task is pausing."""
+    if task.spec.paused or template is None or pod is None or pod.deleting or pod.phase != "Running":
+        return None
+    if not pod.pod_ip:
+        return None
+    lifetime = pod.lifetime if pod.lifetime is not None else (sts.lifetime if sts else 0)
+    return Target(pod.uid, task.namespace, pod.name, pod.pod_ip, template.spec.agent.port, lifetime)
 
 
 def _now() -> dt.datetime:
@@ -74,13 +84,33 @@ def _now() -> dt.datetime:
 @dataclass
 class Reconciler:
     event: EventSink
-    before_scale_down: Hook = _no_hook  # the snapshot runs here, before a pause scales the workspace to zero
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _retries: dict[Key, int] = field(default_factory=dict)
     _timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
     _written: dict[Key, _Written] = field(default_factory=dict)
+    agents: Agents | None = None
+    agent_grace: dt.timedelta = lifecycle.AGENT_GRACE
+    _prompts: dict[Key, dict[str, Any]] = field(default_factory=dict)  # delivered, not yet in status
+    _snapshots: dict[Key, dict[str, Any]] = field(default_factory=dict)  # taken, not yet in status
+    _snapshot_texts: dict[Key, str] = field(default_factory=dict)
+    _views: Views | None = None
+    _poked: set[Key] = field(default_factory=set)
+
+    def poke(self, key: Key) -> None:
+        """Schedule a reconcile of `key` (the agent said something); several pokes make one reconcile."""
+        if self._views is None or key in self._poked:
+            return
+        self._poked.add(key)
+        views = self._views
+
+        async def run() -> None:
+            self._poked.discard(key)
+            await self.reconcile(key, views)
+
+        asyncio.get_running_loop().create_task(run())
 
     async def reconcile(self, key: Key, views: Views) -> None:
+        self._views = views
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             raw = _one(views.tasks, key)
@@ -113,15 +143,28 @@ class Reconciler:
                     raise
                 workspace_error = f"The workspace cannot be applied: {_api_message(exc)}"
 
+        pod: PodView | None = _one(views.pods, key)
+        agent = None
+        if self.agents is not None:
+            self.agents.ensure(key, _target(task, template, sts, pod))
+            agent = self.agents.views.get(key)
         obs = Observation(
             generation=task.metadata.generation,
             paused=task.spec.paused,
             template_name=task.spec.template,
             template=template,
             statefulset=sts,
-            pod=_one(views.pods, key),
+            pod=pod,
             workspace_error=workspace_error,
+            agent=agent,
+            now=_now(),
+            agent_grace=self.agent_grace,
         )
+        if self.agents is not None and lifecycle.derive_phase(obs).phase is Phase.ACTIVE:
+            await self._deliver_prompt(task, raw, obs)
+            if key in self.agents.idle_pending:
+                self.agents.idle_pending.discard(key)
+                await self._snapshot(task, raw, quiet=True)
         await self._write_status(task, raw, obs)
 
     async def _ensure_children(
@@ -147,7 +190,7 @@ class Reconciler:
             self.event(
                 raw, type="Normal", reason="Pausing", message="Pausing: scaling the workspace to zero."
             )
-            await self.before_scale_down(task)
+            await self._snapshot(task, raw, quiet=False)
         live = StatefulSetView.parse(await kube.apply(desired))
         if observed is None:
             self.event(
@@ -173,15 +216,62 @@ class Reconciler:
             return cached.status
         return raw.get("status") or {}
 
+    async def _deliver_prompt(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
+        """Hand the prompt to a stable agent, once: see agents.deliver_prompt for the exactly-once part."""
+        key = (task.namespace, task.name)
+        current = self._current_status(task, raw)
+        recorded = self._prompts.get(key) or current.get("prompt")
+        client = self.agents.client(key) if self.agents else None
+        if agentstate.was_delivered(task.spec.prompt, recorded) or client is None:
+            return
+        if obs.agent is None or not obs.agent.healthy or obs.agent.status is not AgentStatus.STABLE:
+            return
+        try:
+            delivered = await deliver_prompt(client, task.spec.prompt)
+        except (AgentError, AgentUnavailable) as exc:
+            log.info("prompt for %s/%s not delivered yet: %s", *key, exc)
+            return
+        if delivered:
+            lifetime = obs.agent.lifetime
+            sha = agentstate.prompt_sha(task.spec.prompt)
+            self._prompts[key] = agentstate.prompt_record(sha, _now(), lifetime)
+            message = f"Delivered the prompt to the agent (lifetime {lifetime})."
+            self.event(raw, type="Normal", reason="PromptDelivered", message=message)
+
+    async def _snapshot(self, task: Task, raw: Mapping[str, Any], *, quiet: bool) -> None:
+        """Keep the agent's recent conversation in a ConfigMap; never hang, never fail the caller."""
+        key = (task.namespace, task.name)
+        client = self.agents.client(key) if self.agents else None
+        if client is None:
+            return
+        try:
+            messages = await asyncio.wait_for(client.messages(), SNAPSHOT_TIMEOUT)
+        except (AgentError, AgentUnavailable, TimeoutError) as exc:
+            if not quiet:
+                message = f"Could not read the agent's conversation ({exc}); the previous snapshot is kept."
+                self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
+            return
+        snap = snapshots.shape([m.dump() for m in messages])
+        if self._snapshot_texts.get(key) == snap.text:
+            return  # nothing new since the last one
+        taken = _now()
+        await kube.apply(snapshots.configmap(task, snap, taken))
+        self._snapshot_texts[key] = snap.text
+        self._snapshots[key] = snapshots.status_entry(task, snap, taken)
+
     async def _write_status(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
         current = self._current_status(task, raw)
         # Decide from the same status we compare against, or two versions of it would take turns forever.
         task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
-        status = lifecycle.lifecycle_status(task, obs, _now())
-        if not lifecycle.status_changed(current, status):
-            return
         key = (task.namespace, task.name)
+        status = agentstate.task_status(task, obs, _now(), self._prompts.get(key), self._snapshots.get(key))
+        if not lifecycle.status_changed(current, status):
+            self._prompts.pop(key, None)
+            self._snapshots.pop(key, None)
+            return
         written = await kube.patch_task_status(task.namespace, task.name, status)
+        self._prompts.pop(key, None)  # recorded in status now
+        self._snapshots.pop(key, None)
         previous = self._written.get(key)
         stale: tuple[str, ...] = ()
         if previous is not None and previous.uid == task.metadata.uid:

@@ -9,6 +9,7 @@ import pytest
 
 from taskpod.lifecycle import (
     FATAL_WAITING,
+    AgentView,
     ContainerProblem,
     Observation,
     PodView,
@@ -18,7 +19,15 @@ from taskpod.lifecycle import (
     set_condition,
     status_changed,
 )
-from taskpod.models import Condition, ConditionStatus, Phase, Task, TaskTemplate, TaskTemplateSpec
+from taskpod.models import (
+    AgentStatus,
+    Condition,
+    ConditionStatus,
+    Phase,
+    Task,
+    TaskTemplate,
+    TaskTemplateSpec,
+)
 
 T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 NOW = dt.datetime(2025, 3, 1, 10, 0, tzinfo=dt.UTC)
@@ -102,7 +111,8 @@ def observe(**overrides: Any) -> Observation:
     fields: dict[str, Any] = dict(
         generation=3, paused=False, template_name="claude", template=TEMPLATE, statefulset=STS
     )
-    return Observation(**{**fields, "pod": pod(), **overrides})
+    agent = AgentView(lifetime=1, answered=True, healthy=True, status=AgentStatus.STABLE, agent_type="claude")
+    return Observation(**{**fields, "pod": pod(), "agent": agent, **overrides})
 
 
 def task_with(status: dict[str, Any]) -> Task:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from taskpod import kube, reconcile
-from taskpod.lifecycle import PodView, StatefulSetView
-from taskpod.models import TaskTemplate
+from taskpod.lifecycle import AgentView, PodView, StatefulSetView
+from taskpod.models import AgentStatus, TaskTemplate
 from taskpod.reconcile import Reconciler, Views
 
 NS, NAME = "team", "fix-login"
@@ -24,6 +24,32 @@ class FakeIndex:
 
     def get(self, key: Any, default: Any = None) -> Any:
         return [self.values[key]] if key in self.values else default
+
+
+class FakeAgent:
+    """An agent that is up, stable and has an empty conversation; records what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def messages(self) -> list[Any]:
+        return []
+
+    async def send(self, content: str, kind: str = "user") -> None:
+        self.sent.append(content)
+
+
+class FakeAgents:
+    def __init__(self) -> None:
+        self.agent = FakeAgent()
+        self.views = {KEY: AgentView(lifetime=1, answered=True, healthy=True, status=AgentStatus.STABLE)}
+        self.idle_pending: set[Any] = set()
+
+    def ensure(self, key: Any, target: Any) -> None:
+        assert target is not None and target.pod_ip == "127.1.0.5"
+
+    def client(self, key: Any) -> FakeAgent:
+        return self.agent
 
 
 class FakeApi:
@@ -99,29 +125,35 @@ def views(task: dict[str, Any], api: FakeApi) -> Views:
     )
 
 
+def reconciler_with(events: list[str]) -> Reconciler:
+    r = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+    r.agents = FakeAgents()  # type: ignore[assignment]
+    return r
+
+
 def run(reconciler: Reconciler, v: Views) -> None:
     asyncio.run(reconciler.reconcile(KEY, v))
 
 
 def test_first_reconcile_writes_status_once_and_tells_the_story(api: FakeApi) -> None:
     events: list[str] = []
-    reconciler = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+    reconciler = reconciler_with(events)
     run(reconciler, views(task_body("5"), api))
     assert len(api.status_patches) == 1
     assert api.status_patches[0]["phase"] == "Active"
     assert api.applies == []  # children already match: nothing to apply
-    assert events == ["WorkspaceReady"]
+    assert events == ["PromptDelivered", "WorkspaceReady"]
 
 
 def test_a_stale_watch_version_does_not_cause_a_second_write(api: FakeApi) -> None:
     events: list[str] = []
-    reconciler = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+    reconciler = reconciler_with(events)
     stale = task_body("5")
     run(reconciler, views(stale, api))
     # More events arrive while the watch still shows version 5, from before our write.
     run(reconciler, views(stale, api))
     run(reconciler, views(stale, api))
-    assert len(api.status_patches) == 1 and events == ["WorkspaceReady"]
+    assert len(api.status_patches) == 1 and events == ["PromptDelivered", "WorkspaceReady"]
     # The watch catches up with our write: still nothing to do.
     run(reconciler, views(task_body(str(api.version), api.status), api))
     assert len(api.status_patches) == 1
@@ -132,7 +164,7 @@ def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
 ) -> None:
     """Regression: conditions derived from the watch's older status, compared with our newer write, flipped
     lastTransitionTime back and forth forever (found with 100 idle tasks burning a CPU core)."""
-    reconciler = Reconciler(event=lambda body, **kw: None)
+    reconciler = reconciler_with([])
     run(reconciler, views(task_body("5"), api))  # writes status with transition times "now"
     older = copy.deepcopy(api.status)
     for c in older["conditions"]:
@@ -157,7 +189,7 @@ def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytes
     monkeypatch.setattr(kube, "patch_task_status", flaky)
     monkeypatch.setattr(reconcile, "RETRY_DELAYS", (0.05,))
     events: list[str] = []
-    reconciler = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+    reconciler = reconciler_with(events)
 
     async def scenario() -> None:
         await reconciler.reconcile(KEY, views(task_body("5"), api))
@@ -165,4 +197,6 @@ def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytes
 
     asyncio.run(scenario())
     assert calls == 2 and api.status_patches[0]["phase"] == "Active"
-    assert events == ["ReconcileFailed", "WorkspaceReady"]
+    assert events == ["PromptDelivered", "ReconcileFailed", "WorkspaceReady"]
+    assert api.status_patches[0]["prompt"]["sha256"]  # the delivery made before the failure is recorded
+    assert reconciler.agents.agent.sent == ["Fix the flaky login test"]  # type: ignore[union-attr]

@@ -1,0 +1,129 @@
+"""A client for AgentAPI (github.com/coder/agentapi), the HTTP server in front of the coding agent.
+
+The operator and the kubectl plugin reach an agent two ways: straight at `http://<podIP>:<port>` from
+inside the cluster, or through the API server's pod proxy (`pods/proxy`) from anywhere kubectl works.
+Both are just a base URL plus an httpx client configured with the right credentials.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from taskpod.models import AgentStatus
+
+
+class AgentUnavailable(Exception):
+    """The agent did not answer: nothing listens, the connection broke, or it timed out."""
+
+
+class AgentError(Exception):
+    """The agent answered, but with an error or with something that is not AgentAPI's JSON."""
+
+
+@dataclass(frozen=True)
+class AgentMessage:
+    id: int
+    role: str  # user | agent
+    content: str
+    time: str
+
+    def dump(self) -> dict[str, Any]:
+        return {"id": self.id, "role": self.role, "content": self.content, "time": self.time}
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """One Server-Sent Event: message_update, status_change or agent_error, with its JSON data."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    status: AgentStatus
+    agent_type: str
+
+
+def direct_url(pod_ip: str, port: int) -> str:
+    return f"http://{pod_ip}:{port}"
+
+
+def proxy_url(server: str, namespace: str, pod: str, port: int) -> str:
+    """The API server's proxy to a pod's port; needs `pods/proxy` permission."""
+    return f"{server.rstrip('/')}/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy"
+
+
+class AgentClient:
+    def __init__(self, base_url: str, http: httpx.AsyncClient, timeout: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+        self.timeout = timeout
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = await self.http.request(method, self.base_url + path, json=body, timeout=self.timeout)
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise AgentUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in (502, 503, 504):  # the pod proxy could not reach the agent
+            raise AgentUnavailable(f"{method} {path}: HTTP {response.status_code}")
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise AgentError(f"{method} {path}: HTTP {response.status_code}, not JSON") from exc
+        if response.status_code >= 400:
+            detail = data.get("detail") or data.get("title") if isinstance(data, dict) else data
+            raise AgentError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        return data
+
+    async def status(self) -> StatusReport:
+        data = await self._json("GET", "/status")
+        try:
+            return StatusReport(AgentStatus(data["status"]), str(data.get("agent_type", "")))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise AgentError(f"GET /status: unexpected answer {str(data)[:200]}") from exc
+
+    async def messages(self) -> list[AgentMessage]:
+        data = await self._json("GET", "/messages")
+        try:
+            return [
+                AgentMessage(int(m["id"]), str(m["role"]), str(m["content"]), str(m["time"]))
+                for m in data["messages"]
+            ]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise AgentError(f"GET /messages: unexpected answer {str(data)[:200]}") from exc
+
+    async def send(self, content: str, kind: str = "user") -> None:
+        """POST a message; `user` needs the agent stable, `raw` writes keystrokes."""
+        data = await self._json("POST", "/message", {"content": content, "type": kind})
+        if not (isinstance(data, dict) and data.get("ok")):
+            raise AgentError(f"POST /message: not accepted: {str(data)[:200]}")
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        """Follow /events: the current state first, then every change, until the stream ends."""
+        try:
+            async with self.http.stream(
+                "GET", self.base_url + "/events", timeout=httpx.Timeout(self.timeout, read=None)
+            ) as response:
+                if response.status_code != 200:
+                    raise AgentError(f"GET /events: HTTP {response.status_code}")
+                kind, data_lines = "message", []
+                async for line in response.aiter_lines():
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data_lines.append(line[5:].strip())
+                    elif line == "" and data_lines:
+                        try:
+                            data = json.loads("\n".join(data_lines))
+                        except ValueError as exc:
+                            raise AgentError(f"/events: not JSON: {data_lines[0][:100]}") from exc
+                        yield AgentEvent(kind, data if isinstance(data, dict) else {"value": data})
+                        kind, data_lines = "message", []
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise AgentUnavailable(f"GET /events: {type(exc).__name__}: {exc}") from exc

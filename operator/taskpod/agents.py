@@ -1,0 +1,165 @@
+"""Following each workspace's agent: one asyncio task per running pod reads AgentAPI's /events stream.
+
+Why our own asyncio tasks and not Kopf daemons: Kopf puts a finalizer on every object with a daemon, so
+deleting a Task would wait for a running operator. A follower lives exactly as long as its pod; the
+reconcile starts it when the pod is Ready and stops it when the pod goes. What it hears goes into an
+in-memory AgentView and pokes the reconcile, which stays the only writer of status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from taskpod.agentapi import AgentClient, AgentError, AgentMessage, AgentUnavailable, direct_url, proxy_url
+from taskpod.agentstate import prompt_sha
+from taskpod.lifecycle import AgentView
+from taskpod.models import AgentStatus
+
+log = logging.getLogger("taskpod.agents")
+Key = tuple[str, str]
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one pod's agent listens; a new pod (resume, restart) is a new target."""
+
+    pod_uid: str
+    namespace: str
+    pod: str
+    pod_ip: str
+    port: int
+    lifetime: int
+
+
+class Transport:
+    """How the operator reaches agents: straight to the pod IP, or through the API server's pod proxy."""
+
+    def __init__(self, http: httpx.AsyncClient, server: str | None = None, timeout: float = 5.0) -> None:
+        self.http, self.server, self.timeout = http, server, timeout
+
+    def client(self, target: Target) -> AgentClient:
+        if self.server is None:
+            url = direct_url(target.pod_ip, target.port)
+        else:
+            url = proxy_url(self.server, target.namespace, target.pod, target.port)
+        return AgentClient(url, self.http, timeout=self.timeout)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+class Agents:
+    def __init__(self, transport: Transport, poke: Callable[[Key], None]) -> None:
+        self.transport = transport
+        self.poke = poke  # asks for a reconcile of that task
+        self.views: dict[Key, AgentView] = {}
+        self._followers: dict[Key, tuple[Target, asyncio.Task[None]]] = {}
+        self.idle_pending: set[Key] = set()  # went idle since the last snapshot
+
+    def ensure(self, key: Key, target: Target | None) -> None:
+        """Follow `target`'s agent, or nobody when None; a changed target restarts the follower."""
+        current = self._followers.get(key)
+        if current is not None and current[0] == target:
+            return
+        if current is not None:
+            current[1].cancel()
+            del self._followers[key]
+        if target is None:
+            self.views.pop(key, None)
+            self.idle_pending.discard(key)
+            return
+        self.views[key] = AgentView(lifetime=target.lifetime)
+        task = asyncio.get_running_loop().create_task(self._follow(key, target), name=f"follow {key}")
+        self._followers[key] = (target, task)
+
+    def target(self, key: Key) -> Target | None:
+        follower = self._followers.get(key)
+        return follower[0] if follower else None
+
+    def client(self, key: Key) -> AgentClient | None:
+        target = self.target(key)
+        return self.transport.client(target) if target else None
+
+    def _update(self, key: Key, **changes: Any) -> None:
+        view = self.views.get(key)
+        if view is not None:
+            self.views[key] = replace(view, **changes)
+            self.poke(key)
+
+    async def _follow(self, key: Key, target: Target) -> None:
+        client = self.transport.client(target)
+        attempt = 0
+        while True:
+            try:
+                async for event in client.events():
+                    attempt = 0
+                    self._heard(key, event.kind, event.data)
+                raise AgentUnavailable("the /events stream ended")
+            except asyncio.CancelledError:
+                raise
+            except (AgentUnavailable, AgentError) as exc:
+                view = self.views.get(key)
+                silent_since = view.silent_since if view and view.silent_since else _now()
+                self._update(key, healthy=False, reason=str(exc), silent_since=silent_since)
+            except Exception as exc:  # never let one agent's oddity kill its follower for good
+                log.exception("following the agent of %s/%s failed", *key)
+                self._update(key, healthy=False, reason=f"{type(exc).__name__}: {exc}", silent_since=_now())
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            attempt += 1
+
+    def _heard(self, key: Key, kind: str, data: dict[str, Any]) -> None:
+        view = self.views.get(key)
+        if view is None:
+            return
+        changes: dict[str, Any] = {"answered": True, "healthy": True, "reason": None, "silent_since": None}
+        if kind == "status_change":
+            with contextlib.suppress(ValueError):
+                status = AgentStatus(str(data.get("status")))
+                changes["status"] = status
+                if status is AgentStatus.STABLE and view.status is not AgentStatus.STABLE:
+                    self.idle_pending.add(key)
+            changes["agent_type"] = data.get("agent_type") or view.agent_type
+        elif kind == "message_update" and data.get("role") == "agent":
+            changes["last_message"] = str(data.get("message", ""))
+        self._update(key, **changes)
+
+    async def stop_all(self) -> None:
+        for _, task in self._followers.values():
+            task.cancel()
+        self._followers.clear()
+
+
+async def deliver_prompt(client: AgentClient, prompt: str) -> bool:
+    """Send the prompt as a user message unless the agent already has it; True once it surely has it.
+
+    Exactly once across crashes and retries: the agent's own message log is checked before sending,
+    and again after any failure, since a 500 or a timeout may come after the message got through.
+    """
+    if _has_prompt(await client.messages(), prompt):
+        return True
+    try:
+        await client.send(prompt, "user")
+        return True
+    except (AgentError, AgentUnavailable):
+        try:
+            return _has_prompt(await client.messages(), prompt)
+        except (AgentError, AgentUnavailable):
+            return False
+
+
+def _has_prompt(messages: list[AgentMessage], prompt: str) -> bool:
+    wanted = prompt.strip()
+    return any(m.role == "user" and m.content.strip() == wanted for m in messages)
+
+
+__all__ = ["Agents", "Target", "Transport", "deliver_prompt", "prompt_sha"]

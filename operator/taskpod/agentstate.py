@@ -1,0 +1,153 @@
+"""The agent's side of a task's status, derived purely: state, agent health and the prompt record.
+
+Coder's rules: working/idle come from AgentAPI's screen watcher (running/stable); complete and failed
+only from the agent's own report, and an idle never overwrites them; while the workspace starts, the
+state is a synthesised "working" with a message such as "Agent is starting".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from taskpod.lifecycle import AgentView, Observation, Verdict, derive_phase, lifecycle_status, set_condition
+from taskpod.models import (
+    AgentState,
+    AgentStatus,
+    Condition,
+    ConditionStatus,
+    Phase,
+    PromptStatus,
+    StateReport,
+    Task,
+)
+
+SUMMARY_CHARS = 120
+PROMPT_DELIVERED = "PromptDelivered"
+FINAL = frozenset({AgentState.COMPLETE, AgentState.FAILED})
+
+
+def prompt_sha(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()
+
+
+def summary(text: str | None) -> str | None:
+    """One short line from an agent message: its first non-empty line, trimmed."""
+    if not text:
+        return None
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = " ".join(line.split())
+    return line if len(line) <= SUMMARY_CHARS else line[: SUMMARY_CHARS - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Report:
+    """The agent's own account (complete or failed, with a message and a link), for one lifetime."""
+
+    state: AgentState
+    message: str
+    uri: str | None
+    lifetime: int
+    timestamp: dt.datetime
+
+
+def derive_state(
+    previous: StateReport | None,
+    verdict: Verdict,
+    agent: AgentView | None,
+    report: Report | None,
+    lifetime: int,
+    now: dt.datetime,
+) -> dict[str, Any] | None:
+    """status.state: what the agent is doing; its timestamp moves only when the state does."""
+    wanted: tuple[AgentState, str | None, str | None]
+    if report is not None and report.lifetime >= lifetime:
+        wanted = (report.state, report.message, report.uri)
+        stamp = report.timestamp
+    elif previous is not None and previous.state in FINAL:
+        return None  # the agent's own final word stands: the screen watcher never overwrites it
+    elif verdict.phase in (Phase.PENDING, Phase.INITIALIZING):
+        wanted, stamp = (AgentState.WORKING, verdict.message, None), now
+    elif verdict.phase is Phase.ACTIVE and agent is not None and agent.status is not None:
+        state = AgentState.WORKING if agent.status is AgentStatus.RUNNING else AgentState.IDLE
+        message = summary(agent.last_message) or (previous.message if previous else None)
+        wanted, stamp = (state, message, None), now
+    else:
+        return None  # paused, error or unknown: the last known state stays as it was
+    state, message, uri = wanted
+    if previous is not None and previous.state == state and previous.timestamp is not None:
+        stamp = previous.timestamp
+    return {
+        "state": state.value,
+        "message": message,
+        "uri": uri,
+        "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def agent_status(agent: AgentView | None) -> dict[str, Any] | None:
+    if agent is None:
+        return None
+    return {
+        "status": agent.status.value if agent.status else None,
+        "type": agent.agent_type,
+        "healthy": agent.healthy,
+        "reason": None if agent.healthy else agent.reason,
+    }
+
+
+def prompt_condition(prompt: str, delivered: PromptStatus | None) -> tuple[ConditionStatus, str, str]:
+    """PromptDelivered: True once the current spec.prompt reached the agent."""
+    if delivered is not None and delivered.sha256 == prompt_sha(prompt):
+        return ConditionStatus.TRUE, "Delivered", "The prompt was delivered to the agent."
+    if delivered is not None and delivered.sha256:
+        return (
+            ConditionStatus.FALSE,
+            "PromptChanged",
+            "The edited prompt will be delivered when the agent is ready.",
+        )
+    return ConditionStatus.FALSE, "Waiting", "The prompt will be delivered when the agent is ready."
+
+
+def prompt_record(sha: str, delivered_at: dt.datetime, lifetime: int) -> dict[str, Any]:
+    return {
+        "sha256": sha,
+        "deliveredAt": delivered_at.isoformat().replace("+00:00", "Z"),
+        "lifetime": lifetime,
+    }
+
+
+def was_delivered(prompt: str, delivered: Mapping[str, Any] | None) -> bool:
+    return bool(delivered) and (delivered or {}).get("sha256") == prompt_sha(prompt)
+
+
+def task_status(
+    task: Task,
+    obs: Observation,
+    now: dt.datetime,
+    prompt: Mapping[str, Any] | None = None,
+    snapshot: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole status patch: the lifecycle's part plus the agent's state, health and prompt record."""
+    status = lifecycle_status(task, obs, now)
+    verdict = derive_phase(obs)
+    lifetime = obs.statefulset.lifetime if obs.statefulset else 0
+    state = derive_state(task.status.state, verdict, obs.agent, None, lifetime, now)
+    if state is not None:
+        status["state"] = state
+    if obs.agent is not None:
+        status["agent"] = agent_status(obs.agent)
+    if prompt is not None:
+        status["prompt"] = dict(prompt)
+    if snapshot is not None:
+        status["logSnapshot"] = dict(snapshot)
+    recorded = PromptStatus.model_validate(prompt) if prompt else task.status.prompt
+    conditions = [Condition.model_validate(c) for c in status["conditions"]]
+    conditions = set_condition(
+        conditions, PROMPT_DELIVERED, *prompt_condition(task.spec.prompt, recorded), obs.generation, now
+    )
+    status["conditions"] = [c.dump() for c in conditions]
+    return status

@@ -1,0 +1,96 @@
+"""Conversation snapshots: what a paused task keeps of its agent's messages (pure), and their ConfigMap.
+
+Coder kept the last 10 messages, at most 64 KiB, dropping the oldest first; a single message too big on
+its own kept the last 56 KiB of its content with a marker. We store the same envelope,
+`{"format": "agentapi", "data": {"messages": [...]}}`, in a ConfigMap owned by the Task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from taskpod.models import Task
+from taskpod.workspace import labels, owner_reference
+
+MAX_MESSAGES = 10
+MAX_BYTES = 64 * 1024
+KEEP_TAIL_BYTES = 56 * 1024
+DATA_KEY = "snapshot.json"
+TAKEN_AT_ANNOTATION = "taskpod.dev/taken-at"
+
+
+def truncation_marker(original_bytes: int) -> str:
+    kept = KEEP_TAIL_BYTES // 1024
+    return f"[taskpod: message truncated, kept the last {kept} KiB of {original_bytes} bytes]\n"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    messages: list[dict[str, Any]]
+    truncated: bool
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        return {"format": "agentapi", "data": {"messages": self.messages}}
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.envelope, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def size(self) -> int:
+        return len(self.text.encode())
+
+
+def _tail(content: str) -> str:
+    """The last KEEP_TAIL_BYTES of `content` in UTF-8, never splitting a character."""
+    raw = content.encode()
+    return raw[-KEEP_TAIL_BYTES:].decode(errors="ignore")  # a cut character at the start is dropped whole
+
+
+def shape(messages: list[dict[str, Any]]) -> Snapshot:
+    """Keep the newest messages that fit: at most MAX_MESSAGES and MAX_BYTES, oldest dropped first."""
+    kept = [dict(m) for m in messages[-MAX_MESSAGES:]]
+    truncated = len(messages) > len(kept)
+    for message in kept:
+        content = str(message.get("content", ""))
+        if len(content.encode()) > KEEP_TAIL_BYTES:
+            message["content"] = truncation_marker(len(content.encode())) + _tail(content)
+            truncated = True
+    snapshot = Snapshot(kept, truncated)
+    while snapshot.size > MAX_BYTES and len(snapshot.messages) > 1:
+        snapshot = Snapshot(snapshot.messages[1:], True)
+    return snapshot
+
+
+def configmap_name(task_name: str) -> str:
+    return f"{task_name}-snapshot"
+
+
+def configmap(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(task.name),
+            "namespace": task.namespace,
+            "labels": labels(task.name),
+            "annotations": {TAKEN_AT_ANNOTATION: taken_at.isoformat().replace("+00:00", "Z")},
+            "ownerReferences": [owner_reference(task)],
+        },
+        "data": {DATA_KEY: snapshot.text},
+    }
+
+
+def status_entry(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[str, Any]:
+    """status.logSnapshot for this snapshot."""
+    return {
+        "configMap": configmap_name(task.name),
+        "takenAt": taken_at.isoformat().replace("+00:00", "Z"),
+        "messages": len(snapshot.messages),
+        "bytes": snapshot.size,
+        "truncated": snapshot.truncated,
+    }

@@ -1,0 +1,146 @@
+"""The agent's side of status: state with its timestamp, health, and the prompt record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from taskpod.agentstate import (
+    Report,
+    derive_state,
+    prompt_condition,
+    prompt_sha,
+    summary,
+    task_status,
+    was_delivered,
+)
+from taskpod.lifecycle import AgentView, Observation, StatefulSetView, Verdict
+from taskpod.models import AgentState, AgentStatus, ConditionStatus, Phase, PromptStatus, StateReport, Task
+
+T0 = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(minutes=5)
+ACTIVE = Verdict(Phase.ACTIVE, "WorkspaceReady", "Workspace is ready.")
+STARTING = Verdict(Phase.INITIALIZING, "AgentStarting", "Agent is starting.")
+PAUSED = Verdict(Phase.PAUSED, "Paused", "Task is paused.")
+
+
+def agent(status: AgentStatus | None, message: str | None = None) -> AgentView:
+    return AgentView(lifetime=1, answered=True, healthy=True, status=status, last_message=message)
+
+
+def previous(state: AgentState, message: str | None = "before", at: dt.datetime = T0) -> StateReport:
+    return StateReport(state=state, message=message, timestamp=at)
+
+
+@pytest.mark.parametrize(
+    ("prev", "verdict", "view", "expected"),
+    [
+        (None, STARTING, None, ("working", "Agent is starting.", T1)),
+        (
+            None,
+            ACTIVE,
+            agent(AgentStatus.RUNNING, "Running the tests\nmore"),
+            ("working", "Running the tests", T1),
+        ),
+        (
+            previous(AgentState.WORKING),
+            ACTIVE,
+            agent(AgentStatus.STABLE, "All green."),
+            ("idle", "All green.", T1),
+        ),
+        (
+            previous(AgentState.IDLE),
+            ACTIVE,
+            agent(AgentStatus.STABLE, "Still idle."),
+            ("idle", "Still idle.", T0),
+        ),
+        (previous(AgentState.IDLE, "kept"), ACTIVE, agent(AgentStatus.STABLE), ("idle", "kept", T0)),
+        (previous(AgentState.WORKING), PAUSED, None, None),
+        (previous(AgentState.COMPLETE, "PR opened"), ACTIVE, agent(AgentStatus.STABLE, "bye"), None),
+        (previous(AgentState.FAILED, "no access"), ACTIVE, agent(AgentStatus.RUNNING), None),
+    ],
+    ids=[
+        "starting is synthesised working",
+        "running is working, first line as message",
+        "stable is idle, time moves",
+        "same state keeps its time",
+        "no new message keeps the old one",
+        "paused keeps the last state",
+        "complete is never overwritten by idle",
+        "failed is never overwritten by working",
+    ],
+)
+def test_derive_state(
+    prev: StateReport | None,
+    verdict: Verdict,
+    view: AgentView | None,
+    expected: tuple[str, str, dt.datetime] | None,
+) -> None:
+    state = derive_state(prev, verdict, view, None, 1, T1)
+    if expected is None:
+        assert state is None
+    else:
+        assert (state or {})["state"] == expected[0]
+        assert (state or {})["message"] == expected[1]
+        assert (state or {})["timestamp"] == expected[2].isoformat().replace("+00:00", "Z")
+
+
+def test_a_report_of_the_current_lifetime_wins_and_one_from_before_is_ignored() -> None:
+    report = Report(
+        AgentState.COMPLETE, "Opened PR #12", "https://example.com/pr/12", lifetime=2, timestamp=T0
+    )
+    state = derive_state(previous(AgentState.WORKING), ACTIVE, agent(AgentStatus.STABLE), report, 2, T1)
+    assert state is not None and state["state"] == "complete" and state["uri"] == "https://example.com/pr/12"
+    old = Report(AgentState.COMPLETE, "old", None, lifetime=1, timestamp=T0)
+    state = derive_state(previous(AgentState.WORKING), ACTIVE, agent(AgentStatus.STABLE), old, 2, T1)
+    assert state is not None and state["state"] == "idle"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("\n\n  Done:   all   tests pass \nDetails", "Done: all tests pass"),
+        ("x" * 300, "x" * 119 + "…"),
+    ],
+)
+def test_summary_is_one_short_line(text: str | None, expected: str | None) -> None:
+    assert summary(text) == expected
+
+
+def test_prompt_condition_follows_the_current_prompt() -> None:
+    delivered = PromptStatus(sha256=prompt_sha("Fix it"), delivered_at=T0, lifetime=1)
+    assert prompt_condition("Fix it", delivered)[0] is ConditionStatus.TRUE
+    assert prompt_condition("Fix it better", delivered)[1] == "PromptChanged"
+    assert prompt_condition("Fix it", None)[1] == "Waiting"
+    assert was_delivered("Fix it", {"sha256": prompt_sha("Fix it")})
+    assert not was_delivered("Fix it", None)
+
+
+def test_task_status_adds_agent_state_prompt_and_its_condition() -> None:
+    task = Task.model_validate(
+        {"metadata": {"name": "t", "namespace": "n", "generation": 2}, "spec": {"prompt": "Fix it"}}
+    )
+    sts = StatefulSetView(name="t", replicas=1, lifetime=1, spec_hash=None, storage={})
+    obs = Observation(
+        generation=2,
+        paused=False,
+        template_name="default",
+        template=None,
+        statefulset=sts,
+        pod=None,
+        agent=agent(AgentStatus.STABLE, "Done."),
+    )
+    record: dict[str, Any] = {
+        "sha256": prompt_sha("Fix it"),
+        "deliveredAt": "2026-11-28T12:00:00Z",
+        "lifetime": 1,
+    }
+    status = task_status(task, obs, T1, prompt=record)
+    assert status["prompt"] == record
+    assert status["agent"] == {"status": "stable", "type": None, "healthy": True, "reason": None}
+    delivered = [c for c in status["conditions"] if c["type"] == "PromptDelivered"]
+    assert delivered and delivered[0]["status"] == "True" and delivered[0]["observedGeneration"] == 2

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from taskpod.models import Task
+from taskpod.snapshots import (
+    DATA_KEY,
+    KEEP_TAIL_BYTES,
+    MAX_BYTES,
+    MAX_MESSAGES,
+    configmap,
+    shape,
+    status_entry,
+)
+
+
+def message(i: int, content: str, role: str = "agent") -> dict[str, Any]:
+    return {"id": i, "role": role, "content": content, "time": "2026-11-28T12:00:00Z"}
+
+
+def test_a_short_conversation_is_kept_whole() -> None:
+    msgs = [message(0, "Fix the test", "user"), message(1, "Done.")]
+    snap = shape(msgs)
+    assert snap.messages == msgs and not snap.truncated
+    assert json.loads(snap.text) == {"format": "agentapi", "data": {"messages": msgs}}
+
+
+def test_fifty_messages_of_a_mebibyte_keep_the_newest_that_fit() -> None:
+    msgs = [message(i, f"{i}:" + "x" * 20_000) for i in range(50)]  # ~1 MiB in all
+    snap = shape(msgs)
+    assert snap.truncated
+    assert len(snap.messages) <= MAX_MESSAGES
+    assert snap.size <= MAX_BYTES
+    ids = [m["id"] for m in snap.messages]
+    assert ids == list(range(50 - len(ids), 50)), "the newest messages, in order, oldest dropped first"
+    assert all(m["content"] == msgs[m["id"]]["content"] for m in snap.messages), "kept messages are whole"
+
+
+def test_one_huge_message_keeps_its_last_56_kib_with_a_marker() -> None:
+    content = "start " + "é" * 100_000 + " the end"  # 200 KiB of two-byte characters
+    snap = shape([message(0, "Summarise", "user"), message(1, content)])
+    kept = snap.messages[-1]["content"]
+    assert snap.truncated and snap.size <= MAX_BYTES
+    assert kept.startswith("[taskpod: message truncated")
+    body = kept.split("]\n", 1)[1]
+    assert body.endswith(" the end") and "start" not in body
+    assert KEEP_TAIL_BYTES - 2 <= len(body.encode()) <= KEEP_TAIL_BYTES
+    assert set(body[:-8]) == {"é"}, "no character is cut in half"
+
+
+@pytest.mark.parametrize("char", ["é", "日", "🙂"], ids=["2-byte", "3-byte", "4-byte"])
+def test_unicode_survives_truncation(char: str) -> None:
+    snap = shape([message(0, char * 70_000)])
+    body = snap.messages[0]["content"].split("]\n", 1)[1]
+    assert set(body) == {char}
+    json.loads(snap.text)  # still valid JSON
+
+
+def test_configmap_and_status_describe_the_same_snapshot() -> None:
+    task = Task.model_validate(
+        {"metadata": {"name": "fix", "namespace": "team", "uid": "u1"}, "spec": {"prompt": "p"}}
+    )
+    snap = shape([message(i, "hello") for i in range(12)])
+    taken = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+    cm = configmap(task, snap, taken)
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert json.loads(cm["data"][DATA_KEY])["data"]["messages"] == snap.messages
+    assert status_entry(task, snap, taken) == {
+        "configMap": "fix-snapshot",
+        "takenAt": "2026-11-28T12:00:00Z",
+        "messages": 10,
+        "bytes": snap.size,
+        "truncated": True,
+    }
