@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.support import Kube, Operator, install_crds
+from tests.support import ROOT, Kube, Operator, install_crds
 
 
 @pytest.fixture(scope="session")
@@ -56,12 +58,42 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def operator(kube: Kube, crds: list[str], namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    """The operator, running as its own process and watching the test's namespace."""
+def operator(
+    kube: Kube, crds: list[str], namespace: str, tmp_path: Path, simulator: Path
+) -> Iterator[Operator]:
+    """The operator, running as its own process and watching the test's namespace (agents simulated)."""
     op = Operator(kube.kubeconfig, [namespace], tmp_path / "operator.log").start()
     yield op
     op.stop()
     print(f"--- operator log (last lines) ---\n{op.tail()}")
+
+
+@pytest.fixture(scope="session")
+def simulator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The workspace simulator, playing every taskpod pod's agent at its loopback IP; yields its state dir."""
+    directory = tmp_path_factory.mktemp("simulator")
+    log = (directory / "simulator.log").open("ab")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "hack"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workspacesim",
+            "--kubeconfig",
+            str(kube.kubeconfig),
+            "--state-dir",
+            str(directory / "state"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    yield directory
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,208 @@
+"""The agent inside the task: the prompt arrives once, the state follows the agent, a pause keeps a
+snapshot of the conversation, and logs read the right source for the phase.
+
+The workspace simulator (hack/agentsim) plays each pod's agent at its loopback pod IP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+
+from taskpod import kube as taskkube
+from taskpod import tasks as taskops
+from taskpod.agentstate import prompt_sha
+from tests.support import (
+    Kube,
+    Operator,
+    condition,
+    create_task,
+    create_template,
+    get_task,
+    patch_task,
+    phase_is,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.loopback]
+SIM = "sim.taskpod.dev/agent"
+
+
+@pytest.fixture(autouse=True)
+def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """taskpod.tasks runs as the user does, with the kubeconfig of the cluster under test."""
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    # The API server will not proxy to loopback pod IPs, which are all the local control plane has.
+    monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
+    taskkube.api_client.cache_clear()
+
+
+def agent_url(kube: Kube, namespace: str, name: str) -> str:
+    pod = kube.core.read_namespaced_pod(f"{name}-0", namespace)
+    return f"http://{pod.status.pod_ip}:3284"
+
+
+def agent_messages(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    return list(httpx.get(agent_url(kube, namespace, name) + "/messages", timeout=5).json()["messages"])
+
+
+def sim_config(kube: Kube, namespace: str, name: str, **config: Any) -> None:
+    httpx.post(agent_url(kube, namespace, name) + "/_sim/config", json=config, timeout=5).raise_for_status()
+
+
+def template_with(kube: Kube, namespace: str, **agent: Any) -> None:
+    create_template(kube, namespace, annotations={SIM: json.dumps(agent)})
+
+
+def delivered(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    task = get_task(kube, namespace, name)
+    cond = [c for c in task.get("status", {}).get("conditions", []) if c["type"] == "PromptDelivered"]
+    return task if cond and cond[0]["status"] == "True" else None
+
+
+def prompts_in(messages: list[dict[str, Any]], prompt: str) -> int:
+    return sum(1 for m in messages if m["role"] == "user" and m["content"].strip() == prompt)
+
+
+def test_prompt_arrives_once_after_the_agent_answers(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace, startup_seconds=2, work_seconds=1)
+    create_task(kube, namespace, "login", prompt="Fix the flaky login test")
+    task = wait_for(partial(delivered, kube, namespace, "login"), 60, "the prompt to be delivered")
+    assert task["status"]["phase"] == "Active"
+    assert task["status"]["prompt"]["sha256"] == prompt_sha("Fix the flaky login test")
+    assert task["status"]["prompt"]["lifetime"] == 1
+    assert prompts_in(agent_messages(kube, namespace, "login"), "Fix the flaky login test") == 1
+
+
+def test_state_goes_working_then_idle_and_a_report_of_complete_stands(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace, work_seconds=3, reply="All tests pass now.")
+    create_task(kube, namespace, "flaky", prompt="Make the tests pass")
+
+    def state(expected: str) -> dict[str, Any] | None:
+        s = get_task(kube, namespace, "flaky").get("status", {}).get("state") or {}
+        return (
+            s
+            if s.get("state") == expected
+            and get_task(kube, namespace, "flaky")["status"]["phase"] == "Active"
+            else None
+        )
+
+    working = wait_for(lambda: state("working"), 60, "STATE working")
+    idle = wait_for(lambda: state("idle"), 60, "STATE idle")
+    assert idle["timestamp"] > working["timestamp"]
+    assert idle["message"] == "All tests pass now."
+
+
+def test_pause_snapshots_the_newest_messages_within_64_kib(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "big", prompt="Summarise the repo")
+    wait_for(partial(delivered, kube, namespace, "big"), 60, "delivered")
+    wait_for(lambda: len(agent_messages(kube, namespace, "big")) == 2, 30, "the agent's answer")
+    # 50 messages of ~20 KiB (1 MiB) with Unicode, then one of 200 KiB at the end.
+    history = [{"role": "agent", "content": f"{i} " + "é漢🙂" * 2700} for i in range(50)]
+    history.append({"role": "agent", "content": "start " + "日本" * 34_000 + " the end"})
+    sim_config(kube, namespace, "big", append_messages=history)
+
+    patch_task(kube, namespace, "big", {"paused": True})
+    task = wait_for(partial(phase_is, kube, namespace, "big", "Paused"), 60, "Paused")
+    record = task["status"]["logSnapshot"]
+    assert record["configMap"] == "big-snapshot" and record["truncated"] is True
+    assert record["messages"] <= 10 and record["bytes"] <= 64 * 1024
+    cm = kube.core.read_namespaced_config_map("big-snapshot", namespace)
+    envelope = json.loads(cm.data["snapshot.json"])
+    assert envelope["format"] == "agentapi"
+    messages = envelope["data"]["messages"]
+    assert len(envelope["data"]["messages"]) == record["messages"]
+    last = messages[-1]["content"]
+    assert last.startswith("[taskpod: message truncated") and last.endswith(" the end")
+    assert 56 * 1024 - 4 <= len(last.split("]\n", 1)[1].encode()) <= 56 * 1024
+    assert "日本" in last and "\ufffd" not in last
+
+    logs = asyncio.run(taskops.logs(namespace, "big"))
+    assert logs.snapshot and logs.snapshot_at == record["takenAt"]
+    assert logs.messages == messages
+
+
+def test_logs_are_live_while_active_and_a_conflict_in_error(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace, reply="Looking into it.")
+    create_task(kube, namespace, "live", prompt="Look into it")
+    wait_for(partial(delivered, kube, namespace, "live"), 60, "delivered")
+
+    def replied() -> taskops.Logs | None:
+        logs = asyncio.run(taskops.logs(namespace, "live"))
+        return logs if len(logs.messages) >= 2 else None
+
+    logs = wait_for(replied, 30, "the agent's reply in the live logs")
+    assert logs.snapshot is False and logs.messages[0]["content"].strip() == "Look into it"
+
+    create_task(kube, namespace, "broken", template="missing")
+    wait_for(partial(phase_is, kube, namespace, "broken", "Error"), 30, "Error")
+    with pytest.raises(taskops.TaskConflict, match="cannot fetch logs"):
+        asyncio.run(taskops.logs(namespace, "broken"))
+
+
+def test_an_edited_prompt_is_delivered_once_after_resume(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "orm", prompt="Upgrade the ORM")
+    wait_for(partial(delivered, kube, namespace, "orm"), 60, "delivered")
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException, match="the task must be paused to change its prompt"):
+        patch_task(kube, namespace, "orm", {"prompt": "Upgrade the ORM to 2.0"})
+
+    patch_task(kube, namespace, "orm", {"paused": True})
+    wait_for(partial(phase_is, kube, namespace, "orm", "Paused"), 60, "Paused")
+    patch_task(kube, namespace, "orm", {"prompt": "Upgrade the ORM to 2.0"})
+    assert condition(get_task(kube, namespace, "orm"), "PromptDelivered")["status"] in ("True", "False")
+    patch_task(kube, namespace, "orm", {"paused": False})
+    task = wait_for(partial(delivered, kube, namespace, "orm"), 60, "the edited prompt delivered")
+    assert task["status"]["prompt"]["lifetime"] == 2
+    messages = agent_messages(kube, namespace, "orm")
+    assert prompts_in(messages, "Upgrade the ORM to 2.0") == 1
+    assert prompts_in(messages, "Upgrade the ORM") == 1  # the conversation survived the pause; no re-send
+
+
+def test_a_pause_does_not_wait_for_an_unreachable_agent(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "stuck", prompt="Do it")
+    wait_for(partial(delivered, kube, namespace, "stuck"), 60, "delivered")
+    sim_config(kube, namespace, "stuck", hang=["/messages", "/status"])
+    started = time.monotonic()
+    patch_task(kube, namespace, "stuck", {"paused": True})
+    wait_for(partial(phase_is, kube, namespace, "stuck", "Paused"), 60, "Paused despite the hanging agent")
+    assert time.monotonic() - started < 30
+    events = kube.core.list_namespaced_event(namespace, field_selector="involvedObject.name=stuck").items
+    assert any(e.reason == "SnapshotSkipped" for e in events)
+
+
+def test_prompt_delivery_is_exactly_once_across_operator_kills(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace, startup_seconds=0.5, post_delay_seconds=0.3)
+    rng = random.Random(4)
+    for round_ in range(20):
+        name = f"kill-{round_}"
+        create_task(kube, namespace, name, prompt=f"Task number {round_}")
+        time.sleep(rng.uniform(0.5, 3.5))  # somewhere between scheduling and delivery
+        operator.kill()
+        operator.start()
+        wait_for(partial(delivered, kube, namespace, name), 60, f"{name} delivered")
+        assert prompts_in(agent_messages(kube, namespace, name), f"Task number {round_}") == 1, name
