@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .cluster
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help demo venv binaries test unit integration lint fmt cluster cluster-down clean
+.PHONY: help demo simulator venv binaries test unit integration lint fmt cluster cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ fmt: venv ## format the code
 
 cluster: binaries ## start a local control plane in the background (kubeconfig: .cluster/kubeconfig)
 	$(BIN)/python -m localkube up --dir $(CLUSTER_DIR)
+
+simulator: venv ## play every workspace pod's agent (foreground; for a cluster from make cluster)
+	$(BIN)/python -m workspacesim --kubeconfig $(CLUSTER_DIR)/kubeconfig --state-dir $(CLUSTER_DIR)/agent-state
 
 cluster-down: venv ## stop the local control plane
 	$(BIN)/python -m localkube down --dir $(CLUSTER_DIR)

@@ -7,6 +7,7 @@ afterwards so you can look around; `make cluster-down` stops it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,10 +17,12 @@ from pathlib import Path
 
 from localkube import binaries
 from localkube.cluster import LocalCluster
+from taskpod import tasks as taskops
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "demo"
 TASK = "fix-flaky-login"
+JSONPATH_AGENT = "jsonpath=prompt: {.status.prompt}{'\\n'}state:  {.status.state}{'\\n'}"
 
 
 def say(text: str) -> None:
@@ -31,6 +34,8 @@ class Demo:
         self.directory = directory
         self.kubeconfig = directory / "kubeconfig"
         self.kubectl_bin = str(binaries.ensure("kubectl"))
+        os.environ["KUBECONFIG"] = str(self.kubeconfig)  # taskpod.tasks reads logs as the user does
+        os.environ["TASKPOD_AGENT_TRANSPORT"] = "direct"  # the API server won't proxy to loopback pod IPs
 
     def kubectl(self, *args: str, show: bool = True, check: bool = True) -> str:
         if show:
@@ -73,6 +78,16 @@ class Demo:
             time.sleep(0.3)
         raise SystemExit(f"the task did not get there in {timeout:.0f}s; see {self.directory}/operator.log")
 
+    def state(self) -> str:
+        jsonpath = "jsonpath={.status.state.state}"
+        return self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", jsonpath, show=False, check=False)
+
+    def show_logs(self) -> None:
+        logs = asyncio.run(taskops.logs(NAMESPACE, TASK))
+        print(f"snapshot: {logs.snapshot}" + (f", taken at {logs.snapshot_at}" if logs.snapshot else ""))
+        for message in logs.messages:
+            print(f"  [{message['role']}] {message['content'][:100]}")
+
     def run(self) -> None:
         say("Starting a local Kubernetes control plane (etcd, kube-apiserver, controllers, kwok nodes)")
         LocalCluster(self.directory).up()
@@ -86,20 +101,35 @@ class Demo:
         self.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", show=False)
         self.kubectl("create", "namespace", NAMESPACE)
 
-        say("Starting the operator (python -m taskpod), logging to .cluster/operator.log")
-        log = (self.directory / "operator.log").open("ab")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        say("Starting the workspace simulator (plays each pod's agent) and the operator (python -m taskpod)")
+        print(f"  logs: {self.directory}/simulator.log, {self.directory}/operator.log")
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "TASKPOD_AGENT_TRANSPORT": "direct"}
+        simulator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "workspacesim",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--state-dir",
+                str(self.directory / "agent-state"),
+            ],
+            stdout=(self.directory / "simulator.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         operator = subprocess.Popen(
             [sys.executable, "-m", "taskpod", "--namespace", NAMESPACE],
-            stdout=log,
+            stdout=(self.directory / "operator.log").open("ab"),
             stderr=subprocess.STDOUT,
             env=env,
         )
         try:
             self.story()
         finally:
-            operator.terminate()
-            operator.wait(15)
+            for process in (operator, simulator):
+                process.terminate()
+                process.wait(15)
 
     def story(self) -> None:
         say("Applying the example TaskTemplate and Task")
@@ -107,20 +137,32 @@ class Demo:
         self.watch_tasks(lambda phase: phase == "Active")
         self.kubectl("get", "statefulsets,pods,pvc", "-n", NAMESPACE)
 
+        say("The operator delivered the prompt once the agent was stable; the agent works, then goes idle")
+        self.watch_tasks(lambda _: self.state() == "idle")
+        self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", JSONPATH_AGENT)
+
         say("Pausing the task: the workspace scales to zero, its volume stays")
         self.kubectl(
             "patch", "task", TASK, "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"paused":true}}'
         )
         self.watch_tasks(lambda phase: phase == "Paused")
         self.kubectl("wait", "--for=condition=Paused", f"task/{TASK}", "-n", NAMESPACE)
-        self.kubectl("get", "pods,pvc", "-n", NAMESPACE)
+        self.kubectl("get", "pods,pvc,configmaps", "-n", NAMESPACE, "-l", "taskpod.dev/task")
+        self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", "jsonpath={.status.logSnapshot}")
+        print()
+
+        say("Reading the logs while paused: the snapshot, marked as such")
+        self.show_logs()
 
         say("Resuming it: the same volume comes back in a new pod (lifetime 2)")
         self.kubectl(
             "patch", "task", TASK, "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"paused":false}}'
         )
         self.watch_tasks(lambda phase: phase == "Active")
-        self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", "jsonpath={.status.workspace}{'\\n'}")
+        self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", "jsonpath={.status.workspace}")
+        print()
+        say("Logs again, live from the agent: the conversation was kept and the prompt not sent twice")
+        self.show_logs()
 
         say("What happened, as the task's Events tell it")
         describe = self.kubectl("describe", "task", TASK, "-n", NAMESPACE, show=False)

@@ -69,6 +69,8 @@ def derive_state(
         stamp = report.timestamp
     elif previous is not None and previous.state in FINAL:
         return None  # the agent's own final word stands: the screen watcher never overwrites it
+    elif verdict.reason == "Pausing":
+        return None  # the agent is being stopped, not starting: its last state stands
     elif verdict.phase in (Phase.PENDING, Phase.INITIALIZING):
         wanted, stamp = (AgentState.WORKING, verdict.message, None), now
     elif verdict.phase is Phase.ACTIVE and agent is not None and agent.status is not None:
