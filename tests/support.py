@@ -84,12 +84,16 @@ def install_crds(kube: Kube) -> list[str]:
 class Operator:
     """The operator as its own process (`python -m taskpod`), as a user runs it: killable and restartable."""
 
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path, *extra: str) -> None:
         self.kubeconfig, self.namespaces, self.log = kubeconfig, namespaces, log
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Operator:
-        args = [a for ns in self.namespaces for a in ("--namespace", ns)]
+    def start(self, *extra: str) -> Operator:
+        """Start it; `extra` arguments (e.g. --agent-grace 3) stay for later restarts."""
+        self.stop()
+        self.extra += extra
+        args = [a for ns in self.namespaces for a in ("--namespace", ns)] + self.extra
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

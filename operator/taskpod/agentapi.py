@@ -7,6 +7,7 @@ Both are just a base URL plus an httpx client configured with the right credenti
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -106,24 +107,31 @@ class AgentClient:
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Follow /events: the current state first, then every change, until the stream ends."""
+        request = self.http.build_request(
+            "GET", self.base_url + "/events", timeout=httpx.Timeout(self.timeout, read=None)
+        )
         try:
-            async with self.http.stream(
-                "GET", self.base_url + "/events", timeout=httpx.Timeout(self.timeout, read=None)
-            ) as response:
-                if response.status_code != 200:
-                    raise AgentError(f"GET /events: HTTP {response.status_code}")
-                kind, data_lines = "message", []
-                async for line in response.aiter_lines():
-                    if line.startswith("event:"):
-                        kind = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data_lines.append(line[5:].strip())
-                    elif line == "" and data_lines:
-                        try:
-                            data = json.loads("\n".join(data_lines))
-                        except ValueError as exc:
-                            raise AgentError(f"/events: not JSON: {data_lines[0][:100]}") from exc
-                        yield AgentEvent(kind, data if isinstance(data, dict) else {"value": data})
-                        kind, data_lines = "message", []
+            # Headers must come within the timeout; after that, a quiet stream is just an idle agent.
+            response = await asyncio.wait_for(self.http.send(request, stream=True), self.timeout)
+        except (httpx.TransportError, httpx.TimeoutException, TimeoutError) as exc:
+            raise AgentUnavailable(f"GET /events: {type(exc).__name__}: {exc}") from exc
+        try:
+            if response.status_code != 200:
+                raise AgentError(f"GET /events: HTTP {response.status_code}")
+            kind, data_lines = "message", []
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data_lines.append(line[5:].strip())
+                elif line == "" and data_lines:
+                    try:
+                        data = json.loads("\n".join(data_lines))
+                    except ValueError as exc:
+                        raise AgentError(f"/events: not JSON: {data_lines[0][:100]}") from exc
+                    yield AgentEvent(kind, data if isinstance(data, dict) else {"value": data})
+                    kind, data_lines = "message", []
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise AgentUnavailable(f"GET /events: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await response.aclose()

@@ -66,8 +66,12 @@ class Agents:
         self._followers: dict[Key, tuple[Target, asyncio.Task[None]]] = {}
         self.idle_pending: set[Key] = set()  # went idle since the last snapshot
 
-    def ensure(self, key: Key, target: Target | None) -> None:
-        """Follow `target`'s agent, or nobody when None; a changed target restarts the follower."""
+    def ensure(self, key: Key, target: Target | None, answered_before: bool = False) -> None:
+        """Follow `target`'s agent, or nobody when None; a changed target restarts the follower.
+
+        `answered_before`: status says this pod's agent answered an earlier operator run, so silence now
+        is an agent gone quiet (Unknown after the grace period), not one still starting.
+        """
         current = self._followers.get(key)
         if current is not None and current[0] == target:
             return
@@ -78,7 +82,7 @@ class Agents:
             self.views.pop(key, None)
             self.idle_pending.discard(key)
             return
-        self.views[key] = AgentView(lifetime=target.lifetime)
+        self.views[key] = AgentView(lifetime=target.lifetime, answered=answered_before)
         task = asyncio.get_running_loop().create_task(self._follow(key, target), name=f"follow {key}")
         self._followers[key] = (target, task)
 

@@ -146,7 +146,16 @@ class Reconciler:
         pod: PodView | None = _one(views.pods, key)
         agent = None
         if self.agents is not None:
-            self.agents.ensure(key, _target(task, template, sts, pod))
+            target = _target(task, template, sts, pod)
+            current = self._current_status(task, raw)
+            workspace_status = current.get("workspace") or {}
+            answered_before = bool(
+                target is not None
+                and (current.get("agent") or {}).get("healthy")
+                and workspace_status.get("pod") == target.pod
+                and workspace_status.get("lifetime") == target.lifetime
+            )
+            self.agents.ensure(key, target, answered_before)
             agent = self.agents.views.get(key)
         obs = Observation(
             generation=task.metadata.generation,

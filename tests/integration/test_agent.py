@@ -206,3 +206,27 @@ def test_prompt_delivery_is_exactly_once_across_operator_kills(
         operator.start()
         wait_for(partial(delivered, kube, namespace, name), 60, f"{name} delivered")
         assert prompts_in(agent_messages(kube, namespace, name), f"Task number {round_}") == 1, name
+
+
+@pytest.mark.parametrize("fault", ["fail", "garbage", "hang"])
+def test_a_misbehaving_agent_is_unknown_and_recovers(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, fault: str
+) -> None:
+    operator.start("--agent-grace", "3")
+    template_with(kube, namespace)
+    create_task(kube, namespace, "odd", prompt="Do the thing")
+    wait_for(partial(delivered, kube, namespace, "odd"), 60, "delivered")
+
+    sim_config(kube, namespace, "odd", **{fault: ["/events", "/status", "/messages"]})
+    # The agent's current stream keeps going until it reconnects; cut it by restarting the operator.
+    operator.start()
+    task = wait_for(
+        partial(phase_is, kube, namespace, "odd", "Unknown"), 60, "Unknown after the grace period"
+    )
+    assert "has not answered" in task["status"]["message"]
+    assert task["status"]["agent"]["healthy"] is False
+    assert operator.proc is not None and operator.proc.poll() is None, "the operator must not crash"
+
+    sim_config(kube, namespace, "odd", **{fault: []})
+    wait_for(partial(phase_is, kube, namespace, "odd", "Active"), 60, "Active again once the agent answers")
+    assert prompts_in(agent_messages(kube, namespace, "odd"), "Do the thing") == 1

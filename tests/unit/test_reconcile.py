@@ -45,7 +45,7 @@ class FakeAgents:
         self.views = {KEY: AgentView(lifetime=1, answered=True, healthy=True, status=AgentStatus.STABLE)}
         self.idle_pending: set[Any] = set()
 
-    def ensure(self, key: Any, target: Any) -> None:
+    def ensure(self, key: Any, target: Any, answered_before: bool = False) -> None:
         assert target is not None and target.pod_ip == "127.1.0.5"
 
     def client(self, key: Any) -> FakeAgent:
