@@ -75,7 +75,7 @@ def derive_state(
         wanted, stamp = (AgentState.WORKING, verdict.message, None), now
     elif verdict.phase is Phase.ACTIVE and agent is not None and agent.status is not None:
         state = AgentState.WORKING if agent.status is AgentStatus.RUNNING else AgentState.IDLE
-        message = summary(agent.last_message) or (previous.message if previous else None)
+        message = summary(agent.last_message)  # None until the agent has said something
         wanted, stamp = (state, message, None), now
     else:
         return None  # paused, error or unknown: the last known state stays as it was

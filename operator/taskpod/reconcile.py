@@ -260,6 +260,8 @@ class Reconciler:
                 message = f"Could not read the agent's conversation ({exc}); the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
             return
+        if not messages:
+            return  # a fresh agent with no history must not overwrite the last conversation we kept
         snap = snapshots.shape([m.dump() for m in messages])
         if self._snapshot_texts.get(key) == snap.text:
             return  # nothing new since the last one

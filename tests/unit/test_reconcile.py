@@ -200,3 +200,13 @@ def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytes
     assert events == ["PromptDelivered", "ReconcileFailed", "WorkspaceReady"]
     assert api.status_patches[0]["prompt"]["sha256"]  # the delivery made before the failure is recorded
     assert reconciler.agents.agent.sent == ["Fix the flaky login test"]  # type: ignore[union-attr]
+
+
+def test_an_agent_with_no_history_never_overwrites_the_kept_snapshot(api: FakeApi) -> None:
+    """Found measuring: a resumed agent without its state file went idle with an empty conversation, and
+    the idle snapshot replaced the one the pause had kept."""
+    reconciler = reconciler_with([])
+    reconciler.agents.idle_pending.add(KEY)  # type: ignore[union-attr]
+    run(reconciler, views(task_body("5"), api))
+    assert [a["kind"] for a in api.applies] == []
+    assert "logSnapshot" not in api.status_patches[0]
