@@ -49,8 +49,8 @@ fmt: venv ## format the code
 cluster: binaries ## start a local control plane in the background (kubeconfig: .cluster/kubeconfig)
 	$(BIN)/python -m localkube up --dir $(CLUSTER_DIR)
 
-simulator: venv ## play every workspace pod's agent (foreground; for a cluster from make cluster)
-	$(BIN)/python -m workspacesim --kubeconfig $(CLUSTER_DIR)/kubeconfig --state-dir $(CLUSTER_DIR)/agent-state
+simulator: venv ## run the workspace simulator in the foreground against .cluster/kubeconfig
+	$(BIN)/python -m agentsim --kubeconfig $(CLUSTER_DIR)/kubeconfig --state-dir $(CLUSTER_DIR)/agent-state
 
 cluster-down: venv ## stop the local control plane
 	$(BIN)/python -m localkube down --dir $(CLUSTER_DIR)

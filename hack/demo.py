@@ -108,7 +108,7 @@ class Demo:
             [
                 sys.executable,
                 "-m",
-                "workspacesim",
+                "agentsim",
                 "--kubeconfig",
                 str(self.kubeconfig),
                 "--state-dir",

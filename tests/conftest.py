@@ -81,7 +81,7 @@ def simulator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         [
             sys.executable,
             "-m",
-            "workspacesim",
+            "agentsim",
             "--kubeconfig",
             str(kube.kubeconfig),
             "--state-dir",

@@ -86,8 +86,11 @@ def agent_transport(via_proxy: bool, timeout: float = 5.0) -> tuple[httpx.AsyncC
     Direct: plain HTTP to pod IPs (in-cluster). Proxy: HTTPS to the API server with the operator's own
     credentials, which needs RBAC on pods/proxy but works from anywhere kubectl does.
     """
+    # Every follower holds one /events stream open: a capped pool (httpx's default is 100) would leave
+    # no connection for the short calls (prompt delivery, snapshots) once 100 tasks are active.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     if not via_proxy:
-        return httpx.AsyncClient(timeout=timeout), None
+        return httpx.AsyncClient(timeout=timeout, limits=limits), None
     cfg = api_client().configuration
     tls = (
         ssl.create_default_context(cafile=cfg.ssl_ca_cert)
@@ -99,7 +102,7 @@ def agent_transport(via_proxy: bool, timeout: float = 5.0) -> tuple[httpx.AsyncC
     headers = {}
     if token := (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken"):
         headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
-    return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout), str(cfg.host)
+    return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout, limits=limits), str(cfg.host)
 
 
 def _get_task_sync(namespace: str, name: str) -> dict[str, Any]:

@@ -61,9 +61,12 @@ def template_with(kube: Kube, namespace: str, **agent: Any) -> None:
 
 
 def delivered(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    """The task, once the prompt in its current spec has reached the agent."""
     task = get_task(kube, namespace, name)
-    cond = [c for c in task.get("status", {}).get("conditions", []) if c["type"] == "PromptDelivered"]
-    return task if cond and cond[0]["status"] == "True" else None
+    status = task.get("status", {})
+    cond = [c for c in status.get("conditions", []) if c["type"] == "PromptDelivered"]
+    caught_up = status.get("observedGeneration") == task["metadata"]["generation"]
+    return task if caught_up and cond and cond[0]["status"] == "True" else None
 
 
 def prompts_in(messages: list[dict[str, Any]], prompt: str) -> int:
@@ -109,7 +112,9 @@ def test_pause_snapshots_the_newest_messages_within_64_kib(
     template_with(kube, namespace)
     create_task(kube, namespace, "big", prompt="Summarise the repo")
     wait_for(partial(delivered, kube, namespace, "big"), 60, "delivered")
-    wait_for(lambda: len(agent_messages(kube, namespace, "big")) == 2, 30, "the agent's answer")
+    wait_for(
+        lambda: agent_messages(kube, namespace, "big")[-1]["content"].startswith("Done:"), 30, "the answer"
+    )
     # 50 messages of ~20 KiB (1 MiB) with Unicode, then one of 200 KiB at the end.
     history = [{"role": "agent", "content": f"{i} " + "é漢🙂" * 2700} for i in range(50)]
     history.append({"role": "agent", "content": "start " + "日本" * 34_000 + " the end"})
@@ -144,10 +149,11 @@ def test_logs_are_live_while_active_and_a_conflict_in_error(
 
     def replied() -> taskops.Logs | None:
         logs = asyncio.run(taskops.logs(namespace, "live"))
-        return logs if len(logs.messages) >= 2 else None
+        return logs if logs.messages and logs.messages[-1]["content"] == "Looking into it." else None
 
     logs = wait_for(replied, 30, "the agent's reply in the live logs")
-    assert logs.snapshot is False and logs.messages[0]["content"].strip() == "Look into it"
+    assert logs.snapshot is False
+    assert [m["content"].strip() for m in logs.messages if m["role"] == "user"] == ["Look into it"]
 
     create_task(kube, namespace, "broken", template="missing")
     wait_for(partial(phase_is, kube, namespace, "broken", "Error"), 30, "Error")
