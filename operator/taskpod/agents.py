@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 
 from taskpod.agentapi import AgentClient, AgentError, AgentMessage, AgentUnavailable, direct_url, proxy_url
-from taskpod.agentstate import prompt_sha
 from taskpod.lifecycle import AgentView
 from taskpod.models import AgentStatus
 
@@ -164,6 +163,3 @@ async def deliver_prompt(client: AgentClient, prompt: str) -> bool:
 def _has_prompt(messages: list[AgentMessage], prompt: str) -> bool:
     wanted = prompt.strip()
     return any(m.role == "user" and m.content.strip() == wanted for m in messages)
-
-
-__all__ = ["Agents", "Target", "Transport", "deliver_prompt", "prompt_sha"]

@@ -22,7 +22,17 @@ from taskpod.workspace import FIELD_MANAGER
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
-__all__ = ["ApiException", "api_client", "apply", "patch_task_status"]
+__all__ = [
+    "ApiException",
+    "agent_port",
+    "agent_transport",
+    "api_client",
+    "apply",
+    "get_task",
+    "patch_task_spec",
+    "patch_task_status",
+    "read_configmap",
+]
 
 
 @cache

@@ -114,15 +114,17 @@ class Reconciler:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             raw = _one(views.tasks, key)
-            if raw is None:  # deleted: its children go by garbage collection
-                self._forget(key)
+            if raw is not None:
+                try:
+                    await self._reconcile(raw, views)
+                except Exception as exc:
+                    self._retry_later(key, views, raw, exc)
+                else:
+                    self._retries.pop(key, None)
                 return
-            try:
-                await self._reconcile(raw, views)
-            except Exception as exc:
-                self._retry_later(key, views, raw, exc)
-            else:
-                self._retries.pop(key, None)
+            self._forget(key)  # deleted: its children go by garbage collection
+        if not lock.locked():
+            self._locks.pop(key, None)
 
     async def _reconcile(self, raw: Mapping[str, Any], views: Views) -> None:
         task = Task.model_validate(raw)
@@ -322,8 +324,11 @@ class Reconciler:
         self._timers[key] = loop.call_later(delay, lambda: loop.create_task(self.reconcile(key, views)))
 
     def _forget(self, key: Key) -> None:
-        self._retries.pop(key, None)
-        self._written.pop(key, None)
+        """A deleted task: stop following its agent and drop everything kept for it."""
+        if self.agents is not None:
+            self.agents.ensure(key, None)
+        for memory in (self._retries, self._written, self._prompts, self._snapshots, self._snapshot_texts):
+            memory.pop(key, None)
         if (timer := self._timers.pop(key, None)) is not None:
             timer.cancel()
 

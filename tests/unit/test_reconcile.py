@@ -210,3 +210,17 @@ def test_an_agent_with_no_history_never_overwrites_the_kept_snapshot(api: FakeAp
     run(reconciler, views(task_body("5"), api))
     assert [a["kind"] for a in api.applies] == []
     assert "logSnapshot" not in api.status_patches[0]
+
+
+def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> None:
+    stopped: list[Any] = []
+    reconciler = reconciler_with([])
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    run(reconciler, views(task_body("5"), api))
+    agents.ensure = lambda key, target, answered_before=False: stopped.append((key, target))
+    gone = views(task_body("5"), api)
+    gone.tasks = FakeIndex({})
+    run(reconciler, gone)
+    assert stopped == [(KEY, None)]
+    assert KEY not in reconciler._written and KEY not in reconciler._locks
