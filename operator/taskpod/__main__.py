@@ -52,6 +52,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("TASKPOD_AGENT_GRACE_SECONDS", "30")),
         help="how long an agent may be silent before the phase is Unknown (default 30)",
     )
+    parser.add_argument(
+        "--report-listen",
+        metavar="HOST:PORT",
+        default=os.environ.get("TASKPOD_REPORT_LISTEN"),
+        help="serve the agents' report endpoint here, e.g. 0.0.0.0:8081; env TASKPOD_REPORT_LISTEN",
+    )
+    parser.add_argument(
+        "--report-url",
+        metavar="URL",
+        default=os.environ.get("TASKPOD_REPORT_URL"),
+        help="the report endpoint as workspaces reach it, e.g. "
+        "http://taskpod.taskpod-system.svc:8081/report; env TASKPOD_REPORT_URL",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not args.namespaces and not args.all_namespaces:
@@ -71,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     os.environ["TASKPOD_AGENT_TRANSPORT"] = args.agent_transport  # read by the startup handler
     os.environ["TASKPOD_AGENT_GRACE_SECONDS"] = str(args.agent_grace)
+    for name, value in (
+        ("TASKPOD_REPORT_LISTEN", args.report_listen),
+        ("TASKPOD_REPORT_URL", args.report_url),
+    ):
+        if value:
+            os.environ[name] = value
     import taskpod.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(

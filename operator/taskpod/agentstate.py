@@ -132,14 +132,18 @@ def task_status(
     now: dt.datetime,
     prompt: Mapping[str, Any] | None = None,
     snapshot: Mapping[str, Any] | None = None,
+    report: Report | None = None,
 ) -> dict[str, Any]:
     """The whole status patch: the lifecycle's part plus the agent's state, health and prompt record."""
     status = lifecycle_status(task, obs, now)
     verdict = derive_phase(obs)
     lifetime = obs.statefulset.lifetime if obs.statefulset else 0
-    state = derive_state(task.status.state, verdict, obs.agent, None, lifetime, now)
+    state = derive_state(task.status.state, verdict, obs.agent, report, lifetime, now)
     if state is not None:
         status["state"] = state
+    shown = state or (task.status.state.model_dump(mode="json") if task.status.state else {})
+    if verdict.phase is Phase.ACTIVE and shown.get("message"):
+        status["message"] = shown["message"]  # Coder's MESSAGE column: the agent's words, errors first
     if obs.agent is not None:
         status["agent"] = agent_status(obs.agent)
     if prompt is not None:

@@ -13,9 +13,10 @@ import os
 from typing import Any
 
 import kopf
+from aiohttp import web
 from pydantic import ValidationError
 
-from taskpod import kube
+from taskpod import kube, reports
 from taskpod.agents import Agents, Transport
 from taskpod.lifecycle import SPEC_HASH_ANNOTATION, PodView, StatefulSetView
 from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, TaskTemplate
@@ -32,6 +33,7 @@ def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
 
 
 reconciler = Reconciler(event=_post_event)
+_servers: list[web.AppRunner] = []  # the report endpoint, when enabled
 
 
 @kopf.on.startup()
@@ -51,6 +53,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     grace = os.environ.get("TASKPOD_AGENT_GRACE_SECONDS")
     if grace:
         reconciler.agent_grace = dt.timedelta(seconds=float(grace))
+    reconciler.report_url = os.environ.get("TASKPOD_REPORT_URL") or None
+    if listen := os.environ.get("TASKPOD_REPORT_LISTEN"):
+        host, _sep, port = listen.rpartition(":")
+        runner = web.AppRunner(reports.app(kube.token_review, reconciler.accept_report), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+        _servers.append(runner)
 
 
 @kopf.on.cleanup()
@@ -58,6 +67,8 @@ async def stop_following(**_: Any) -> None:
     if reconciler.agents is not None:
         await reconciler.agents.stop_all()
         await reconciler.agents.transport.http.aclose()
+    for runner in _servers:
+        await runner.cleanup()
 
 
 @kopf.on.login()

@@ -32,6 +32,7 @@ __all__ = [
     "patch_task_spec",
     "patch_task_status",
     "read_configmap",
+    "token_review",
 ]
 
 
@@ -163,3 +164,19 @@ def _agent_port_sync(namespace: str, pod: str, port_name: str) -> int | None:
 async def agent_port(namespace: str, pod: str, port_name: str) -> int | None:
     """The pod's port of that name (the agent's, for taskpod workspaces)."""
     return await asyncio.to_thread(_agent_port_sync, namespace, pod, port_name)
+
+
+def _token_review_sync(token: str, audience: str) -> dict[str, Any]:
+    review = client.AuthenticationV1Api(api_client()).create_token_review(
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        }
+    )
+    return dict(_plain(review).get("status") or {})
+
+
+async def token_review(token: str, audience: str = "taskpod") -> dict[str, Any]:
+    """What the API server says of a token presented for `audience`: who, and whether it is valid."""
+    return await asyncio.to_thread(_token_review_sync, token, audience)

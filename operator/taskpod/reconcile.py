@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from taskpod import agentstate, kube, lifecycle, snapshots, workspace
+from taskpod import agentstate, kube, lifecycle, reports, snapshots, workspace
 from taskpod.agentapi import AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
 from taskpod.lifecycle import Observation, PodView, StatefulSetView
@@ -94,7 +94,21 @@ class Reconciler:
     _snapshots: dict[Key, dict[str, Any]] = field(default_factory=dict)  # taken, not yet in status
     _snapshot_texts: dict[Key, str] = field(default_factory=dict)
     _views: Views | None = None
+    _reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received, not yet in status
+    report_url: str | None = None  # where workspaces send their agent's reports
     _poked: set[Key] = field(default_factory=set)
+
+    async def accept_report(self, who: reports.Reporter, report: reports.AgentReport) -> str | None:
+        """Take an agent's report if it comes from its task's current pod; else say why not."""
+        task_name = who.pod.rsplit("-", 1)[0]
+        key = (who.namespace, task_name)
+        pod: PodView | None = _one(self._views.pods, key) if self._views else None
+        if pod is None or pod.uid != who.pod_uid or pod.name != who.pod:
+            return f"pod {who.pod} is not the current workspace of a task; its report is ignored"
+        lifetime = pod.lifetime or 0
+        self._reports[key] = agentstate.Report(report.state, report.message, report.uri, lifetime, report.at)
+        self.poke(key)
+        return None
 
     def poke(self, key: Key) -> None:
         """Schedule a reconcile of `key` (the agent said something); several pokes make one reconcile."""
@@ -193,7 +207,7 @@ class Reconciler:
 
         replicas = workspace.desired_replicas(task)
         lifetime = workspace.next_lifetime(observed, replicas)
-        desired = workspace.statefulset(task, template, replicas, lifetime, observed)
+        desired = workspace.statefulset(task, template, replicas, lifetime, observed, self.report_url)
         if observed is not None and observed.spec_hash == workspace.spec_hash(desired):
             return observed
         pausing = observed is not None and observed.replicas > 0 and replicas == 0
@@ -277,12 +291,15 @@ class Reconciler:
         # Decide from the same status we compare against, or two versions of it would take turns forever.
         task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
         key = (task.namespace, task.name)
-        status = agentstate.task_status(task, obs, _now(), self._prompts.get(key), self._snapshots.get(key))
+        status = agentstate.task_status(
+            task, obs, _now(), self._prompts.get(key), self._snapshots.get(key), self._reports.get(key)
+        )
         if not lifecycle.status_changed(current, status):
             self._prompts.pop(key, None)
             self._snapshots.pop(key, None)
             return
         written = await kube.patch_task_status(task.namespace, task.name, status)
+        self._reports.pop(key, None)
         self._prompts.pop(key, None)  # recorded in status now
         self._snapshots.pop(key, None)
         previous = self._written.get(key)

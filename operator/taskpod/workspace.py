@@ -21,6 +21,9 @@ FIELD_MANAGER = "taskpod"
 VOLUME = "workspace"
 CONTAINER = "agent"
 PORT_NAME = "agentapi"
+REPORT_AUDIENCE = "taskpod"
+REPORT_VOLUME = "taskpod-report"
+REPORT_DIR = "/var/run/taskpod"
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,12 @@ def service(task: Task, template: TaskTemplate) -> dict[str, Any]:
 
 
 def statefulset(
-    task: Task, template: TaskTemplate, replicas: int, lifetime: int, observed: StatefulSetView | None
+    task: Task,
+    template: TaskTemplate,
+    replicas: int,
+    lifetime: int,
+    observed: StatefulSetView | None,
+    report_url: str | None = None,
 ) -> dict[str, Any]:
     """The one-pod StatefulSet that runs the agent, scaled to `replicas`, stamped with its `lifetime`."""
     n = names(task.name)
@@ -154,6 +162,16 @@ def statefulset(
     }
     container.update({k: v for k, v in optional.items() if v})
 
+    volumes: list[dict[str, Any]] = []
+    if report_url:
+        # The agent reports complete/failed with a token bound to this pod, for the operator only.
+        token = {"audience": REPORT_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
+        volumes.append({"name": REPORT_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}})
+        container["volumeMounts"].append({"name": REPORT_VOLUME, "mountPath": REPORT_DIR, "readOnly": True})
+        container["env"] += [
+            {"name": "TASKPOD_REPORT_URL", "value": report_url},
+            {"name": "TASKPOD_REPORT_TOKEN_FILE", "value": f"{REPORT_DIR}/token"},
+        ]
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "automountServiceAccountToken": False,  # the agent needs no Kubernetes API access
@@ -166,6 +184,8 @@ def statefulset(
         "tolerations": pod.tolerations,
     }
     pod_spec.update({k: v for k, v in pod_optional.items() if v})
+    if volumes:
+        pod_spec["volumes"] = volumes
 
     return _stamp(
         {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import time
 from functools import partial
 from typing import Any
@@ -41,6 +42,12 @@ def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
     # The API server will not proxy to loopback pod IPs, which are all the local control plane has.
     monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
     taskkube.api_client.cache_clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def agent_url(kube: Kube, namespace: str, name: str) -> str:
@@ -236,3 +243,62 @@ def test_a_misbehaving_agent_is_unknown_and_recovers(
     sim_config(kube, namespace, "odd", **{fault: []})
     wait_for(partial(phase_is, kube, namespace, "odd", "Active"), 60, "Active again once the agent answers")
     assert prompts_in(agent_messages(kube, namespace, "odd"), "Do the thing") == 1
+
+
+def pod_token(kube: Kube, namespace: str, pod_name: str) -> str:
+    """The token the kubelet would mount in the pod for the audience "taskpod" (we play the kubelet)."""
+    pod = kube.core.read_namespaced_pod(pod_name, namespace)
+    request = {
+        "spec": {
+            "audiences": ["taskpod"],
+            "expirationSeconds": 3600,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod.metadata.uid},
+        }
+    }
+    sa = pod.spec.service_account_name or "default"
+    return str(kube.core.create_namespaced_service_account_token(sa, namespace, request).status.token)
+
+
+def test_the_agent_reports_complete_and_it_stands(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/report"
+    operator.start("--report-listen", f"127.0.0.1:{port}", "--report-url", url)
+    template_with(kube, namespace, reply="On it.")
+    create_task(kube, namespace, "pr", prompt="Open a PR that fixes the login test")
+    wait_for(partial(delivered, kube, namespace, "pr"), 60, "delivered")
+    container = kube.core.read_namespaced_pod("pr-0", namespace).spec.containers[0]
+    assert ("TASKPOD_REPORT_URL", url) in [(e.name, e.value) for e in container.env]
+    token = pod_token(kube, namespace, "pr-0")
+
+    report = {"state": "complete", "message": "Opened PR #42", "uri": "https://example.com/pr/42"}
+    assert httpx.post(url, json=report, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert httpx.post(url, json=report, headers={"Authorization": "Bearer forged"}).status_code == 401
+
+    def reported() -> dict[str, Any] | None:
+        task = get_task(kube, namespace, "pr")
+        return task if (task["status"].get("state") or {}).get("state") == "complete" else None
+
+    task = wait_for(reported, 30, "STATE complete")
+    assert task["status"]["state"]["message"] == "Opened PR #42"
+    assert task["status"]["state"]["uri"] == "https://example.com/pr/42"
+    assert task["status"]["message"] == "Opened PR #42"  # the MESSAGE column
+
+    # The agent works again and goes idle: the report stands.
+    sim_config(kube, namespace, "pr", append_messages=[{"role": "agent", "content": "idle now"}])
+    httpx.post(
+        agent_url(kube, namespace, "pr") + "/message", json={"type": "user", "content": "thanks"}, timeout=5
+    )
+    time.sleep(3)
+    assert get_task(kube, namespace, "pr")["status"]["state"]["state"] == "complete"
+
+    # A report made with the token of a previous pod (before a pause and resume) is refused.
+    patch_task(kube, namespace, "pr", {"paused": True})
+    wait_for(partial(phase_is, kube, namespace, "pr", "Paused"), 60, "Paused")
+    patch_task(kube, namespace, "pr", {"paused": False})
+    wait_for(partial(phase_is, kube, namespace, "pr", "Active"), 60, "Active")
+    failed = {"state": "failed", "message": "from the old pod"}
+    answer = httpx.post(url, json=failed, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code in (401, 409)
+    assert get_task(kube, namespace, "pr")["status"]["state"]["state"] == "complete"

@@ -1,0 +1,102 @@
+"""The agent's own report of its state (complete, failed, working or idle, a message, a link): Coder's
+report_task, which only the agent can make.
+
+The agent POSTs `{"state", "message", "uri"}` to the operator's report endpoint with the ServiceAccount
+token its pod is given for the audience "taskpod". That token is useless against the API server, and it is
+bound to the pod: a TokenReview tells the operator exactly which pod is speaking, hence which task and
+which lifetime. No per-task RBAC objects, no Secrets; a report from an earlier pod of the task is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from taskpod.models import AgentState
+
+log = logging.getLogger("taskpod.reports")
+AUDIENCE = "taskpod"
+TOKEN_PATH = "/var/run/taskpod/token"
+POD_NAME = "authentication.kubernetes.io/pod-name"
+POD_UID = "authentication.kubernetes.io/pod-uid"
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Who is reporting, as the API server vouches for it."""
+
+    namespace: str
+    pod: str
+    pod_uid: str
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    state: AgentState
+    message: str
+    uri: str | None
+    at: dt.datetime
+
+
+def reporter(review_status: Mapping[str, Any]) -> Reporter | None:
+    """The pod behind a TokenReview's answer, or None unless it is an authenticated pod-bound token."""
+    if not review_status.get("authenticated"):
+        return None
+    user = review_status.get("user") or {}
+    parts = str(user.get("username", "")).split(":")
+    extra = user.get("extra") or {}
+    pods, uids = extra.get(POD_NAME) or [], extra.get(POD_UID) or []
+    if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"] or not pods or not uids:
+        return None
+    return Reporter(namespace=parts[2], pod=str(pods[0]), pod_uid=str(uids[0]))
+
+
+def parse(body: Any, now: dt.datetime) -> AgentReport:
+    """A report from the agent's JSON; ValueError says what is wrong with it."""
+    if not isinstance(body, dict):
+        raise ValueError('expected a JSON object {"state", "message", "uri"}')
+    try:
+        state = AgentState(str(body.get("state")))
+    except ValueError:
+        raise ValueError(f"state must be one of {', '.join(s.value for s in AgentState)}") from None
+    message = " ".join(str(body.get("message") or "").split())[:MAX_MESSAGE]
+    uri = body.get("uri")
+    if uri is not None and not isinstance(uri, str):
+        raise ValueError("uri must be a string")
+    return AgentReport(state, message, uri or None, now)
+
+
+Review = Callable[[str], Awaitable[Mapping[str, Any]]]
+Accept = Callable[[Reporter, AgentReport], Awaitable[str | None]]  # None: accepted; else why not
+
+
+def app(review: Review, accept: Accept) -> web.Application:
+    """POST /report: 401 without a valid pod token, 409 from a pod that is not the task's current one."""
+
+    async def report(request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return web.json_response({"error": "a Bearer token is required"}, status=401)
+        who = reporter(await review(header[7:]))
+        if who is None:
+            return web.json_response({"error": "the token is not a taskpod workspace pod's"}, status=401)
+        try:
+            body = await request.json()
+            parsed = parse(body, dt.datetime.now(dt.UTC).replace(microsecond=0))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        refusal = await accept(who, parsed)
+        if refusal is not None:
+            return web.json_response({"error": refusal}, status=409)
+        log.info("report from %s/%s: %s", who.namespace, who.pod, parsed.state.value)
+        return web.json_response({"ok": True})
+
+    application = web.Application(client_max_size=64 * 1024)
+    application.add_routes([web.post("/report", report)])
+    return application
