@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -104,6 +105,7 @@ class Demo:
         say("Starting the workspace simulator (plays each pod's agent) and the operator (python -m taskpod)")
         print(f"  logs: {self.directory}/simulator.log, {self.directory}/operator.log")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "TASKPOD_AGENT_TRANSPORT": "direct"}
+        shutil.rmtree(self.directory / "agent-state", ignore_errors=True)  # a fresh namespace, a fresh agent
         simulator = subprocess.Popen(
             [
                 sys.executable,
