@@ -66,10 +66,16 @@ def _one(index: Index, key: Any) -> Any:
 
 
 def _target(
-    task: Task, template: TaskTemplate | None, sts: StatefulSetView | None, pod: PodView | None
+    task: Task,
+    template: TaskTemplate | None,
+    sts: StatefulSetView | None,
+    pod: PodView | None,
+    even_if_paused: bool = False,
 ) -> Target | None:
     """The agent to follow: the one in the running pod, unless the task is pausing."""
-    if task.spec.paused or template is None or pod is None or pod.deleting or pod.phase != "Running":
+    if task.spec.paused and not even_if_paused:
+        return None
+    if template is None or pod is None or pod.deleting or pod.phase != "Running":
         return None
     if not pod.pod_ip:
         return None
@@ -152,8 +158,12 @@ class Reconciler:
         if isinstance(template_value, str):
             workspace_error = template_value
         elif template is not None:
+            # The agent to snapshot if this reconcile pauses the task, followed or not (e.g. just restarted).
+            last_agent = _target(task, template, sts, _one(views.pods, key), even_if_paused=True)
             try:
-                sts = await self._ensure_children(task, template, sts, _one(views.services, key), raw)
+                sts = await self._ensure_children(
+                    task, template, sts, _one(views.services, key), raw, last_agent
+                )
             except kube.ApiException as exc:
                 if exc.status not in (400, 422):
                     raise
@@ -199,6 +209,7 @@ class Reconciler:
         observed: StatefulSetView | None,
         service_hash: str | None,
         raw: Mapping[str, Any],
+        last_agent: Target | None = None,
     ) -> StatefulSetView | None:
         """Bring the Service and StatefulSet in line with task and template; write only what differs."""
         desired_service = workspace.service(task, template)
@@ -215,7 +226,7 @@ class Reconciler:
             self.event(
                 raw, type="Normal", reason="Pausing", message="Pausing: scaling the workspace to zero."
             )
-            await self._snapshot(task, raw, quiet=False)
+            await self._snapshot(task, raw, quiet=False, target=last_agent)
         live = StatefulSetView.parse(await kube.apply(desired))
         if observed is None:
             self.event(
@@ -263,11 +274,18 @@ class Reconciler:
             message = f"Delivered the prompt to the agent (lifetime {lifetime})."
             self.event(raw, type="Normal", reason="PromptDelivered", message=message)
 
-    async def _snapshot(self, task: Task, raw: Mapping[str, Any], *, quiet: bool) -> None:
+    async def _snapshot(
+        self, task: Task, raw: Mapping[str, Any], *, quiet: bool, target: Target | None = None
+    ) -> None:
         """Keep the agent's recent conversation in a ConfigMap; never hang, never fail the caller."""
         key = (task.namespace, task.name)
-        client = self.agents.client(key) if self.agents else None
+        if self.agents is None:
+            return
+        client = self.agents.client(key) or (self.agents.transport.client(target) if target else None)
         if client is None:
+            if not quiet:
+                message = "No running agent to read the conversation from; the previous snapshot is kept."
+                self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
             return
         try:
             messages = await asyncio.wait_for(client.messages(), SNAPSHOT_TIMEOUT)

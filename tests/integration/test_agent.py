@@ -302,3 +302,28 @@ def test_the_agent_reports_complete_and_it_stands(
     answer = httpx.post(url, json=failed, headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code in (401, 409)
     assert get_task(kube, namespace, "pr")["status"]["state"]["state"] == "complete"
+
+
+def test_a_pause_made_while_the_operator_was_down_still_snapshots(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "offline", prompt="Refactor the auth module")
+    wait_for(partial(delivered, kube, namespace, "offline"), 60, "delivered")
+    wait_for(
+        lambda: agent_messages(kube, namespace, "offline")[-1]["content"].startswith("Done:"), 30, "answer"
+    )
+    operator.kill()
+    sim_config(
+        kube,
+        namespace,
+        "offline",
+        append_messages=[{"role": "agent", "content": "Said while nobody watched"}],
+    )
+    patch_task(kube, namespace, "offline", {"paused": True})
+    operator.start()
+    task = wait_for(partial(phase_is, kube, namespace, "offline", "Paused"), 60, "Paused")
+    cm = kube.core.read_namespaced_config_map("offline-snapshot", namespace)
+    contents = [m["content"] for m in json.loads(cm.data["snapshot.json"])["data"]["messages"]]
+    assert contents[-1] == "Said while nobody watched"
+    assert task["status"]["logSnapshot"]["messages"] == len(contents)
