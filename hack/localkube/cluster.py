@@ -120,9 +120,11 @@ def _pick_pod_octet() -> int:
 
 
 def _set_pdeathsig() -> None:
-    """Run in the child: die with the parent, so a crashed test run leaves no control plane behind."""
+    """Run in the child: die with the parent, so a crashed test run leaves no control plane behind.
+
+    SIGKILL, not SIGTERM: with etcd gone too, kube-apiserver's graceful shutdown can hang for good."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class LocalCluster:
