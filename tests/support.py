@@ -121,6 +121,25 @@ class Operator:
         )
 
 
+def kubectl(kube: Kube, *args: str) -> str:
+    """Run kubectl against the cluster under test, as a user would; fail with its stderr."""
+    from localkube import binaries
+
+    cmd = [str(binaries.ensure("kubectl")), "--kubeconfig", str(kube.kubeconfig), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_for(
     check: Callable[[], T | None], timeout: float = 60, what: str = "condition", interval: float = 0.2
 ) -> T:

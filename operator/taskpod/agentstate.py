@@ -23,6 +23,7 @@ from taskpod.models import (
     PromptStatus,
     StateReport,
     Task,
+    rfc3339,
 )
 
 SUMMARY_CHARS = 120
@@ -86,7 +87,7 @@ def derive_state(
         "state": state.value,
         "message": message,
         "uri": uri,
-        "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+        "timestamp": rfc3339(stamp),
     }
 
 
@@ -117,7 +118,7 @@ def prompt_condition(prompt: str, delivered: PromptStatus | None) -> tuple[Condi
 def prompt_record(sha: str, delivered_at: dt.datetime, lifetime: int) -> dict[str, Any]:
     return {
         "sha256": sha,
-        "deliveredAt": delivered_at.isoformat().replace("+00:00", "Z"),
+        "deliveredAt": rfc3339(delivered_at),
         "lifetime": lifetime,
     }
 

@@ -129,7 +129,7 @@ async def template_changed(
     namespace: str, name: str, tasks_by_template: kopf.Index[Any, str], **kw: Any
 ) -> None:
     for task in list(tasks_by_template.get((namespace, name), [])):
-        await reconciler.reconcile((namespace, task), _views({**kw, "tasks_by_template": tasks_by_template}))
+        await reconciler.reconcile((namespace, task), _views(kw))
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)

@@ -74,21 +74,21 @@ def _apply_sync(obj: dict[str, Any]) -> dict[str, Any]:
     return _plain(result)
 
 
+async def _custom(method: str, namespace: str, name: str, *body: dict[str, Any]) -> dict[str, Any]:
+    """One call on a Task through CustomObjectsApi, in a worker thread; patches are merge patches."""
+    call = getattr(client.CustomObjectsApi(api_client()), method)
+    extra = {"_content_type": MERGE} if body else {}
+    return dict(await asyncio.to_thread(call, GROUP, VERSION, namespace, "tasks", name, *body, **extra))
+
+
 async def apply(obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply: create or update to exactly `obj`, idempotently; returns the live object."""
     return await asyncio.to_thread(_apply_sync, obj)
 
 
-def _patch_status_sync(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-    result = client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, "tasks", name, {"status": status}, _content_type=MERGE
-    )
-    return dict(result)
-
-
 async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
     """One merge patch of the Task's status subresource; keys set to None are removed."""
-    return await asyncio.to_thread(_patch_status_sync, namespace, name, status)
+    return await _custom("patch_namespaced_custom_object_status", namespace, name, {"status": status})
 
 
 def agent_transport(via_proxy: bool, timeout: float = 5.0) -> tuple[httpx.AsyncClient, str | None]:
@@ -116,27 +116,12 @@ def agent_transport(via_proxy: bool, timeout: float = 5.0) -> tuple[httpx.AsyncC
     return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout, limits=limits), str(cfg.host)
 
 
-def _get_task_sync(namespace: str, name: str) -> dict[str, Any]:
-    return dict(
-        client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "tasks", name
-        )
-    )
-
-
 async def get_task(namespace: str, name: str) -> dict[str, Any]:
-    return await asyncio.to_thread(_get_task_sync, namespace, name)
-
-
-def _patch_task_sync(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    result = client.CustomObjectsApi(api_client()).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "tasks", name, {"spec": spec}, _content_type=MERGE
-    )
-    return dict(result)
+    return await _custom("get_namespaced_custom_object", namespace, name)
 
 
 async def patch_task_spec(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return await asyncio.to_thread(_patch_task_sync, namespace, name, spec)
+    return await _custom("patch_namespaced_custom_object", namespace, name, {"spec": spec})
 
 
 def _read_configmap_sync(namespace: str, name: str) -> dict[str, Any] | None:

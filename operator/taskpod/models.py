@@ -21,6 +21,11 @@ DEFAULT_AGENT_PORT = 3284
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
+def rfc3339(moment: dt.datetime) -> str:
+    """A UTC time as Kubernetes writes it: 2026-11-28T12:00:00Z."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 class Phase(StrEnum):
     """The task's status, as Coder Tasks named it."""
 

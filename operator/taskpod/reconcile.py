@@ -154,12 +154,13 @@ class Reconciler:
         template_value = _one(views.templates, (task.namespace, task.spec.template))
         template = template_value if isinstance(template_value, TaskTemplate) else None
         sts: StatefulSetView | None = _one(views.statefulsets, key)
+        pod: PodView | None = _one(views.pods, key)
         workspace_error: str | None = None
         if isinstance(template_value, str):
             workspace_error = template_value
         elif template is not None:
             # The agent to snapshot if this reconcile pauses the task, followed or not (e.g. just restarted).
-            last_agent = _target(task, template, sts, _one(views.pods, key), even_if_paused=True)
+            last_agent = _target(task, template, sts, pod, even_if_paused=True)
             try:
                 sts = await self._ensure_children(
                     task, template, sts, _one(views.services, key), raw, last_agent
@@ -169,7 +170,6 @@ class Reconciler:
                     raise
                 workspace_error = f"The workspace cannot be applied: {_api_message(exc)}"
 
-        pod: PodView | None = _one(views.pods, key)
         agent = None
         if self.agents is not None:
             target = _target(task, template, sts, pod)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod.models import Task
+from taskpod.models import Task, rfc3339
 from taskpod.workspace import labels, owner_reference
 
 MAX_MESSAGES = 10
@@ -78,7 +78,7 @@ def configmap(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[str
             "name": configmap_name(task.name),
             "namespace": task.namespace,
             "labels": labels(task.name),
-            "annotations": {TAKEN_AT_ANNOTATION: taken_at.isoformat().replace("+00:00", "Z")},
+            "annotations": {TAKEN_AT_ANNOTATION: rfc3339(taken_at)},
             "ownerReferences": [owner_reference(task)],
         },
         "data": {DATA_KEY: snapshot.text},
@@ -89,7 +89,7 @@ def status_entry(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[
     """status.logSnapshot for this snapshot."""
     return {
         "configMap": configmap_name(task.name),
-        "takenAt": taken_at.isoformat().replace("+00:00", "Z"),
+        "takenAt": rfc3339(taken_at),
         "messages": len(snapshot.messages),
         "bytes": snapshot.size,
         "truncated": snapshot.truncated,

@@ -19,7 +19,7 @@ from typing import Any
 
 from taskpod import kube
 from taskpod.agentapi import AgentClient, direct_url, proxy_url
-from taskpod.models import DEFAULT_AGENT_PORT, AgentState, Phase, Task
+from taskpod.models import DEFAULT_AGENT_PORT, AgentState, Phase, Task, rfc3339
 from taskpod.snapshots import DATA_KEY, configmap_name
 from taskpod.workspace import PORT_NAME
 
@@ -76,7 +76,7 @@ async def logs(namespace: str, name: str) -> Logs:
             return Logs([], snapshot=True)
         envelope = json.loads(cm["data"][DATA_KEY])
         taken = task.status.log_snapshot.taken_at if task.status.log_snapshot else None
-        at = taken.isoformat().replace("+00:00", "Z") if taken else None
+        at = rfc3339(taken) if taken else None
         return Logs(list(envelope["data"]["messages"]), snapshot=True, snapshot_at=at)
     raise TaskConflict(f"cannot fetch logs for task in current state: {phase} ({task.status.message})")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import time
 from functools import partial
 from typing import Any
@@ -25,6 +24,7 @@ from tests.support import (
     condition,
     create_task,
     create_template,
+    free_port,
     get_task,
     patch_task,
     phase_is,
@@ -42,12 +42,6 @@ def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
     # The API server will not proxy to loopback pod IPs, which are all the local control plane has.
     monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
     taskkube.api_client.cache_clear()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def agent_url(kube: Kube, namespace: str, name: str) -> str:

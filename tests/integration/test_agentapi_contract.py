@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,6 +28,7 @@ import pytest
 from agentsim.agent import ScriptedAgent
 from agentsim.behaviour import Behaviour
 from localkube import binaries
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +46,6 @@ while True:
 """
 PROMPT = "hello contract"
 TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ lists tasks. Everything here is enforced by the API server alone; no operator ru
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from localkube import binaries
-from tests.support import ROOT, Kube, wait_for
+from tests.support import ROOT, Kube, kubectl, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +21,6 @@ MERGE_PATCH = "application/merge-patch+json"
 PROMPT_LOCKED = "the task must be paused to change its prompt"
 
 Write = Callable[[client.CustomObjectsApi, str], object]
-
-
-def kubectl(kube: Kube, *args: str) -> str:
-    """Run kubectl against the test cluster, as a user would; fail with its stderr."""
-    cmd = [str(binaries.ensure("kubectl")), "--kubeconfig", str(kube.kubeconfig), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
-    return result.stdout
 
 
 def task(name: str = "fix-login", **spec: Any) -> dict[str, Any]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import random
-import subprocess
 import time
 from functools import partial
 
 import pytest
 from kubernetes import client
 
-from localkube import binaries
 from tests.support import (
     ROOT,
     Kube,
@@ -20,6 +18,7 @@ from tests.support import (
     create_task,
     create_template,
     get_task,
+    kubectl,
     patch_task,
     phase_is,
     tasks_api,
@@ -29,15 +28,10 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-def kubectl(kube: Kube, *args: str) -> str:
-    result = subprocess.run(
-        [str(binaries.ensure("kubectl")), "--kubeconfig", str(kube.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+def kubectl_pause(kube: Kube, namespace: str, name: str, paused: bool) -> None:
+    """What a user types to pause or resume a task."""
+    spec = '{"spec":{"paused":%s}}' % ("true" if paused else "false")
+    kubectl(kube, "patch", "task", name, "-n", namespace, "--type", "merge", "-p", spec)
 
 
 def children(kube: Kube, namespace: str, name: str) -> dict[str, list[str]]:
@@ -112,18 +106,7 @@ def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
         "workspace-refactor-0", namespace
     ).metadata.uid
 
-    kubectl(
-        kube,
-        "patch",
-        "task",
-        "refactor",
-        "-n",
-        namespace,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec":{"paused":true}}',
-    )
+    kubectl_pause(kube, namespace, "refactor", paused=True)
     kubectl(kube, "wait", "-n", namespace, "--for=condition=Paused", "task/refactor", "--timeout=60s")
     task = get_task(kube, namespace, "refactor")
     assert task["status"]["phase"] == "Paused"
@@ -136,18 +119,7 @@ def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
     assert kube.apps.read_namespaced_stateful_set("refactor", namespace).spec.replicas == 0
 
     recorder = PhaseRecorder(kube, namespace, "refactor")
-    kubectl(
-        kube,
-        "patch",
-        "task",
-        "refactor",
-        "-n",
-        namespace,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec":{"paused":false}}',
-    )
+    kubectl_pause(kube, namespace, "refactor", paused=False)
     task = wait_for(lambda: phase_is(kube, namespace, "refactor", "Active"), 60, "Active again")
     phases = recorder.stop()
     assert phases[-1] == "Active" and ("Pending" in phases or "Initializing" in phases), phases

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ import pytest
 from agentsim.agent import ScriptedAgent
 from agentsim.behaviour import UPSTREAM_HOSTS, Behaviour, BehaviourError
 from agentsim.simulator import Placement, placement
+from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
 Events = list[tuple[str, dict[str, Any]]]
@@ -30,12 +30,6 @@ Events = list[tuple[str, dict[str, Any]]]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
