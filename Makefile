@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
+POD_NETWORK ?= auto
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/hack
 
@@ -47,7 +48,7 @@ fmt: venv ## format the code
 	$(BIN)/ruff check --fix .
 
 cluster: binaries ## start a local control plane in the background (kubeconfig: .cluster/kubeconfig)
-	$(BIN)/python -m localkube up --dir $(CLUSTER_DIR)
+	$(BIN)/python -m localkube up --dir $(CLUSTER_DIR) --pod-network $(POD_NETWORK)
 
 simulator: venv ## run the workspace simulator in the foreground against .cluster/kubeconfig
 	$(BIN)/python -m agentsim --kubeconfig $(CLUSTER_DIR)/kubeconfig --state-dir $(CLUSTER_DIR)/agent-state

@@ -70,7 +70,7 @@ def operator(
 
 @pytest.fixture(scope="session")
 def simulator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The workspace simulator, playing every taskpod pod's agent at its loopback IP; yields its state dir."""
+    """The workspace simulator, playing every taskpod pod's agent at its pod IP; yields its state dir."""
     directory = tmp_path_factory.mktemp("simulator")
     log = (directory / "simulator.log").open("ab")
     env = {
@@ -97,12 +97,17 @@ def simulator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(autouse=True)
-def _needs_loopback(request: pytest.FixtureRequest) -> None:
-    """Tests marked `loopback` play pods with local processes; elsewhere they skip, saying why."""
-    if request.node.get_closest_marker("loopback") is None:
-        return
-    kube: Kube = request.getfixturevalue("kube")
-    if not kube.loopback_pods():
-        pytest.skip(
-            "needs pod IPs in 127.0.0.0/8 (the local kwok control plane); this cluster's pods are remote"
-        )
+def _needs_cluster_features(request: pytest.FixtureRequest) -> None:
+    """Tests marked `local_pods` play pods with local processes, and tests marked `pod_proxy` reach them
+    through the API server's pod proxy; on a cluster without that, they skip, saying why."""
+    if request.node.get_closest_marker("local_pods") is not None:
+        kube: Kube = request.getfixturevalue("kube")
+        if not kube.local_pods():
+            pytest.skip("needs pod IPs that are addresses of this machine (the local kwok control plane)")
+    if request.node.get_closest_marker("pod_proxy") is not None:
+        kube = request.getfixturevalue("kube")
+        if not kube.proxyable_pods():
+            pytest.skip(
+                "needs pod IPs the API server proxies to; this cluster's are loopback addresses "
+                "(localkube picks routed pod IPs when it may add routes: run as root)"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -41,15 +42,32 @@ class Kube:
     def apps(self) -> client.AppsV1Api:
         return client.AppsV1Api(self.api)
 
-    def loopback_pods(self) -> bool:
-        """True when every node's pod CIDR lies in 127.0.0.0/8, so a local process can play a pod."""
+    def pod_cidrs(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         nodes = self.core.list_node().items
-        cidrs = [
-            c for n in nodes for c in (n.spec.pod_cidrs or ([n.spec.pod_cidr] if n.spec.pod_cidr else []))
+        return [
+            ipaddress.ip_network(c)
+            for n in nodes
+            for c in (n.spec.pod_cidrs or ([n.spec.pod_cidr] if n.spec.pod_cidr else []))
         ]
-        return bool(cidrs) and all(
-            ipaddress.ip_network(c)[0] in LOOPBACK and ipaddress.ip_network(c)[-1] in LOOPBACK for c in cidrs
-        )
+
+    def local_pods(self) -> bool:
+        """True when every pod IP is an address of this machine, so a local process can play a pod."""
+        cidrs = self.pod_cidrs()
+        return bool(cidrs) and all(_bindable(c[1]) and _bindable(c[-2]) for c in cidrs)
+
+    def proxyable_pods(self) -> bool:
+        """True when the API server will proxy to pod IPs (it refuses loopback addresses)."""
+        cidrs = self.pod_cidrs()
+        return bool(cidrs) and not any(c.overlaps(LOOPBACK) for c in cidrs)
+
+
+def _bindable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    with socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET) as s:
+        try:
+            s.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +113,7 @@ class Operator:
         self.extra += extra
         args = [a for ns in self.namespaces for a in ("--namespace", ns)] + self.extra
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env.pop("TASKPOD_AGENT_TRANSPORT", None)  # a test's choice for taskpod.tasks, not the operator's
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "taskpod", *args], stdout=out, stderr=subprocess.STDOUT, env=env

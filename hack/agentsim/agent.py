@@ -21,8 +21,9 @@ the `greeting`), the status is `running` while the agent initialises, and a stre
 1024 events behind is closed.
 
 Control endpoints for tests, on the same port (not AgentAPI; never faulted, never logged):
-  GET    /_sim/log     {"requests": [{"method", "path", "query", "body", "time"}, ...]}: every AgentAPI
-                       request received, in order (the newest `log_limit` ones)
+  GET    /_sim/log     {"requests": [{"method", "path", "query", "body", "time", "forwarded_for"}, ...]}:
+                       every AgentAPI request received, in order (the newest `log_limit` ones);
+                       forwarded_for is the X-Forwarded-For header a proxy (e.g. the API server) added
   DELETE /_sim/log     forget them
   GET    /_sim/config  the current behaviour, as JSON
   POST   /_sim/config  merge keys below into the behaviour; also `append_messages`: [{"role", "content"}]
@@ -302,7 +303,12 @@ class ScriptedAgent:
             return await handler(request)
         multipart = request.content_type.startswith("multipart/")
         text = f"<{request.content_type}>" if multipart else (await request.read()).decode(errors="replace")
-        entry = {"method": request.method, "path": request.path, "query": request.query_string}
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "forwarded_for": request.headers.get("X-Forwarded-For"),
+        }
         self.requests.append({**entry, "body": text, "time": wire.now()})
         request[LOG_ENTRY] = self.requests[-1]
         if not behaviour.host_allowed(request.host):

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from localkube import binaries
+from localkube import binaries, podnet
 from localkube.cluster import LocalCluster
 
 
@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         if name == "up":
             p.add_argument("--nodes", type=int, default=1, help="fake nodes to register (default 1)")
+            p.add_argument(
+                "--pod-network",
+                choices=podnet.MODES,
+                default="auto",
+                help="pod IPs in 127.0.0.0/8 (loopback), or in 198.18.0.0/15 made local by routes on lo "
+                "(routed: needs CAP_NET_ADMIN, and lets the API server proxy to pods); auto picks routed "
+                "when it can (default auto)",
+            )
     args = parser.parse_args(argv)
 
     if args.command == "build":
@@ -37,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cluster = LocalCluster(args.dir)
     if args.command == "up":
-        state = cluster.up(nodes=args.nodes)
+        state = cluster.up(nodes=args.nodes, pod_network=args.pod_network)
         print(f"export KUBECONFIG={state.kubeconfig}")
     elif args.command == "down":
         cluster.down()

@@ -1,7 +1,8 @@
 """A real Kubernetes control plane on this machine, without containers.
 
 etcd, kube-apiserver (RBAC, client certificates, ServiceAccount signing), kube-controller-manager,
-kube-scheduler, kwok for fake nodes whose pod CIDRs lie in 127.0.0.0/8, and a small PV provisioner.
+kube-scheduler, kwok for fake nodes whose pod IPs a local process can listen on (see podnet), and a
+small PV provisioner.
 Every process runs in its own session with its log under the cluster directory; `state.json` records
 what was started so that `down` can stop all of it, even from another process.
 """
@@ -12,7 +13,6 @@ import contextlib
 import ctypes
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
-from localkube import binaries, pki
+from localkube import binaries, pki, podnet
 
 HERE = Path(__file__).resolve().parent
 STAGES = HERE / "stages.yaml"
@@ -65,6 +65,7 @@ class State:
     pod_cidrs: list[str]
     ports: dict[str, int]
     processes: dict[str, Process] = field(default_factory=dict)
+    routes: list[str] = field(default_factory=list)  # local routes added for pod IPs, removed on down
 
     def save(self) -> None:
         Path(self.directory, "state.json").write_text(json.dumps(asdict(self), indent=2))
@@ -105,20 +106,6 @@ def _free_ports(names: list[str]) -> dict[str, int]:
             s.close()
 
 
-def _pick_pod_octet() -> int:
-    """A second octet for 127.X.0.0/16 that no listening socket on this machine uses yet."""
-    used = set()
-    for table in ("/proc/net/tcp",):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                addr = line.split()[1].split(":")[0]
-                octets = bytes.fromhex(addr)[::-1]  # little-endian hex
-                if octets[0] == 127:
-                    used.add(octets[1])
-    choices = [o for o in range(20, 250) if o not in used]
-    return random.choice(choices)
-
-
 def _set_pdeathsig() -> None:
     """Run in the child: die with the parent, so a crashed test run leaves no control plane behind.
 
@@ -147,8 +134,10 @@ class LocalCluster:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 1, tie_to_parent: bool = False) -> State:
-        """Start everything and return once nodes are Ready and the default ServiceAccount exists."""
+    def up(self, nodes: int = 1, tie_to_parent: bool = False, pod_network: str = "auto") -> State:
+        """Start everything and return once nodes are Ready and the default ServiceAccount exists.
+
+        `pod_network` is auto, loopback or routed (see podnet)."""
         if self.running():
             state = self.state()
             assert state is not None
@@ -166,14 +155,17 @@ class LocalCluster:
         ports = _free_ports(
             ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
         )
-        octet = _pick_pod_octet()
+        podnet.prune(lambda d: LocalCluster(d).running() or podnet.recently_started(d))
+        cidrs, routes = podnet.choose(pod_network, nodes, owner=self.directory)
         state = State(
             directory=str(self.directory),
             kubeconfig=str(self.kubeconfig),
             server=f"https://127.0.0.1:{ports['kube-apiserver']}",
-            pod_cidrs=[f"127.{octet}.{i}.0/24" for i in range(nodes)],
+            pod_cidrs=cidrs,
             ports=ports,
+            routes=routes,
         )
+        state.save()  # from here on, `down` knows the routes to remove
         certs = self._make_pki(pki_dir, state)
         self._tie = tie_to_parent
         try:
@@ -465,6 +457,8 @@ class LocalCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         state.processes = {}
+        podnet.remove_routes(state.routes)
+        state.routes = []
         state.save()
         if not quiet:
             _say(f"stopped the control plane in {self.directory}")

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # Kopf logs every handler run at INFO; our Events and warnings tell the story
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per agent call otherwise
     os.environ["TASKPOD_AGENT_TRANSPORT"] = args.agent_transport  # read by the startup handler
     os.environ["TASKPOD_AGENT_GRACE_SECONDS"] = str(args.agent_grace)
     for name, value in (

@@ -1,7 +1,9 @@
 """The agent inside the task: the prompt arrives once, the state follows the agent, a pause keeps a
 snapshot of the conversation, and logs read the right source for the phase.
 
-The workspace simulator (hack/agentsim) plays each pod's agent at its loopback pod IP."""
+The workspace simulator (hack/agentsim) plays each pod's agent at its pod IP. The operator reaches agents
+directly, as it does in-cluster, unless a test says otherwise; taskpod.tasks (what the CLI uses) goes
+through the API server's pod proxy, as a user's kubectl does, wherever the cluster allows it."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from tests.support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.loopback]
+pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
 SIM = "sim.taskpod.dev/agent"
 
 
@@ -39,8 +41,8 @@ SIM = "sim.taskpod.dev/agent"
 def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
     """taskpod.tasks runs as the user does, with the kubeconfig of the cluster under test."""
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-    # The API server will not proxy to loopback pod IPs, which are all the local control plane has.
-    monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
+    if not kube.proxyable_pods():  # loopback pod IPs: the API server won't proxy to them
+        monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
     taskkube.api_client.cache_clear()
 
 
@@ -183,6 +185,63 @@ def test_an_edited_prompt_is_delivered_once_after_resume(
     messages = agent_messages(kube, namespace, "orm")
     assert prompts_in(messages, "Upgrade the ORM to 2.0") == 1
     assert prompts_in(messages, "Upgrade the ORM") == 1  # the conversation survived the pause; no re-send
+
+
+@pytest.mark.pod_proxy
+def test_through_the_pod_proxy_the_operator_delivers_follows_and_snapshots(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transport an operator outside the cluster uses: every agent call goes via pods/proxy."""
+    operator.start("--agent-transport", "proxy")
+    monkeypatch.delenv("TASKPOD_AGENT_TRANSPORT", raising=False)  # taskpod.tasks: the proxy as well
+    template_with(kube, namespace, reply="Proxied answer.")
+    create_task(kube, namespace, "via", prompt="Answer through the proxy")
+    wait_for(partial(delivered, kube, namespace, "via"), 60, "the prompt delivered through the proxy")
+    wait_for(
+        lambda: (
+            (get_task(kube, namespace, "via")["status"].get("state") or {}).get("message")
+            == "Proxied answer."
+        ),
+        30,
+        "STATE idle with the agent's answer",
+    )
+    asyncio.run(taskops.send(namespace, "via", "And once more", progress=lambda _: None))
+
+    def sent() -> taskops.Logs | None:
+        live = asyncio.run(taskops.logs(namespace, "via"))
+        return live if prompts_in(live.messages, "And once more") == 1 else None
+
+    live = wait_for(sent, 30, "the input in the live logs")
+    assert live.snapshot is False and prompts_in(live.messages, "Answer through the proxy") == 1
+    # Every call so far reached the agent through the API server's proxy, which adds X-Forwarded-For.
+    requests = httpx.get(agent_url(kube, namespace, "via") + "/_sim/log", timeout=5).json()["requests"]
+    calls = {(r["method"], r["path"]) for r in requests}
+    assert {("GET", "/events"), ("POST", "/message"), ("GET", "/messages")} <= calls
+    assert all(r["forwarded_for"] for r in requests), [r for r in requests if not r["forwarded_for"]]
+
+    patch_task(kube, namespace, "via", {"paused": True})
+    task = wait_for(partial(phase_is, kube, namespace, "via", "Paused"), 60, "Paused")
+    assert task["status"]["logSnapshot"]["messages"] >= 4
+
+
+def test_send_resumes_a_paused_task_then_delivers_the_input(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace, reply="On it.")
+    create_task(kube, namespace, "later", prompt="Start the upgrade")
+    wait_for(partial(delivered, kube, namespace, "later"), 60, "delivered")
+    patch_task(kube, namespace, "later", {"paused": True})
+    wait_for(partial(phase_is, kube, namespace, "later", "Paused"), 60, "Paused")
+
+    said: list[str] = []
+    asyncio.run(taskops.send(namespace, "later", "Now finish it", timeout=120, progress=said.append))
+    assert said[0] == "Resuming task later..."
+    assert get_task(kube, namespace, "later")["status"]["phase"] == "Active"
+    messages = agent_messages(kube, namespace, "later")
+    assert prompts_in(messages, "Now finish it") == 1
+    assert prompts_in(messages, "Start the upgrade") == 1  # the resume did not re-send the prompt
+    with pytest.raises(ValueError, match="empty"):
+        asyncio.run(taskops.send(namespace, "later", "  "))
 
 
 def test_a_pause_does_not_wait_for_an_unreachable_agent(

@@ -3,6 +3,7 @@ garbage collection and RBAC are enforced by the upstream components, not by us."
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
 import socket
 import threading
@@ -12,7 +13,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support import LOOPBACK, Kube, wait_for
+from tests.support import Kube, kubectl, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -115,15 +116,15 @@ def _running_pod(kube: Kube, namespace: str, name: str) -> client.V1Pod | None:
     return pod if pod.status.phase == "Running" and pod.status.pod_ip else None
 
 
-@pytest.mark.loopback
-def test_statefulset_gets_storage_and_a_loopback_pod_ip(kube: Kube, namespace: str) -> None:
+@pytest.mark.local_pods
+def test_statefulset_gets_storage_and_a_pod_ip_a_local_process_can_play(kube: Kube, namespace: str) -> None:
     kube.apps.create_namespaced_stateful_set(namespace, _statefulset("ws"))
 
     pod = wait_for(lambda: _running_pod(kube, namespace, "ws-0"), 60, "pod ws-0 to run")
     claim = kube.core.read_namespaced_persistent_volume_claim("work-ws-0", namespace)
     assert claim.status.phase == "Bound"
     ip = ipaddress.ip_address(pod.status.pod_ip)
-    assert ip in LOOPBACK
+    assert any(ip in cidr for cidr in kube.pod_cidrs())
 
     # A process bound to the pod IP plays the pod: whoever dials the pod IP reaches it.
     server = socket.create_server((str(ip), 0))
@@ -132,6 +133,35 @@ def test_statefulset_gets_storage_and_a_loopback_pod_ip(kube: Kube, namespace: s
     with socket.create_connection((str(ip), port), timeout=5) as conn:
         assert conn.recv(100) == b"hello from the pod"
     server.close()
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"hello from the pod at {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.local_pods
+@pytest.mark.pod_proxy
+def test_the_api_server_proxies_to_a_played_pod(kube: Kube, namespace: str) -> None:
+    """What `kubectl task logs` relies on: pods/proxy from outside reaches the process playing the pod."""
+    kube.apps.create_namespaced_stateful_set(namespace, _statefulset("ws"))
+    pod = wait_for(lambda: _running_pod(kube, namespace, "ws-0"), 60, "pod ws-0 to run")
+    server = http.server.ThreadingHTTPServer((pod.status.pod_ip, 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        out = kubectl(kube, "get", "--raw", f"/api/v1/namespaces/{namespace}/pods/ws-0:{port}/proxy/status")
+        assert out == "hello from the pod at /status"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_scale_to_zero_keeps_the_claim_and_deletion_collects_children(kube: Kube, namespace: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from localkube import binaries
+from localkube import binaries, podnet
 from tests.support import Kube
 
 pytestmark = pytest.mark.integration
@@ -68,6 +69,22 @@ def test_make_cluster_then_cluster_down(kube: Kube, tmp_path: Path) -> None:
         assert _cluster_processes(directory), "no cluster process found running"
         # It is a second cluster beside the session's: its own port, its own pod addresses.
         assert state["server"] != kube.api.configuration.host
+        assert not any(
+            ipaddress.ip_network(a).overlaps(b) for a in state["pod_cidrs"] for b in kube.pod_cidrs()
+        )
+        assert set(state["routes"]) <= _our_routes()
     finally:
         subprocess.run([*make, "cluster-down"], check=True, timeout=120, capture_output=True)
     assert _cluster_processes(directory) == []
+    # Routed pod IPs: the local routes go with the cluster.
+    assert not set(state["routes"]) & _our_routes()
+
+
+def _our_routes() -> set[str]:
+    out = subprocess.run(
+        ["ip", "-4", "route", "show", "table", "local", "proto", podnet.ROUTE_PROTO],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line.split()[1] for line in out.splitlines() if line.startswith("local ")}

@@ -17,7 +17,7 @@ from kubernetes import client
 from agentsim.simulator import BackgroundSimulator
 from tests.support import ROOT, Kube, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.loopback]
+pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
 
 # The pods carry a managed-by value of their own, and the simulator under test selects it: a session-wide
 # simulator (tests/conftest.py's `simulator` fixture watches every namespace for managed-by=taskpod) would
