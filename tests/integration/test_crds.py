@@ -92,6 +92,9 @@ def test_the_examples_apply_and_the_api_server_fills_in_defaults(
     ("write", "field", "complaint"),
     [
         (create("tasks", task(prompt="")), "spec.prompt", "should be at least 1 chars long"),
+        (create("tasks", task(prompt=" \n\t ")), "spec.prompt", "the prompt is empty"),
+        (create("tasks", task(name="a" * 53)), "metadata.name", "at most 52 characters"),
+        (create("tasks", task(name="2fa-login")), "metadata.name", "must start with a letter"),
         (create("tasks", task(displayName="x" * 65)), "spec.displayName", "may not be more than 64"),
         (create("tasks", task(paused="yes")), "spec.paused", "must be of type boolean"),
         (create("tasks", {**task(), "spec": {"displayName": "No prompt"}}), "spec.prompt", "Required value"),
@@ -106,6 +109,9 @@ def test_the_examples_apply_and_the_api_server_fills_in_defaults(
     ],
     ids=[
         "empty-prompt",
+        "blank-prompt",
+        "name-too-long-for-the-workspace",
+        "name-not-a-dns-label",
         "display-name-too-long",
         "paused-not-a-boolean",
         "missing-prompt",
@@ -123,6 +129,13 @@ def test_invalid_input_is_rejected_naming_the_field(
     assert err.value.status == 422, err.value.body
     assert field in err.value.body
     assert complaint in err.value.body, err.value.body
+
+
+def test_a_52_character_name_is_accepted(kube: Kube, crds: list[str], namespace: str) -> None:
+    api = client.CustomObjectsApi(kube.api)
+    name = "a" * 50 + "-1"
+    create("tasks", task(name=name))(api, namespace)
+    assert read_task(api, namespace, name)["metadata"]["name"] == name
 
 
 def test_the_prompt_can_change_only_while_paused(kube: Kube, crds: list[str], namespace: str) -> None:
