@@ -105,15 +105,18 @@ class Operator:
     def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path, *extra: str) -> None:
         self.kubeconfig, self.namespaces, self.log = kubeconfig, namespaces, log
         self.extra = list(extra)
+        self.env: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> Operator:
-        """Start it; `extra` arguments (e.g. --agent-grace 3) stay for later restarts."""
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> Operator:
+        """Start it; `extra` arguments (e.g. --agent-grace 3) and `env` stay for later restarts."""
         self.stop()
         self.extra += extra
+        self.env.update(env or {})
         args = [a for ns in self.namespaces for a in ("--namespace", ns)] + self.extra
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         env.pop("TASKPOD_AGENT_TRANSPORT", None)  # a test's choice for taskpod.tasks, not the operator's
+        env = {k: v for k, v in env.items() if not k.startswith("ANTHROPIC_")} | self.env
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "taskpod", *args], stdout=out, stderr=subprocess.STDOUT, env=env

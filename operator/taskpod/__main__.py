@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # Kopf logs every handler run at INFO; our Events and warnings tell the story
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per agent call otherwise
+        for chatty in ("httpx", "httpx2"):  # a line per agent call (httpx) or Anthropic call (httpx2)
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     os.environ["TASKPOD_AGENT_TRANSPORT"] = args.agent_transport  # read by the startup handler
     os.environ["TASKPOD_AGENT_GRACE_SECONDS"] = str(args.agent_grace)
     for name, value in (

@@ -54,6 +54,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if grace:
         reconciler.agent_grace = dt.timedelta(seconds=float(grace))
     reconciler.report_url = os.environ.get("TASKPOD_REPORT_URL") or None
+    # Display names for tasks applied without one; Anthropic only when a key is mounted.
+    reconciler.naming_env = {k: v for k, v in os.environ.items() if k.startswith("ANTHROPIC_")}
     if listen := os.environ.get("TASKPOD_REPORT_LISTEN"):
         host, _sep, port = listen.rpartition(":")
         runner = web.AppRunner(reports.app(kube.token_review, reconciler.accept_report), access_log=None)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from taskpod import agentstate, kube, lifecycle, reports, snapshots, workspace
+from taskpod import agentstate, kube, lifecycle, naming, reports, snapshots, workspace
 from taskpod.agentapi import AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
 from taskpod.lifecycle import Observation, PodView, StatefulSetView
@@ -103,6 +103,10 @@ class Reconciler:
     _reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received, not yet in status
     report_url: str | None = None  # where workspaces send their agent's reports
     _poked: set[Key] = field(default_factory=set)
+    naming_env: Mapping[str, str] = field(default_factory=dict)  # ANTHROPIC_* for display names
+    _display_names: dict[Key, str] = field(default_factory=dict)  # generated, not yet in status
+    _naming: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    _naming_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
 
     async def accept_report(self, who: reports.Reporter, report: reports.AgentReport) -> str | None:
         """Take an agent's report if it comes from its task's current pod; else say why not."""
@@ -309,15 +313,23 @@ class Reconciler:
         # Decide from the same status we compare against, or two versions of it would take turns forever.
         task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
         key = (task.namespace, task.name)
+        report = self._reports.get(key)
         status = agentstate.task_status(
-            task, obs, _now(), self._prompts.get(key), self._snapshots.get(key), self._reports.get(key)
+            task, obs, _now(), self._prompts.get(key), self._snapshots.get(key), report
         )
+        named = None
+        if not status.get("displayName"):
+            status["displayName"] = named = self._display_name(task)
         if not lifecycle.status_changed(current, status):
             self._prompts.pop(key, None)
             self._snapshots.pop(key, None)
             return
         written = await kube.patch_task_status(task.namespace, task.name, status)
-        self._reports.pop(key, None)
+        # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
+        if report is not None and self._reports.get(key) is report:
+            del self._reports[key]
+        if named is not None and self._display_names.get(key) == named:
+            del self._display_names[key]
         self._prompts.pop(key, None)  # recorded in status now
         self._snapshots.pop(key, None)
         previous = self._written.get(key)
@@ -338,6 +350,23 @@ class Reconciler:
             self.event(
                 raw, type="Warning" if warning else "Normal", reason=verdict.reason, message=verdict.message
             )
+
+    def _display_name(self, task: Task) -> str | None:
+        """A display name for a task applied without one: from the prompt at once, or from Anthropic
+        in the background (never holding up the reconcile; asked once per task) when a key is set."""
+        key = (task.namespace, task.name)
+        if key in self._display_names:
+            return self._display_names[key]
+        if not self.naming_env.get("ANTHROPIC_API_KEY"):
+            return naming.display_from_prompt(task.spec.prompt)
+        if key not in self._naming:
+            self._naming[key] = asyncio.get_running_loop().create_task(self._ask_name(key, task.spec.prompt))
+        return None  # written once the answer (or the fallback) is in
+
+    async def _ask_name(self, key: Key, prompt: str) -> None:
+        async with self._naming_slots:
+            self._display_names[key] = await naming.display_name_for(prompt, self.naming_env)
+        self.poke(key)
 
     def _retry_later(self, key: Key, views: Views, raw: Mapping[str, Any], exc: Exception) -> None:
         attempt = self._retries.get(key, 0)
@@ -362,8 +391,17 @@ class Reconciler:
         """A deleted task: stop following its agent and drop everything kept for it."""
         if self.agents is not None:
             self.agents.ensure(key, None)
-        for memory in (self._retries, self._written, self._prompts, self._snapshots, self._snapshot_texts):
+        for memory in (
+            self._retries,
+            self._written,
+            self._prompts,
+            self._snapshots,
+            self._snapshot_texts,
+            self._display_names,
+        ):
             memory.pop(key, None)
+        if (naming_task := self._naming.pop(key, None)) is not None:
+            naming_task.cancel()
         if (timer := self._timers.pop(key, None)) is not None:
             timer.cancel()
 

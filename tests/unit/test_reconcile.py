@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from taskpod import kube, reconcile
+from taskpod import kube, naming, reconcile
 from taskpod.lifecycle import AgentView, PodView, StatefulSetView
 from taskpod.models import AgentStatus, TaskTemplate
 from taskpod.reconcile import Reconciler, Views
@@ -224,3 +224,44 @@ def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> Non
     run(reconciler, gone)
     assert stopped == [(KEY, None)]
     assert KEY not in reconciler._written and KEY not in reconciler._locks
+
+
+def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Anthropic answer lands while the first status patch is in flight: it must not be dropped."""
+    reconciler = reconciler_with([])
+    reconciler.naming_env = {"ANTHROPIC_API_KEY": "sk-test"}
+    answered = asyncio.Event()
+
+    async def display_name_for(prompt: str, env: Any = None) -> str:
+        await answered.wait()
+        return "Repair the login test"
+
+    monkeypatch.setattr(naming, "display_name_for", display_name_for)
+    first_patch = api.patch_task_status
+
+    async def patch_while_the_answer_arrives(namespace: str, name: str, status: dict[str, Any]) -> Any:
+        answered.set()
+        await asyncio.sleep(0.05)  # the naming task runs and pokes while this write is in flight
+        return await first_patch(namespace, name, status)
+
+    monkeypatch.setattr(kube, "patch_task_status", patch_while_the_answer_arrives)
+
+    async def scenario() -> None:
+        v = views(task_body("5"), api)
+        await reconciler.reconcile(KEY, v)
+        assert "displayName" not in api.status_patches[0] or api.status_patches[0]["displayName"] is None
+        for _ in range(50):  # the poke's reconcile
+            if api.status.get("displayName"):
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(scenario())
+    assert api.status["displayName"] == "Repair the login test"
+
+
+def test_without_a_key_the_display_name_is_the_prompts_at_once(api: FakeApi) -> None:
+    reconciler = reconciler_with([])
+    run(reconciler, views(task_body("5"), api))
+    assert api.status_patches[0]["displayName"] == "Fix the flaky login test"
