@@ -28,25 +28,54 @@ __all__ = [
     "agent_transport",
     "api_client",
     "apply",
+    "create_task",
+    "delete_task",
     "get_task",
+    "list_objects",
     "patch_task_spec",
     "patch_task_status",
     "read_configmap",
     "token_review",
+    "use_kubeconfig",
 ]
+
+
+_user: tuple[str, str | None] | None = None  # (kubeconfig, context) once use_kubeconfig() chose them
 
 
 @cache
 def api_client() -> client.ApiClient:
-    """An API client from the in-cluster service account, or from KUBECONFIG outside a cluster."""
+    """The operator's API client: the in-cluster service account, or KUBECONFIG outside a cluster;
+    or a kubectl user's, after use_kubeconfig()."""
     cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        # read KUBECONFIG now: the client library only looks at it when first imported
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    if _user is not None:
+        config.load_kube_config(config_file=_user[0], context=_user[1], client_configuration=cfg)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            # read KUBECONFIG now: the client library only looks at it when first imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
     cfg.connection_pool_maxsize = 32  # one per worker thread, so calls never queue for a socket
     return client.ApiClient(cfg)
+
+
+def use_kubeconfig(path: str | None = None, context: str | None = None) -> str:
+    """Act as a kubectl user: credentials from `path` (else the first file in KUBECONFIG, else
+    ~/.kube/config) and `context` (else the current one). Returns the namespace that context names,
+    or "default"; raises config.ConfigException when there is no usable kubeconfig."""
+    global _user
+    path = path or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or None
+    path = path or os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION)
+    contexts, current = config.list_kube_config_contexts(config_file=path)
+    chosen = current
+    if context:
+        chosen = next((c for c in contexts if c["name"] == context), None)
+        if chosen is None:
+            raise config.ConfigException(f"context {context!r} not found in {path}")
+    _user = (path, context)
+    api_client.cache_clear()
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -122,6 +151,33 @@ async def get_task(namespace: str, name: str) -> dict[str, Any]:
 
 async def patch_task_spec(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return await _custom("patch_namespaced_custom_object", namespace, name, {"spec": spec})
+
+
+async def create_task(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    api = client.CustomObjectsApi(api_client())
+    return dict(
+        await asyncio.to_thread(api.create_namespaced_custom_object, GROUP, VERSION, namespace, "tasks", body)
+    )
+
+
+async def delete_task(namespace: str, name: str) -> None:
+    """Delete in the foreground's stead: the workspace and snapshot go by garbage collection."""
+    await _custom("delete_namespaced_custom_object", namespace, name)
+
+
+async def list_objects(
+    plural: str, namespace: str | None, selector: str | None = None
+) -> list[dict[str, Any]]:
+    """Every Task or TaskTemplate (`plural`) in `namespace`, or in all namespaces when None."""
+    api = client.CustomObjectsApi(api_client())
+    kw = {"label_selector": selector} if selector else {}
+    if namespace is None:
+        found = await asyncio.to_thread(api.list_cluster_custom_object, GROUP, VERSION, plural, **kw)
+    else:
+        found = await asyncio.to_thread(
+            api.list_namespaced_custom_object, GROUP, VERSION, namespace, plural, **kw
+        )
+    return list(found.get("items") or [])
 
 
 def _read_configmap_sync(namespace: str, name: str) -> dict[str, Any] | None:

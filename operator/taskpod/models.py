@@ -7,10 +7,11 @@ tests/unit/test_models.py proves that every field, type, default and limit agree
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
 
 GROUP = "taskpod.dev"
@@ -154,6 +155,7 @@ class ObjectMeta(Model):
     resource_version: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    creation_timestamp: dt.datetime | None = None
     deletion_timestamp: dt.datetime | None = None
 
 
@@ -161,6 +163,19 @@ class Task(Model):
     metadata: ObjectMeta
     spec: TaskSpec
     status: TaskStatus = Field(default_factory=TaskStatus)
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> Task:
+        """The Task the API server returned, keeping that object whole for `raw`."""
+        task = cls.model_validate(raw)
+        task._raw = dict(raw)
+        return task
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The object as the API server returned it (every field, unknown ones included)."""
+        return self._raw or self.dump()
 
     @property
     def name(self) -> str:

@@ -1,4 +1,5 @@
-"""What a user does with a task from outside the cluster: read its logs, send it input.
+"""What a user does with a task from outside the cluster: create, list, pause, resume, re-prompt and
+delete it, read its logs, send it input. The `kubectl task` plugin (taskpod.cli) is a shell around these.
 
 These run with the user's kubectl credentials (the kubectl plugin calls them) and reach the agent
 through the API server's pod proxy, so nothing but the API server needs to be reachable
@@ -10,20 +11,31 @@ while Error or Unknown; sending to a paused task resumes it first and waits for 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod import kube
-from taskpod.agentapi import AgentClient, direct_url, proxy_url
-from taskpod.models import DEFAULT_AGENT_PORT, AgentState, Phase, Task, rfc3339
+from taskpod import kube, naming
+from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, direct_url, proxy_url
+from taskpod.models import (
+    DEFAULT_AGENT_PORT,
+    GROUP,
+    VERSION,
+    AgentState,
+    AgentStatus,
+    Phase,
+    Task,
+    rfc3339,
+)
 from taskpod.snapshots import DATA_KEY, configmap_name
 from taskpod.workspace import PORT_NAME
 
 SNAPSHOT_PHASES = frozenset({Phase.PAUSED, Phase.PENDING, Phase.INITIALIZING})
+_EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 class TaskConflict(Exception):
@@ -41,7 +53,7 @@ class Logs:
 
 
 async def _task(namespace: str, name: str) -> Task:
-    return Task.model_validate(await kube.get_task(namespace, name))
+    return Task.from_api(await kube.get_task(namespace, name))
 
 
 async def agent_client(task: Task) -> AgentClient:
@@ -81,6 +93,29 @@ async def logs(namespace: str, name: str) -> Logs:
     raise TaskConflict(f"cannot fetch logs for task in current state: {phase} ({task.status.message})")
 
 
+async def follow(namespace: str, name: str, interval: float = 1.0) -> AsyncIterator[dict[str, Any]]:
+    """Messages of an Active task as they complete (every message so far first); ends when the task
+    leaves Active. A message is complete once a newer one exists or the agent is stable again."""
+    shown: set[int] = set()
+    while True:
+        task = await _task(namespace, name)
+        if task.status.phase is not Phase.ACTIVE:
+            return
+        client = await agent_client(task)
+        try:
+            stable = (await client.status()).status is AgentStatus.STABLE
+            messages = await client.messages()
+        except (AgentUnavailable, AgentError):
+            messages, stable = [], False  # between lifetimes, or a hiccup: look again
+        finally:
+            await client.http.aclose()
+        for i, message in enumerate(messages):
+            if message.id not in shown and (stable or i < len(messages) - 1):
+                shown.add(message.id)
+                yield message.dump()
+        await asyncio.sleep(interval)
+
+
 async def send(
     namespace: str, name: str, content: str, timeout: float = 300, progress: Callable[[str], None] = print
 ) -> None:
@@ -110,3 +145,144 @@ async def send(
         await client.send(content, "user")
     finally:
         await client.http.aclose()
+
+
+# -- what the plugin's other commands do --------------------------------------------------------
+
+
+class NoTemplate(Exception):
+    """No TaskTemplate fits: none, several without a choice, or the chosen one missing."""
+
+
+async def choose_template(namespace: str, wanted: str | None) -> str:
+    """The TaskTemplate a new task uses: `wanted` if it exists, else the namespace's only one."""
+    names = sorted(str(t["metadata"]["name"]) for t in await kube.list_objects("tasktemplates", namespace))
+    if wanted is not None:
+        if wanted in names:
+            return wanted
+        raise NoTemplate(
+            f"TaskTemplate {wanted!r} not found in namespace {namespace}"
+            + (f"; there are: {', '.join(names)}" if names else "")
+        )
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NoTemplate(
+            f"no TaskTemplate in namespace {namespace}: create one first (see examples/1-tasktemplate.yaml)"
+        )
+    listed = ", ".join(names)
+    raise NoTemplate(
+        f"namespace {namespace} has {len(names)} TaskTemplates ({listed}): choose one with --template"
+    )
+
+
+async def create(
+    namespace: str,
+    prompt: str,
+    *,
+    name: str | None = None,
+    display_name: str | None = None,
+    template: str | None = None,
+    paused: bool = False,
+) -> Task:
+    """Create a task, naming it from the prompt when no name is given (see taskpod.naming)."""
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    if name is not None and (why := naming.invalid_task_name(name)):
+        raise ValueError(why)
+    chosen = await choose_template(namespace, template)
+    names = await naming.generate(prompt, name=name, display_name=display_name)
+    for attempt in range(3):
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Task",
+            "metadata": {"name": names.name, "namespace": namespace},
+            "spec": {
+                "prompt": prompt,
+                "displayName": names.display_name,
+                "template": chosen,
+                "paused": paused,
+            },
+        }
+        try:
+            return Task.from_api(await kube.create_task(namespace, body))
+        except kube.ApiException as exc:
+            if exc.status != 409 or name is not None or attempt == 2:
+                raise
+            # A generated name taken already: same stem, another suffix.
+            names = naming.Names(naming.with_suffix(names.name[:-5]), names.display_name, names.source)
+    raise AssertionError("unreachable")
+
+
+async def pause(namespace: str, name: str) -> bool:
+    """Ask for a pause; False when the task was already paused."""
+    task = await _task(namespace, name)
+    if task.spec.paused:
+        return False
+    await kube.patch_task_spec(namespace, name, {"paused": True})
+    return True
+
+
+async def resume(namespace: str, name: str) -> None:
+    """Coder's rule: only a paused task can be resumed."""
+    task = await _task(namespace, name)
+    if not task.spec.paused:
+        raise TaskConflict(f"task {name} is not paused (it is {task.status.phase or 'Pending'})")
+    await kube.patch_task_spec(namespace, name, {"paused": False})
+
+
+async def set_prompt(namespace: str, name: str, prompt: str) -> None:
+    """Change the prompt of a paused task; it is delivered after the next resume."""
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    task = await _task(namespace, name)
+    if not task.spec.paused:
+        raise TaskConflict(
+            f"the task must be paused to change its prompt: run `kubectl task pause {name}` first"
+        )
+    await kube.patch_task_spec(namespace, name, {"prompt": prompt})
+
+
+async def get(namespace: str, name: str) -> Task:
+    return await _task(namespace, name)
+
+
+async def list_tasks(namespace: str | None, selector: str | None = None) -> list[Task]:
+    """Tasks in `namespace` (all namespaces when None), oldest first."""
+    tasks = [Task.from_api(t) for t in await kube.list_objects("tasks", namespace, selector)]
+    return sorted(tasks, key=lambda t: (t.metadata.creation_timestamp or _EPOCH, t.namespace, t.name))
+
+
+async def delete(namespace: str, name: str) -> None:
+    await kube.delete_task(namespace, name)
+
+
+async def wait(
+    namespace: str,
+    name: str,
+    until: Callable[[Task], bool],
+    timeout: float,
+    progress: Callable[[Task], None],
+    interval: float = 1.0,
+) -> Task:
+    """Poll the task until `until(task)`; `progress` sees every version; TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        task = await _task(namespace, name)
+        progress(task)
+        if until(task):
+            return task
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {name} did not get there within {timeout:.0f}s")
+        await asyncio.sleep(interval)
+
+
+def settled(task: Task) -> bool:
+    """Nothing more will happen without someone acting: idle or done, paused, or broken."""
+    phase = task.status.phase
+    if task.status.observed_generation != task.metadata.generation:
+        return False
+    if phase is Phase.ACTIVE:
+        state = task.status.state.state if task.status.state else None
+        return state in (AgentState.IDLE, AgentState.COMPLETE, AgentState.FAILED)
+    return phase in (Phase.PAUSED, Phase.ERROR)

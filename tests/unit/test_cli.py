@@ -1,0 +1,80 @@
+"""The plugin's pure parts: tables, ages, column choice, help and usage errors (no cluster)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from click.testing import CliRunner
+
+from taskpod import cli
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s ago"), (59, "59s ago"), (60, "1m ago"), (3599, "59m ago"), (7200, "2h ago"), (90000, "1d ago")],
+)
+def test_ages_read_like_kubectl(seconds: int, shown: str) -> None:
+    assert cli.ago(NOW - dt.timedelta(seconds=seconds), NOW) == shown
+
+
+def test_a_time_in_the_future_is_now_and_no_time_is_blank() -> None:
+    assert cli.ago(NOW + dt.timedelta(seconds=5), NOW) == "0s ago"
+    assert cli.ago(None, NOW) == ""
+
+
+def test_tables_align_columns_and_continue_multi_line_cells_in_their_column() -> None:
+    out = cli.table(["NAME", "CONTENT", "X"], [["a", "one\ntwo", "1"], ["longer", "three", ""]])
+    assert out.splitlines() == [
+        "NAME     CONTENT   X",
+        "a        one       1",
+        "         two",
+        "longer   three",
+    ]
+
+
+def test_wide_characters_take_two_cells() -> None:
+    out = cli.table(["NAME", "X"], [["修复", "1"], ["ab", "2"]])
+    assert out.splitlines() == ["NAME   X", "修复   1", "ab     2"]
+
+
+def test_unknown_columns_are_named_with_the_choices() -> None:
+    with pytest.raises(cli.Failure) as err:
+        cli._columns("name,colour,state", cli.TASK_COLUMNS, cli.DEFAULT_COLUMNS)
+    assert err.value.exit_code == cli.EXIT_USAGE
+    assert "unknown column colour; choose from namespace, name," in err.value.message
+    assert cli._columns(" Name , STATE", cli.TASK_COLUMNS, []) == ["name", "state"]
+    assert cli._columns(None, cli.TASK_COLUMNS, ["name"]) == ["name"]
+
+
+def test_help_lists_every_command_and_the_exit_codes() -> None:
+    result = CliRunner().invoke(cli.cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("create", "list", "ls", "status", "logs", "send", "pause", "resume", "delete", "prompt"):
+        assert f"  {command} " in result.output
+    assert "3 not allowed in the task's current state" in " ".join(result.output.split())
+
+
+def test_usage_errors_exit_2_without_a_traceback() -> None:
+    result = CliRunner().invoke(cli.cli, ["list", "-o", "xml"])
+    assert result.exit_code == 2 and "Invalid value for '-o'" in result.output
+    result = CliRunner().invoke(cli.cli, ["status"])
+    assert result.exit_code == 2 and "Missing argument 'TASK'" in result.output
+
+
+def test_a_missing_kubeconfig_is_one_line(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    result = CliRunner().invoke(cli.cli, ["list"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: no usable kubeconfig:") and result.output.count("\n") == 1
+
+
+def test_completion_lists_commands_in_cobras_format(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["kubectl_complete-task", "re"])
+    cli.complete()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["resume", ":4"]
