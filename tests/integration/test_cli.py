@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from rich.cells import cell_len
 
 from tests.support import (
@@ -155,6 +156,57 @@ def test_create_reads_stdin_and_list_filters_and_prints_json(
     assert {i["metadata"]["name"] for i in items} == {name, "orm"}
     everywhere = ok(kubectl_task(kube, "list", "-A", "-o", "name")).out.splitlines()
     assert f"task.taskpod.dev/{name}" in everywhere
+
+
+def test_context_and_its_namespace_are_honoured_like_kubectl(
+    kube: Kube, namespace: str, template: str, tmp_path: Path
+) -> None:
+    create_task(kube, namespace, "here", template=template, paused=True)
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    context = config["contexts"][0]
+    config["contexts"].append({"name": "team", "context": {**context["context"], "namespace": namespace}})
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+
+    assert ok(kubectl_task(kube, "list", "--context", "team", "-o", "name", kubeconfig=path)).out == (
+        "task.taskpod.dev/here\n"
+    )
+    default = kubectl_task(kube, "list", "-o", "name", kubeconfig=path)  # the current context: default ns
+    assert default.out == "" and "No tasks found." in default.err
+    wrong = kubectl_task(kube, "list", "--context", "nope", kubeconfig=path)
+    assert wrong.code == 1 and "context 'nope' not found" in wrong.err
+
+
+def test_logs_follow_prints_messages_as_they_come_until_the_task_pauses(
+    kube: Kube, namespace: str, template: str, simulator: object, operator: Operator
+) -> None:
+    n = ("-n", namespace)
+    create_task(kube, namespace, "live", template=template)
+    wait_for(lambda: phase_is(kube, namespace, "live", "Active"), 60, "Active")
+    ok(kubectl_task(kube, "status", "live", *n, "--watch"))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "KUBECONFIG": str(kube.kubeconfig)}
+    if not kube.proxyable_pods():
+        env["TASKPOD_AGENT_TRANSPORT"] = "direct"
+    follow = subprocess.Popen(
+        [str(BIN / "kubectl-task"), "logs", "live", *n, "-f", "-o", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert follow.stdout is not None
+        seen = [json.loads(follow.stdout.readline()) for _ in range(3)]  # greeting, prompt, answer
+        assert [m["role"] for m in seen] == ["agent", "user", "agent"]
+        ok(kubectl_task(kube, "send", "live", "One more thing", *n))
+        more = [json.loads(follow.stdout.readline()) for _ in range(2)]
+        assert (more[0]["role"], more[0]["content"].strip()) == ("user", "One more thing")
+        assert more[1]["role"] == "agent" and more[1]["id"] == seen[-1]["id"] + 2
+        ok(kubectl_task(kube, "pause", "live", *n))
+        _, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0 and "no longer Active; stopped following" in err
 
 
 def test_bad_usage_is_one_line_and_a_non_zero_exit(
