@@ -7,7 +7,6 @@ afterwards so you can look around; `make cluster-down` stops it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import subprocess
@@ -18,7 +17,6 @@ from pathlib import Path
 
 from localkube import binaries
 from localkube.cluster import LocalCluster
-from taskpod import tasks as taskops
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "demo"
@@ -35,16 +33,20 @@ class Demo:
         self.directory = directory
         self.kubeconfig = directory / "kubeconfig"
         self.kubectl_bin = str(binaries.ensure("kubectl"))
-        os.environ["KUBECONFIG"] = str(self.kubeconfig)  # taskpod.tasks reads logs as the user does
+        os.environ["KUBECONFIG"] = str(self.kubeconfig)  # `kubectl task` acts as the user does
+        # kubectl finds the plugin (kubectl-task, installed in the venv) on PATH
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
     def kubectl(self, *args: str, show: bool = True, check: bool = True) -> str:
         if show:
             print(f"$ kubectl {' '.join(args)}", flush=True)
-        result = subprocess.run(
-            [self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True, text=True
-        )
+        # kubectl takes no flags before a plugin's name; the plugin reads KUBECONFIG like kubectl does
+        flags = [] if args[0] == "task" else ["--kubeconfig", str(self.kubeconfig)]
+        result = subprocess.run([self.kubectl_bin, *flags, *args], capture_output=True, text=True)
         if check and result.returncode != 0:
             raise SystemExit(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        if show and result.stderr.strip():  # kubectl task's notes (e.g. "Snapshot of ...")
+            print(result.stderr.rstrip(), flush=True)
         if show and result.stdout.strip():
             print(result.stdout.rstrip(), flush=True)
         return result.stdout
@@ -83,10 +85,7 @@ class Demo:
         return self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", jsonpath, show=False, check=False)
 
     def show_logs(self) -> None:
-        logs = asyncio.run(taskops.logs(NAMESPACE, TASK))
-        print(f"snapshot: {logs.snapshot}" + (f", taken at {logs.snapshot_at}" if logs.snapshot else ""))
-        for message in logs.messages:
-            print(f"  [{message['role']}] {message['content'][:100]}")
+        self.kubectl("task", "logs", TASK, "-n", NAMESPACE, "-c", "role,content")
 
     def run(self) -> None:
         say("Starting a local Kubernetes control plane (etcd, kube-apiserver, controllers, kwok nodes)")
@@ -173,9 +172,14 @@ class Demo:
         print(f"$ kubectl describe task {TASK} -n {NAMESPACE}   (Events)")
         print(describe[describe.find("Events:") :].rstrip())
 
+        say("The same, the way people use it day to day: the kubectl task plugin")
+        self.kubectl("task", "list", "-n", NAMESPACE)
+        self.kubectl("task", "status", TASK, "-n", NAMESPACE)
+
         say("Done. The control plane is still running; look around with:")
         print(f"  export KUBECONFIG={self.kubeconfig}")
         print(f"  {self.kubectl_bin} get tasks -n {NAMESPACE}")
+        print(f"  PATH={Path(sys.executable).parent}:$PATH {self.kubectl_bin} task -h")
         print("  make cluster-down    # stops it")
 
 
