@@ -11,6 +11,8 @@ import argparse
 import logging
 import os
 import sys
+import threading
+from typing import Any
 
 import kopf
 
@@ -65,6 +67,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the report endpoint as workspaces reach it, e.g. "
         "http://taskpod.taskpod-system.svc:8081/report; env TASKPOD_REPORT_URL",
     )
+    parser.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        default=os.environ.get("TASKPOD_HTTP_LISTEN"),
+        help="serve /metrics (Prometheus), /healthz and /readyz here, e.g. 0.0.0.0:8080; "
+        "env TASKPOD_HTTP_LISTEN",
+    )
+    parser.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("TASKPOD_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
+        help="reconcile only while holding a coordination.k8s.io Lease, so replicas stand by "
+        "(default off); env TASKPOD_LEADER_ELECTION=true",
+    )
+    parser.add_argument(
+        "--lease-name",
+        default=os.environ.get("TASKPOD_LEASE_NAME", "taskpod-operator"),
+        help="the Lease's name (default taskpod-operator); env TASKPOD_LEASE_NAME",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("TASKPOD_LEASE_NAMESPACE"),
+        help="the Lease's namespace (default: POD_NAMESPACE, else the in-cluster ServiceAccount's, "
+        "else default); env TASKPOD_LEASE_NAMESPACE",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not args.namespaces and not args.all_namespaces:
@@ -93,14 +120,47 @@ def main(argv: list[str] | None = None) -> int:
         if value:
             os.environ[name] = value
     import taskpod.handlers  # noqa: F401  (registers the handlers)
+    from taskpod import metrics
 
-    kopf.run(
-        standalone=True,
-        clusterwide=args.all_namespaces,
-        namespaces=args.namespaces or (),
-        liveness_endpoint=args.liveness,
-    )
+    if args.http_listen:
+        metrics.serve(args.http_listen)
+    elector = _elected(args) if args.leader_election else None
+    metrics.LEADER.set(1)
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=args.all_namespaces,
+            namespaces=args.namespaces or (),
+            liveness_endpoint=args.liveness,
+        )
+    finally:
+        if elector is not None:
+            elector[1].set()  # stop renewing, then hand over at once
+            elector[0].release()
     return 0
+
+
+def _elected(args: argparse.Namespace) -> tuple[Any, threading.Event]:
+    """Block until this process leads; from then on, exit the moment leadership cannot be kept."""
+    from kubernetes import client
+
+    from taskpod import election, kube
+
+    elector = election.Elector(
+        client.CoordinationV1Api(kube.api_client()),
+        args.lease_namespace or election.default_namespace(),
+        args.lease_name,
+        election.default_identity(),
+    )
+    elector.wait_for_leadership()
+    stop = threading.Event()
+
+    def step_down() -> None:  # another replica may lead soon: stop reconciling now, not gracefully
+        logging.getLogger("taskpod").error("leadership lost; exiting so that only one replica reconciles")
+        os._exit(3)
+
+    elector.keep_renewing(stop, step_down)
+    return elector, stop
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from taskpod import metrics
 from taskpod.models import AgentStatus
 
 
@@ -68,6 +69,16 @@ class AgentClient:
 
     async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
+            return await self._json_once(method, path, body)
+        except AgentUnavailable:
+            metrics.AGENTAPI_ERRORS.labels(call=f"{method} {path}", kind="unavailable").inc()
+            raise
+        except AgentError:
+            metrics.AGENTAPI_ERRORS.labels(call=f"{method} {path}", kind="error").inc()
+            raise
+
+    async def _json_once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        try:
             response = await self.http.request(method, self.base_url + path, json=body, timeout=self.timeout)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise AgentUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
@@ -107,6 +118,17 @@ class AgentClient:
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Follow /events: the current state first, then every change, until the stream ends."""
+        try:
+            async for event in self._events():
+                yield event
+        except AgentUnavailable:
+            metrics.AGENTAPI_ERRORS.labels(call="GET /events", kind="unavailable").inc()
+            raise
+        except AgentError:
+            metrics.AGENTAPI_ERRORS.labels(call="GET /events", kind="error").inc()
+            raise
+
+    async def _events(self) -> AsyncIterator[AgentEvent]:
         request = self.http.build_request(
             "GET", self.base_url + "/events", timeout=httpx.Timeout(self.timeout, read=None)
         )

@@ -142,22 +142,23 @@ class Agents:
         self._followers.clear()
 
 
-async def deliver_prompt(client: AgentClient, prompt: str) -> bool:
-    """Send the prompt as a user message unless the agent already has it; True once it surely has it.
+async def deliver_prompt(client: AgentClient, prompt: str) -> str | None:
+    """Send the prompt as a user message unless the agent already has it. Once it surely has it, say
+    how: "sent" (now) or "found" (already in its log: a crash or a lost answer came between); else None.
 
     Exactly once across crashes and retries: the agent's own message log is checked before sending,
     and again after any failure, since a 500 or a timeout may come after the message got through.
     """
     if _has_prompt(await client.messages(), prompt):
-        return True
+        return "found"
     try:
         await client.send(prompt, "user")
-        return True
+        return "sent"
     except (AgentError, AgentUnavailable):
         try:
-            return _has_prompt(await client.messages(), prompt)
+            return "found" if _has_prompt(await client.messages(), prompt) else None
         except (AgentError, AgentUnavailable):
-            return False
+            return None
 
 
 def _has_prompt(messages: list[AgentMessage], prompt: str) -> bool:

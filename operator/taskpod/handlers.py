@@ -7,6 +7,7 @@ change handlers and no daemons, hence no finalizers: deleting a Task never waits
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -16,7 +17,7 @@ import kopf
 from aiohttp import web
 from pydantic import ValidationError
 
-from taskpod import kube, reports
+from taskpod import kube, metrics, reports
 from taskpod.agents import Agents, Transport
 from taskpod.lifecycle import SPEC_HASH_ANNOTATION, PodView, StatefulSetView
 from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, TaskTemplate
@@ -53,6 +54,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     grace = os.environ.get("TASKPOD_AGENT_GRACE_SECONDS")
     if grace:
         reconciler.agent_grace = dt.timedelta(seconds=float(grace))
+    metrics.HEALTH.loop = asyncio.get_running_loop()  # /healthz asks this loop to answer
+    metrics.TASKS.source = lambda: metrics.HEALTH.in_loop(reconciler.phase_counts)
     reconciler.report_url = os.environ.get("TASKPOD_REPORT_URL") or None
     # Display names for tasks applied without one; Anthropic only when a key is mounted.
     reconciler.naming_env = {k: v for k, v in os.environ.items() if k.startswith("ANTHROPIC_")}

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from taskpod import agentstate, kube, lifecycle, naming, reports, snapshots, workspace
+from taskpod import agentstate, kube, lifecycle, metrics, naming, reports, snapshots, workspace
 from taskpod.agentapi import AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
 from taskpod.lifecycle import Observation, PodView, StatefulSetView
@@ -43,6 +45,8 @@ class Index(Protocol):
     """The read side of a Kopf index: key -> the values stored for it."""
 
     def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class EventSink(Protocol):
@@ -107,6 +111,16 @@ class Reconciler:
     _display_names: dict[Key, str] = field(default_factory=dict)  # generated, not yet in status
     _naming: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     _naming_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    _asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
+
+    def phase_counts(self) -> Counter[str]:
+        """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
+        counts: Counter[str] = Counter()
+        if self._views is not None:
+            for key in list(self._views.tasks):
+                for body in self._views.tasks.get(key) or []:
+                    counts[(body.get("status") or {}).get("phase") or "Pending"] += 1
+        return counts
 
     async def accept_report(self, who: reports.Reporter, report: reports.AgentReport) -> str | None:
         """Take an agent's report if it comes from its task's current pod; else say why not."""
@@ -139,12 +153,16 @@ class Reconciler:
         async with lock:
             raw = _one(views.tasks, key)
             if raw is not None:
+                started = time.monotonic()
                 try:
                     await self._reconcile(raw, views)
                 except Exception as exc:
+                    metrics.RECONCILE_ERRORS.inc()
                     self._retry_later(key, views, raw, exc)
                 else:
                     self._retries.pop(key, None)
+                finally:
+                    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
                 return
             self._forget(key)  # deleted: its children go by garbage collection
         if not lock.locked():
@@ -155,6 +173,7 @@ class Reconciler:
         if task.metadata.deletion_timestamp is not None:
             return
         key = (task.namespace, task.name)
+        self._note_wish(key, task.spec.paused)
         template_value = _one(views.templates, (task.namespace, task.spec.template))
         template = template_value if isinstance(template_value, TaskTemplate) else None
         sts: StatefulSetView | None = _one(views.statefulsets, key)
@@ -272,6 +291,7 @@ class Reconciler:
             log.info("prompt for %s/%s not delivered yet: %s", *key, exc)
             return
         if delivered:
+            metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
             lifetime = obs.agent.lifetime
             sha = agentstate.prompt_sha(task.spec.prompt)
             self._prompts[key] = agentstate.prompt_record(sha, _now(), lifetime)
@@ -291,9 +311,11 @@ class Reconciler:
                 message = "No running agent to read the conversation from; the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
             return
+        started = time.monotonic()
         try:
             messages = await asyncio.wait_for(client.messages(), SNAPSHOT_TIMEOUT)
         except (AgentError, AgentUnavailable, TimeoutError) as exc:
+            metrics.SNAPSHOTS_SKIPPED.inc()
             if not quiet:
                 message = f"Could not read the agent's conversation ({exc}); the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
@@ -305,6 +327,8 @@ class Reconciler:
             return  # nothing new since the last one
         taken = _now()
         await kube.apply(snapshots.configmap(task, snap, taken))
+        metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
+        metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
         self._snapshot_texts[key] = snap.text
         self._snapshots[key] = snapshots.status_entry(task, snap, taken)
 
@@ -344,12 +368,33 @@ class Reconciler:
             stale[-16:],
         )
         old_phase, new_phase = current.get("phase"), status["phase"]
+        self._observe_latency(key, task.spec.paused, new_phase)
         if old_phase != new_phase and new_phase in STORY_PHASES:
             verdict = lifecycle.derive_phase(obs)
             warning = new_phase in (Phase.ERROR, Phase.UNKNOWN)
             self.event(
                 raw, type="Warning" if warning else "Normal", reason=verdict.reason, message=verdict.message
             )
+
+    def _note_wish(self, key: Key, paused: bool) -> None:
+        """Remember when a pause or resume was first seen, to time it (a new task's start is neither)."""
+        asked = self._asked.get(key)
+        if asked is None:
+            self._asked[key] = (paused, -1.0)
+        elif asked[0] != paused:
+            self._asked[key] = (paused, time.monotonic())
+
+    def _observe_latency(self, key: Key, paused: bool, phase: str) -> None:
+        asked = self._asked.get(key)
+        if asked is None or asked[1] < 0 or asked[0] != paused:
+            return
+        if paused and phase == Phase.PAUSED:
+            metrics.PAUSE_SECONDS.observe(time.monotonic() - asked[1])
+        elif not paused and phase == Phase.ACTIVE:
+            metrics.RESUME_SECONDS.observe(time.monotonic() - asked[1])
+        else:
+            return
+        self._asked[key] = (paused, -1.0)  # observed once
 
     def _display_name(self, task: Task) -> str | None:
         """A display name for a task applied without one: from the prompt at once, or from Anthropic
@@ -398,6 +443,7 @@ class Reconciler:
             self._snapshots,
             self._snapshot_texts,
             self._display_names,
+            self._asked,
         ):
             memory.pop(key, None)
         if (naming_task := self._naming.pop(key, None)) is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +25,9 @@ class FakeIndex:
 
     def get(self, key: Any, default: Any = None) -> Any:
         return [self.values[key]] if key in self.values else default
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.values)
 
 
 class FakeAgent:
