@@ -611,7 +611,8 @@ def prompt(namespace: str, name: str, new: str | None, from_stdin: bool, edit: b
         if edited is None or edited.strip() == task.spec.prompt.strip():
             err.print("Prompt unchanged.")
             return
-        new = edited
+        # editors end files with a newline: keep the prompt's own ending
+        new = edited if task.spec.prompt.endswith("\n") else edited.rstrip("\n")
     text = _read_input(new, from_stdin, "prompt")
     run(tasks.set_prompt(namespace, name, text))
     click.echo(f"task {name}: prompt changed; it is delivered after `kubectl task resume {name}`")

@@ -38,19 +38,28 @@ class Run:
 
 
 def kubectl_task(
-    kube: Kube, *args: str, stdin: str | None = None, kubeconfig: Path | None = None, timeout: float = 180
+    kube: Kube,
+    *args: str,
+    stdin: str | None = None,
+    kubeconfig: Path | None = None,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
 ) -> Run:
     """`kubectl task ARGS` with the venv's bin on PATH, as after `pip install taskpod`."""
     from localkube import binaries
 
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "KUBECONFIG": str(kubeconfig or kube.kubeconfig),
-    }
+    env_extra, env = (
+        env,
+        {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "KUBECONFIG": str(kubeconfig or kube.kubeconfig),
+        },
+    )
     if not kube.proxyable_pods():
         env["TASKPOD_AGENT_TRANSPORT"] = "direct"  # loopback pod IPs: the API server won't proxy there
     env.pop("ANTHROPIC_API_KEY", None)  # names from the prompt: no network
+    env.update(env_extra or {})
     result = subprocess.run(
         [str(binaries.ensure("kubectl")), "task", *args],
         input=stdin if stdin is not None else "",
@@ -156,6 +165,11 @@ def test_create_reads_stdin_and_list_filters_and_prints_json(
     assert {i["metadata"]["name"] for i in items} == {name, "orm"}
     everywhere = ok(kubectl_task(kube, "list", "-A", "-o", "name")).out.splitlines()
     assert f"task.taskpod.dev/{name}" in everywhere
+
+    # --edit opens $EDITOR on the prompt (here a non-interactive one) and keeps what it saved.
+    edited = kubectl_task(kube, "prompt", name, "--edit", *n, env={"EDITOR": "sed -i -e s/say/tell/"})
+    assert "prompt changed" in ok(edited).out
+    assert get_task(kube, namespace, name)["spec"]["prompt"] == "修复登录测试 🚀\nand tell what you changed"
 
 
 def test_context_and_its_namespace_are_honoured_like_kubectl(
