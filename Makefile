@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 POD_NETWORK ?= auto
 PYTEST_ARGS ?=
-export PYTHONPATH := $(CURDIR)/hack
+BENCH_SIZES ?= 100,1000,5000
+BENCH_ARGS ?=
+export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)
 
-.PHONY: help demo simulator venv binaries test unit integration lint fmt cluster cluster-down clean
+.PHONY: help demo simulator venv binaries test unit integration bench lint fmt cluster cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,6 +33,9 @@ binaries: venv ## build the upstream binaries into the cache (first time: severa
 
 test: binaries ## run every test (unit and integration; starts a local control plane)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: binaries ## the benchmark: N tasks applied, paused, resumed and idle vs the floor (bench/README.md)
+	$(BIN)/python -m bench --sizes $(BENCH_SIZES) $(BENCH_ARGS)
 
 unit: venv ## run the unit tests only (seconds, no cluster)
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

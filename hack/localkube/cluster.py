@@ -120,6 +120,7 @@ class LocalCluster:
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory).resolve()
         self._tie = False
+        self._audit_users: tuple[str, ...] = ()
 
     @property
     def kubeconfig(self) -> Path:
@@ -134,10 +135,18 @@ class LocalCluster:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 1, tie_to_parent: bool = False, pod_network: str = "auto") -> State:
+    def up(
+        self,
+        nodes: int = 1,
+        tie_to_parent: bool = False,
+        pod_network: str = "auto",
+        audit_users: tuple[str, ...] = (),
+    ) -> State:
         """Start everything and return once nodes are Ready and the default ServiceAccount exists.
 
-        `pod_network` is auto, loopback or routed (see podnet)."""
+        `pod_network` is auto, loopback or routed (see podnet). Requests made by `audit_users` are
+        written to `audit.log` in the cluster directory (JSON lines, metadata only), which is how the
+        benchmark counts the API calls of the operator and of its floor client."""
         if self.running():
             state = self.state()
             assert state is not None
@@ -168,6 +177,7 @@ class LocalCluster:
         state.save()  # from here on, `down` knows the routes to remove
         certs = self._make_pki(pki_dir, state)
         self._tie = tie_to_parent
+        self._audit_users = audit_users
         try:
             self._start_etcd(state, bins["etcd"])
             self._start_apiserver(state, bins["kube-apiserver"], certs)
@@ -271,6 +281,7 @@ class LocalCluster:
                 "--allow-privileged=true",
                 "--endpoint-reconciler-type=none",  # the loopback address is not a valid Endpoints IP
                 "--profiling=false",
+                *self._audit_flags(),
             ],
         )
         admin = certs["admin"]
@@ -321,6 +332,42 @@ class LocalCluster:
                 "volumeBindingMode": "WaitForFirstConsumer",
             }
         )
+
+    @property
+    def audit_log(self) -> Path:
+        return self.directory / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        if not self._audit_users:
+            return []
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "Metadata", "users": list(self._audit_users)},
+                {"level": "None"},
+            ],
+        }
+        path = self.directory / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        self.audit_log.unlink(missing_ok=True)
+        return [
+            f"--audit-policy-file={path}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=0",
+        ]
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ("system:masters",)) -> Path:
+        """A kubeconfig for a client certificate of `user` (in `groups`), signed by the cluster's CA."""
+        state = self.state()
+        if state is None:
+            raise RuntimeError(f"no cluster in {self.directory}")
+        d = self.directory / "pki"
+        ca = pki.KeyPair(d / "localkube-ca.crt", d / "localkube-ca.key")
+        pair = pki.issue(ca, d, f"user-{user}", user, orgs=groups)
+        return pki.write_kubeconfig(self.directory / f"{user}.kubeconfig", state.server, ca, pair, user=user)
 
     def _start_controllers(self, state: State, bins: dict[str, Path], certs: dict[str, pki.KeyPair]) -> None:
         d = self.directory / "pki"

@@ -1,0 +1,118 @@
+"""What a run found, three ways: JSON with every figure, a Markdown table, a PNG of tasks by phase."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from localkube import binaries
+
+PHASES = ("apply", "pause", "resume")
+
+
+def machine() -> dict[str, Any]:
+    mem = next(
+        (
+            int(line.split()[1]) // 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        None,
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "memory_mib": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {name: version(name) for name in ("taskpod", "kopf", "kubernetes", "httpx")}
+    found["kube-apiserver"] = binaries.COMPONENTS["kube-apiserver"].version
+    found["kwok"] = binaries.COMPONENTS["kwok"].version
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        found["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    return found
+
+
+def with_ratios(run: dict[str, Any]) -> dict[str, Any]:
+    """operator / floor for each phase: the headline numbers."""
+    floor = run.get("floor")
+    if floor:
+        run["ratio"] = {
+            phase: round(run["operator"]["phases"][phase]["all_seconds"] / floor[phase]["all_seconds"], 2)
+            for phase in PHASES
+            if floor.get(phase, {}).get("all_seconds")
+        }
+    return run
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        "| N | phase | all done (s) | floor (s) | ratio | per-task p50 / p95 / max (s) "
+        "| operator CPU (s) | peak RSS (MiB) | API writes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in result["runs"]:
+        for phase in PHASES:
+            op = run["operator"]["phases"][phase]
+            floor = (run.get("floor") or {}).get(phase, {}).get("all_seconds", "")
+            lat = op["latency"]
+            ratio = run.get("ratio", {}).get(phase, "")
+            rows.append(
+                f"| {run['n']} | {phase} | {op['all_seconds']} | {floor} | {ratio} "
+                f"| {lat['p50']} / {lat['p95']} / {lat['max']} | {op['operator_cpu_seconds']} "
+                f"| {op['operator_peak_rss_mib']} | {op['api_writes']} |"
+            )
+    idle = [
+        "",
+        "| N | idle CPU (% of a core) | API requests / min | API writes / min | RSS (MiB) "
+        "| single-task pause p50 / p95 (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in result["runs"]:
+        i, s = run["operator"]["idle"], run["operator"]["single_pause"]
+        idle.append(
+            f"| {run['n']} | {i['cpu_percent_of_one_core']} | {i['api_requests_per_minute']} "
+            f"| {i['api_writes_per_minute']} | {i['operator_rss_mib']} | {s['p50']} / {s['p95']} |"
+        )
+    m, v = result["machine"], result["versions"]
+    head = (
+        f"Machine: {m['cpus']} CPUs, {m['memory_mib']} MiB, Linux {m['kernel']}, Python {m['python']}. "
+        f"taskpod {v['taskpod']} ({v.get('git', '?')}), kopf {v['kopf']}, "
+        f"kube-apiserver {v['kube-apiserver']}, kwok {v['kwok']}. "
+        "API requests are counted from the API server's audit log."
+    )
+    return "\n".join([head, "", *rows, *idle]) + "\n"
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.2 * len(runs)), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs, strict=True):
+        timeline = run["operator"]["timeline"]
+        times = [t for t, _ in timeline]
+        for phase in ("Pending", "Initializing", "Active", "Paused", "Error", "Unknown"):
+            counts = [c.get(phase, 0) for _, c in timeline]
+            if any(counts):
+                ax.plot(times, counts, label=phase)
+        ax.set_title(f"N = {run['n']}: tasks by phase")
+        ax.set_xlabel("seconds since the operator started")
+        ax.set_ylabel("tasks")
+        ax.legend(loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

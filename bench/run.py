@@ -1,0 +1,443 @@
+"""One benchmark run for N tasks: the operator's phases on one fresh control plane, then the floor (the
+same child objects made directly, no operator) on another, and what each cost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import audit
+from bench.procstat import Sampler
+from bench.rest import Rest
+from localkube import binaries
+from localkube.cluster import LocalCluster
+from taskpod import workspace
+from taskpod.models import Task, TaskTemplate
+
+ROOT = Path(__file__).resolve().parents[1]
+OPERATOR_USER, FLOOR_USER = "taskpod-operator", "taskpod-floor"
+NS = "bench"
+TASKS = f"/apis/taskpod.dev/v1alpha1/namespaces/{NS}/tasks"
+TEMPLATE = {
+    "apiVersion": "taskpod.dev/v1alpha1",
+    "kind": "TaskTemplate",
+    "metadata": {"name": "default", "namespace": NS},
+    "spec": {
+        "agent": {"type": "custom"},
+        # A quick scripted agent: greets, works 0.5 s on the prompt, answers.
+        "pod": {
+            "image": "example.invalid/agent:1",
+            "annotations": {"sim.taskpod.dev/agent": json.dumps({"work_seconds": 0.5})},
+        },
+        "storage": {"size": "1Gi"},
+    },
+}
+PODS_PER_NODE = 200  # each fake node's pod CIDR is a /24
+CONCURRENCY = 50  # requests in flight while applying or patching N objects
+
+
+def say(text: str) -> None:
+    print(f"[bench {dt.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 3)
+
+    return {"p50": at(0.5), "p95": at(0.95), "max": round(ordered[-1], 3)}
+
+
+@dataclass
+class TaskTimes:
+    created: float = 0.0
+    active: float | None = None  # Active with the prompt delivered
+    paused: float | None = None  # Paused with a snapshot taken after the pause was asked
+    resumed: float | None = None  # Active again, lifetime 2
+
+
+@dataclass
+class Watcher:
+    """Follows every Task through one watch; records when each reaches each milestone."""
+
+    rest: Rest
+    times: dict[str, TaskTimes] = field(default_factory=dict)
+    phases: dict[str, str] = field(default_factory=dict)
+    timeline: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+
+    def see(self, task: dict[str, Any]) -> None:
+        name = task["metadata"]["name"]
+        status = task.get("status") or {}
+        phase = status.get("phase") or "Pending"
+        self.phases[name] = phase
+        times = self.times.setdefault(name, TaskTimes(created=time.monotonic()))
+        now = time.monotonic()
+        if times.active is None and phase == "Active" and status.get("prompt"):
+            times.active = now
+        # The operator snapshots before it scales down (or keeps the idle-time one when nothing changed
+        # since), and Paused means the pod is gone: Paused with a snapshot recorded is the milestone.
+        if times.paused is None and phase == "Paused" and status.get("logSnapshot"):
+            times.paused = now
+        lifetime = (status.get("workspace") or {}).get("lifetime")
+        if times.resumed is None and phase == "Active" and lifetime == 2:
+            times.resumed = now
+
+    async def follow(self) -> None:
+        while True:
+            try:
+                listing = await self.rest.list(TASKS)
+            except Exception as exc:  # e.g. the CRD not served yet, right after Established
+                say(f"listing tasks: {exc!r}; again in 1s")
+                await asyncio.sleep(1)
+                continue
+            for task in listing["items"]:
+                self.see(task)
+            with contextlib.suppress(Exception):  # an expired watch: list and watch again
+                async for event in self.rest.watch(TASKS, listing["metadata"]["resourceVersion"]):
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self.see(event["object"])
+
+    async def sample(self) -> None:
+        while True:
+            self.timeline.append((round(time.monotonic() - self.t0, 2), dict(Counter(self.phases.values()))))
+            await asyncio.sleep(0.5)
+
+    async def until(self, done: Any, timeout: float, what: str) -> float:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                phases = dict(Counter(self.phases.values()))
+                raise TimeoutError(f"{what}: not there after {timeout:.0f}s; tasks by phase: {phases}")
+            await asyncio.sleep(0.1)
+        return time.monotonic()
+
+
+async def _all(calls: list[Any]) -> None:
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(call: Any) -> None:
+        async with limit:
+            await call()
+
+    await asyncio.gather(*(one(c) for c in calls))
+
+
+def _cluster(directory: Path, n: int) -> LocalCluster:
+    cluster = LocalCluster(directory)
+    cluster.up(
+        nodes=max(1, math.ceil(n / PODS_PER_NODE)),
+        tie_to_parent=True,
+        audit_users=(OPERATOR_USER, FLOOR_USER),
+    )
+    kubectl = str(binaries.ensure("kubectl"))
+    kc = ["--kubeconfig", str(cluster.kubeconfig)]
+    subprocess.run(
+        [kubectl, *kc, "apply", "--server-side", "-f", str(ROOT / "crds")], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            kubectl,
+            *kc,
+            "wait",
+            "--for=condition=Established",
+            "crd/tasks.taskpod.dev",
+            "crd/tasktemplates.taskpod.dev",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([kubectl, *kc, "create", "namespace", NS], check=True, capture_output=True)
+    return cluster
+
+
+def _simulator(cluster: LocalCluster) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "hack"), str(ROOT)])}
+    log = (cluster.directory / "simulator.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentsim", "--kubeconfig", str(cluster.kubeconfig)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def _task(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "taskpod.dev/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": f"t{i:05d}", "namespace": NS},
+        "spec": {"prompt": f"Benchmark task {i}: say hello", "displayName": f"Benchmark task {i}"},
+    }
+
+
+async def operator_phases(directory: Path, n: int, idle_seconds: float, single_pauses: int) -> dict[str, Any]:
+    cluster = _cluster(directory, n)
+    simulator = _simulator(cluster)
+    kubeconfig = cluster.user_kubeconfig(OPERATOR_USER)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "TASKPOD_AGENT_TRANSPORT": "direct",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = (cluster.directory / "operator.log").open("ab")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "taskpod", "-n", NS], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    sampler = Sampler(operator.pid)
+    rest = Rest(cluster.kubeconfig)
+    watcher = Watcher(rest)
+    background = [asyncio.create_task(watcher.follow()), asyncio.create_task(watcher.sample())]
+    result: dict[str, Any] = {"phases": {}}
+    timeout = 120 + n * 0.5
+
+    async def phase(name: str, act: Any, done: Any, latencies: Any) -> None:
+        sampler.start_phase()
+        wall0, t0 = time.time(), time.monotonic()
+        await act()
+        t_end = await watcher.until(done, timeout, name)
+        wall1 = time.time()
+        usage = sampler.end_phase()
+        requests = audit.count(cluster.audit_log, OPERATOR_USER, wall0, wall1)
+        result["phases"][name] = {
+            "all_seconds": round(t_end - t0, 2),
+            "latency": percentiles(latencies()),
+            "operator_cpu_seconds": usage.cpu_seconds,
+            "operator_peak_rss_mib": usage.peak_rss_mib,
+            "api_requests": dict(sorted(requests.items())),
+            "api_writes": audit.writes(requests),
+        }
+        figures = result["phases"][name]
+        say(
+            f"N={n} {name}: all in {t_end - t0:.1f}s, {figures['latency']}, "
+            f"cpu {usage.cpu_seconds}s, rss {usage.peak_rss_mib} MiB"
+        )
+
+    try:
+        await rest.create(f"/apis/taskpod.dev/v1alpha1/namespaces/{NS}/tasktemplates", TEMPLATE)
+
+        async def apply() -> None:
+            async def create(i: int) -> None:
+                watcher.times.setdefault(f"t{i:05d}", TaskTimes()).created = time.monotonic()
+                await rest.create(TASKS, _task(i))
+
+            await _all([lambda i=i: create(i) for i in range(n)])
+
+        def names() -> list[str]:
+            return [f"t{i:05d}" for i in range(n)]
+
+        await phase(
+            "apply",
+            apply,
+            lambda: all(watcher.times.get(x) and watcher.times[x].active for x in names()),
+            lambda: [watcher.times[x].active - watcher.times[x].created for x in names()],  # type: ignore[operator]
+        )
+        pause_started: dict[str, float] = {}
+
+        async def pause() -> None:
+            async def one(x: str) -> None:
+                pause_started[x] = time.monotonic()
+                await rest.merge(f"{TASKS}/{x}", {"spec": {"paused": True}})
+
+            await _all([lambda x=x: one(x) for x in names()])
+
+        await phase(
+            "pause",
+            pause,
+            lambda: all(watcher.times[x].paused for x in names()),
+            lambda: [watcher.times[x].paused - pause_started[x] for x in names()],  # type: ignore[operator]
+        )
+        resume_started: dict[str, float] = {}
+
+        async def resume() -> None:
+            async def one(x: str) -> None:
+                resume_started[x] = time.monotonic()
+                await rest.merge(f"{TASKS}/{x}", {"spec": {"paused": False}})
+
+            await _all([lambda x=x: one(x) for x in names()])
+
+        await phase(
+            "resume",
+            resume,
+            lambda: all(watcher.times[x].resumed for x in names()),
+            lambda: [watcher.times[x].resumed - resume_started[x] for x in names()],  # type: ignore[operator]
+        )
+
+        say(f"N={n} idle: settling, then measuring {idle_seconds:.0f}s")
+        await asyncio.sleep(10)
+        sampler.start_phase()
+        wall0 = time.time()
+        await asyncio.sleep(idle_seconds)
+        usage = sampler.end_phase()
+        requests = audit.count(cluster.audit_log, OPERATOR_USER, wall0, time.time())
+        minutes = idle_seconds / 60
+        result["idle"] = {
+            "seconds": idle_seconds,
+            "cpu_percent_of_one_core": round(100 * usage.cpu_seconds / idle_seconds, 2),
+            "api_requests_per_minute": round(sum(requests.values()) / minutes, 2),
+            "api_writes_per_minute": round(audit.writes(requests) / minutes, 2),
+            "api_requests": dict(sorted(requests.items())),
+            "operator_rss_mib": usage.end_rss_mib,
+        }
+        say(f"N={n} idle: {result['idle']}")
+        result["single_pause"] = await single_task_pauses(rest, watcher, single_pauses)
+        result["timeline"] = watcher.timeline
+        result["operator_peak_rss_mib"] = max(p["operator_peak_rss_mib"] for p in result["phases"].values())
+    finally:
+        for job in background:
+            if job.done() and not job.cancelled() and job.exception():
+                say(f"the watch failed: {job.exception()!r}")
+            job.cancel()
+        await rest.close()
+        sampler.stop()
+        for process in (operator, simulator):
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(20)
+        cluster.down(quiet=True)
+    return result
+
+
+async def single_task_pauses(rest: Rest, watcher: Watcher, count: int) -> dict[str, Any]:
+    """One task paused `count` times in turn, with everything else idle: patch -> Paused, snapshot in."""
+    name = "t00000"
+    latencies = []
+    for _ in range(count):
+        watcher.times[name].paused = None
+        asked = time.monotonic()
+        await rest.merge(f"{TASKS}/{name}", {"spec": {"paused": True}})
+        done = await watcher.until(lambda: watcher.times[name].paused is not None, 60, "single pause")
+        latencies.append(done - asked)
+        watcher.times[name].resumed = None
+        await rest.merge(f"{TASKS}/{name}", {"spec": {"paused": False}})
+        await watcher.until(lambda: watcher.phases.get(name) == "Active", 60, "single resume")
+        await asyncio.sleep(1.5)  # the agent greets and settles before the next pause
+    return {"count": count, **percentiles(latencies)}
+
+
+async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
+    """The same Services and StatefulSets made and scaled directly: what the cluster itself needs."""
+    cluster = _cluster(directory, n)
+    simulator = _simulator(cluster)
+    rest = Rest(cluster.user_kubeconfig(FLOOR_USER))
+    template = TaskTemplate.model_validate(TEMPLATE)
+    pods = f"/api/v1/namespaces/{NS}/pods"
+    ready: set[str] = set()
+    alive: set[str] = set()
+
+    def see(pod: dict[str, Any], deleted: bool = False) -> None:
+        name = pod["metadata"]["name"]
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if deleted:
+            alive.discard(name)
+            ready.discard(name)
+            return
+        alive.add(name)
+        is_ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        (ready.add if is_ready and not pod["metadata"].get("deletionTimestamp") else ready.discard)(name)
+
+    async def follow() -> None:
+        while True:
+            try:
+                listing = await rest.list(pods)
+            except Exception as exc:
+                say(f"listing pods: {exc!r}; again in 1s")
+                await asyncio.sleep(1)
+                continue
+            for pod in listing["items"]:
+                see(pod)
+            with contextlib.suppress(Exception):
+                async for event in rest.watch(pods, listing["metadata"]["resourceVersion"]):
+                    see(event["object"], deleted=event.get("type") == "DELETED")
+
+    async def until(done: Any, what: str) -> None:
+        deadline = time.monotonic() + 120 + n * 0.5
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"floor {what}")
+            await asyncio.sleep(0.1)
+
+    watch = asyncio.create_task(follow())
+    result: dict[str, Any] = {}
+    tasks = [
+        Task.model_validate({**_task(i), "metadata": {"name": f"t{i:05d}", "namespace": NS}})
+        for i in range(n)
+    ]
+    try:
+
+        async def timed(name: str, act: Any, done: Any) -> None:
+            wall0, t0 = time.time(), time.monotonic()
+            await act()
+            await until(done, name)
+            requests = audit.count(cluster.audit_log, FLOOR_USER, wall0, time.time())
+            result[name] = {
+                "all_seconds": round(time.monotonic() - t0, 2),
+                "api_requests": dict(sorted(requests.items())),
+            }
+            say(f"N={n} floor {name}: {result[name]['all_seconds']}s")
+
+        def unowned(obj: dict[str, Any]) -> dict[str, Any]:
+            obj["metadata"].pop("ownerReferences", None)  # no Task to own them here
+            return obj
+
+        async def create() -> None:
+            calls = []
+            for task in tasks:
+                calls.append(
+                    lambda t=task: rest.create(
+                        f"/api/v1/namespaces/{NS}/services", unowned(workspace.service(t, template))
+                    )
+                )
+                calls.append(
+                    lambda t=task: rest.create(
+                        f"/apis/apps/v1/namespaces/{NS}/statefulsets",
+                        unowned(workspace.statefulset(t, template, 1, 1, None)),
+                    )
+                )
+            await _all(calls)
+
+        def scale(replicas: int) -> Any:
+            async def act() -> None:
+                await _all(
+                    [
+                        lambda t=t: rest.merge(
+                            f"/apis/apps/v1/namespaces/{NS}/statefulsets/{t.name}",
+                            {"spec": {"replicas": replicas}},
+                        )
+                        for t in tasks
+                    ]
+                )
+
+            return act
+
+        await timed("apply", create, lambda: len(ready) >= n)
+        await timed("pause", scale(0), lambda: not alive)
+        await timed("resume", scale(1), lambda: len(ready) >= n)
+    finally:
+        watch.cancel()
+        await rest.close()
+        simulator.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            simulator.wait(20)
+        cluster.down(quiet=True)
+    return result
+
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None

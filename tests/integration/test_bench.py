@@ -1,0 +1,44 @@
+"""The benchmark itself, at N = 10, so its code cannot rot. It measures; it asserts no timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, Kube
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) -> None:
+    if not kube.local:
+        pytest.skip("starts its own local control planes; pointless beside an existing cluster")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "hack"), str(ROOT)])}
+    args = ["--sizes", "10", "--idle-seconds", "5", "--single-pauses", "2", "--out", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    [report] = tmp_path.glob("bench-*.json")
+    data = json.loads(report.read_text())
+    assert data["machine"]["cpus"] and data["versions"]["kopf"]
+    [run] = data["runs"]
+    assert run["n"] == 10
+    for phase in ("apply", "pause", "resume"):
+        op = run["operator"]["phases"][phase]
+        assert op["all_seconds"] > 0 and op["latency"]["p50"] is not None, phase
+        assert op["api_writes"] > 0 and op["operator_peak_rss_mib"] > 0, phase
+        assert run["floor"][phase]["all_seconds"] > 0 and phase in run["ratio"]
+    assert run["operator"]["single_pause"]["count"] == 2
+    assert run["operator"]["idle"]["seconds"] == 5
+    assert any(counts.get("Paused") == 10 for _, counts in run["operator"]["timeline"])
+
+    markdown = report.with_suffix(".md").read_text()
+    assert "| 10 | apply |" in markdown and "| 10 | resume |" in markdown
+    assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
