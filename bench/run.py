@@ -78,6 +78,7 @@ class Watcher:
     rest: Rest
     times: dict[str, TaskTimes] = field(default_factory=dict)
     phases: dict[str, str] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
     timeline: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
 
@@ -85,6 +86,7 @@ class Watcher:
         name = task["metadata"]["name"]
         status = task.get("status") or {}
         phase = status.get("phase") or "Pending"
+        self._count(self.phases.get(name), phase)
         self.phases[name] = phase
         times = self.times.setdefault(name, TaskTimes(created=time.monotonic()))
         now = time.monotonic()
@@ -113,10 +115,18 @@ class Watcher:
                     if event.get("type") in ("ADDED", "MODIFIED"):
                         self.see(event["object"])
 
-    async def sample(self) -> None:
-        while True:
-            self.timeline.append((round(time.monotonic() - self.t0, 2), dict(Counter(self.phases.values()))))
-            await asyncio.sleep(0.5)
+    def _count(self, old: str | None, new: str) -> None:
+        """A timeline point at every change of the counts: a brief state (all Paused for 0.2 s) shows."""
+        if old == new:
+            return
+        if old is not None:
+            self.counts[old] -= 1
+        self.counts[new] += 1
+        point = (round(time.monotonic() - self.t0, 2), {k: v for k, v in self.counts.items() if v})
+        if self.timeline and self.timeline[-1][0] == point[0]:
+            self.timeline[-1] = point  # several changes within 10 ms: keep the last
+        else:
+            self.timeline.append(point)
 
     async def until(self, done: Any, timeout: float, what: str) -> float:
         deadline = time.monotonic() + timeout
@@ -186,7 +196,9 @@ def _task(i: int) -> dict[str, Any]:
     }
 
 
-async def operator_phases(directory: Path, n: int, idle_seconds: float, single_pauses: int) -> dict[str, Any]:
+async def operator_phases(
+    directory: Path, n: int, idle_seconds: float, single_pauses: int, profile: Path | None = None
+) -> dict[str, Any]:
     cluster = _cluster(directory, n)
     simulator = _simulator(cluster)
     kubeconfig = cluster.user_kubeconfig(OPERATOR_USER)
@@ -201,9 +213,28 @@ async def operator_phases(directory: Path, n: int, idle_seconds: float, single_p
         [sys.executable, "-m", "taskpod", "-n", NS], stdout=log, stderr=subprocess.STDOUT, env=env
     )
     sampler = Sampler(operator.pid)
+    profiler = None
+    if profile is not None:  # py-spy samples the operator through apply, pause and resume
+        profiler = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(operator.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "--nonblocking",
+                "--output",
+                str(profile),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     rest = Rest(cluster.kubeconfig)
     watcher = Watcher(rest)
-    background = [asyncio.create_task(watcher.follow()), asyncio.create_task(watcher.sample())]
+    background = [asyncio.create_task(watcher.follow())]
     result: dict[str, Any] = {"phases": {}}
     timeout = 120 + n * 0.5
 
@@ -279,6 +310,9 @@ async def operator_phases(directory: Path, n: int, idle_seconds: float, single_p
             lambda: [watcher.times[x].resumed - resume_started[x] for x in names()],  # type: ignore[operator]
         )
 
+        if profiler is not None:
+            profiler.send_signal(2)  # SIGINT: py-spy writes what it has
+            profiler.wait(60)
         say(f"N={n} idle: settling, then measuring {idle_seconds:.0f}s")
         await asyncio.sleep(10)
         sampler.start_phase()
