@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=60, help="length of the idle measurement")
     parser.add_argument("--single-pauses", type=int, default=20, help="pauses of one task, for its p95")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor runs")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the operator (raw stacks in the results folder)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -32,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
             run = {
                 "n": n,
                 "operator": asyncio.run(
-                    operator_phases(Path(scratch) / f"op-{n}", n, args.idle_seconds, args.single_pauses)
+                    operator_phases(
+                        Path(scratch) / f"op-{n}",
+                        n,
+                        args.idle_seconds,
+                        args.single_pauses,
+                        args.out / f"profile-{stamp}-{n}.txt" if args.profile else None,
+                    )
                 ),
             }
             if not args.no_floor:

@@ -93,6 +93,9 @@ class AgentClient:
             raise AgentError(f"{method} {path}: HTTP {response.status_code}: {detail}")
         return data
 
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
     async def status(self) -> StatusReport:
         data = await self._json("GET", "/status")
         try:

@@ -42,15 +42,18 @@ class Target:
 class Transport:
     """How the operator reaches agents: straight to the pod IP, or through the API server's pod proxy."""
 
-    def __init__(self, http: httpx.AsyncClient, server: str | None = None, timeout: float = 5.0) -> None:
-        self.http, self.server, self.timeout = http, server, timeout
+    def __init__(
+        self, make_http: Callable[[], httpx.AsyncClient], server: str | None = None, timeout: float = 5.0
+    ) -> None:
+        self.make_http, self.server, self.timeout = make_http, server, timeout
 
     def client(self, target: Target) -> AgentClient:
+        """A client of its own for this agent; whoever asks for one closes it (`aclose`)."""
         if self.server is None:
             url = direct_url(target.pod_ip, target.port)
         else:
             url = proxy_url(self.server, target.namespace, target.pod, target.port)
-        return AgentClient(url, self.http, timeout=self.timeout)
+        return AgentClient(url, self.make_http(), timeout=self.timeout)
 
 
 def _now() -> dt.datetime:
@@ -62,7 +65,7 @@ class Agents:
         self.transport = transport
         self.poke = poke  # asks for a reconcile of that task
         self.views: dict[Key, AgentView] = {}
-        self._followers: dict[Key, tuple[Target, asyncio.Task[None]]] = {}
+        self._followers: dict[Key, tuple[Target, asyncio.Task[None], AgentClient]] = {}
         self.idle_pending: set[Key] = set()  # went idle since the last snapshot
 
     def ensure(self, key: Key, target: Target | None, answered_before: bool = False) -> None:
@@ -75,23 +78,32 @@ class Agents:
         if current is not None and current[0] == target:
             return
         if current is not None:
-            current[1].cancel()
+            self._stop(current)
             del self._followers[key]
         if target is None:
             self.views.pop(key, None)
             self.idle_pending.discard(key)
             return
         self.views[key] = AgentView(lifetime=target.lifetime, answered=answered_before)
-        task = asyncio.get_running_loop().create_task(self._follow(key, target), name=f"follow {key}")
-        self._followers[key] = (target, task)
+        client = self.transport.client(target)
+        task = asyncio.get_running_loop().create_task(self._follow(key, client), name=f"follow {key}")
+        self._followers[key] = (target, task, client)
+
+    @staticmethod
+    def _stop(follower: tuple[Target, asyncio.Task[None], AgentClient]) -> None:
+        _, task, client = follower
+        task.cancel()
+        # close its connections once the cancelled stream has let go of them
+        task.add_done_callback(lambda _: asyncio.ensure_future(client.aclose()))
 
     def target(self, key: Key) -> Target | None:
         follower = self._followers.get(key)
         return follower[0] if follower else None
 
     def client(self, key: Key) -> AgentClient | None:
-        target = self.target(key)
-        return self.transport.client(target) if target else None
+        """The followed agent's client (owned by its follower: do not close it)."""
+        follower = self._followers.get(key)
+        return follower[2] if follower else None
 
     def _update(self, key: Key, **changes: Any) -> None:
         view = self.views.get(key)
@@ -99,8 +111,7 @@ class Agents:
             self.views[key] = replace(view, **changes)
             self.poke(key)
 
-    async def _follow(self, key: Key, target: Target) -> None:
-        client = self.transport.client(target)
+    async def _follow(self, key: Key, client: AgentClient) -> None:
         attempt = 0
         while True:
             try:
@@ -137,9 +148,12 @@ class Agents:
         self._update(key, **changes)
 
     async def stop_all(self) -> None:
-        for _, task in self._followers.values():
-            task.cancel()
+        followers = list(self._followers.values())
         self._followers.clear()
+        for _, task, _client in followers:
+            task.cancel()
+        await asyncio.gather(*(task for _, task, _ in followers), return_exceptions=True)
+        await asyncio.gather(*(client.aclose() for _, _, client in followers), return_exceptions=True)
 
 
 async def deliver_prompt(client: AgentClient, prompt: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -56,7 +57,7 @@ def api_client() -> client.ApiClient:
         except config.ConfigException:
             # read KUBECONFIG now: the client library only looks at it when first imported
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
-    cfg.connection_pool_maxsize = 32  # one per worker thread, so calls never queue for a socket
+    cfg.connection_pool_maxsize = 64  # one per worker thread, so calls never queue for a socket
     return client.ApiClient(cfg)
 
 
@@ -120,17 +121,20 @@ async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -
     return await _custom("patch_namespaced_custom_object_status", namespace, name, {"status": status})
 
 
-def agent_transport(via_proxy: bool, timeout: float = 5.0) -> tuple[httpx.AsyncClient, str | None]:
-    """An HTTP client for reaching agents, and the API server URL when going through its pod proxy.
+def agent_transport(
+    via_proxy: bool, timeout: float = 5.0
+) -> tuple[Callable[[], httpx.AsyncClient], str | None]:
+    """A maker of HTTP clients for reaching agents, and the API server URL when going through its pod
+    proxy. Direct: plain HTTP to pod IPs (in-cluster). Proxy: HTTPS to the API server with the
+    operator's own credentials, which needs RBAC on pods/proxy but works from anywhere kubectl does.
 
-    Direct: plain HTTP to pod IPs (in-cluster). Proxy: HTTPS to the API server with the operator's own
-    credentials, which needs RBAC on pods/proxy but works from anywhere kubectl does.
+    One client per agent, not one for all: httpcore's pool scans its connections on every request, and
+    with every follower holding an /events stream open, a shared pool made each call cost O(agents)
+    (py-spy at 1,000 tasks: the operator spent its time in `_assign_requests_to_connections`).
     """
-    # Every follower holds one /events stream open: a capped pool (httpx's default is 100) would leave
-    # no connection for the short calls (prompt delivery, snapshots) once 100 tasks are active.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=2, keepalive_expiry=30)
     if not via_proxy:
-        return httpx.AsyncClient(timeout=timeout, limits=limits), None
+        return (lambda: httpx.AsyncClient(timeout=timeout, limits=limits)), None
     cfg = api_client().configuration
     tls = (
         ssl.create_default_context(cafile=cfg.ssl_ca_cert)
@@ -142,7 +146,11 @@ def agent_transport(via_proxy: bool, timeout: float = 5.0) -> tuple[httpx.AsyncC
     headers = {}
     if token := (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken"):
         headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
-    return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout, limits=limits), str(cfg.host)
+
+    def make() -> httpx.AsyncClient:  # the TLS context is built once and shared
+        return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout, limits=limits)
+
+    return make, str(cfg.host)
 
 
 async def get_task(namespace: str, name: str) -> dict[str, Any]:

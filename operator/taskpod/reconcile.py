@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from taskpod import agentstate, kube, lifecycle, metrics, naming, reports, snapshots, workspace
-from taskpod.agentapi import AgentError, AgentUnavailable
+from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
 from taskpod.lifecycle import Observation, PodView, StatefulSetView
 from taskpod.models import AgentStatus, Phase, Task, TaskStatus, TaskTemplate
@@ -222,7 +222,9 @@ class Reconciler:
             await self._deliver_prompt(task, raw, obs)
             if key in self.agents.idle_pending:
                 self.agents.idle_pending.discard(key)
-                await self._snapshot(task, raw, quiet=True)
+                # Until the prompt is in, an idle agent has said nothing worth keeping (a greeting).
+                if self._prompts.get(key) or self._current_status(task, raw).get("prompt"):
+                    await self._snapshot(task, raw, quiet=True)
         await self._write_status(task, raw, obs)
 
     async def _ensure_children(
@@ -305,12 +307,25 @@ class Reconciler:
         key = (task.namespace, task.name)
         if self.agents is None:
             return
-        client = self.agents.client(key) or (self.agents.transport.client(target) if target else None)
+        client = self.agents.client(key)
+        if client is None and target is not None:  # not followed (e.g. just restarted): a client for once
+            once = self.agents.transport.client(target)
+            try:
+                await self._snapshot_from(task, raw, once, quiet=quiet)
+            finally:
+                await once.aclose()
+            return
         if client is None:
             if not quiet:
                 message = "No running agent to read the conversation from; the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
             return
+        await self._snapshot_from(task, raw, client, quiet=quiet)
+
+    async def _snapshot_from(
+        self, task: Task, raw: Mapping[str, Any], client: AgentClient, *, quiet: bool
+    ) -> None:
+        key = (task.namespace, task.name)
         started = time.monotonic()
         try:
             messages = await asyncio.wait_for(client.messages(), SNAPSHOT_TIMEOUT)

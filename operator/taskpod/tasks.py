@@ -65,12 +65,12 @@ async def agent_client(task: Task) -> AgentClient:
     # The pod proxy by default; "direct" where this machine reaches pod IPs (in-cluster, or the local
     # control plane, whose loopback pod IPs the API server refuses to proxy to).
     via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "proxy") != "direct"
-    http, server = kube.agent_transport(via_proxy=via_proxy)
+    make_http, server = kube.agent_transport(via_proxy=via_proxy)
     if server is None:
         if not workspace.pod_ip:
             raise TaskConflict(f"task {task.name}'s pod has no IP yet")
-        return AgentClient(direct_url(workspace.pod_ip, port), http)
-    return AgentClient(proxy_url(server, task.namespace, workspace.pod, port), http)
+        return AgentClient(direct_url(workspace.pod_ip, port), make_http())
+    return AgentClient(proxy_url(server, task.namespace, workspace.pod, port), make_http())
 
 
 async def logs(namespace: str, name: str) -> Logs:
@@ -81,7 +81,7 @@ async def logs(namespace: str, name: str) -> Logs:
         try:
             return Logs([m.dump() for m in await client.messages()], snapshot=False)
         finally:
-            await client.http.aclose()
+            await client.aclose()
     if phase in SNAPSHOT_PHASES or phase is None:
         cm = await kube.read_configmap(namespace, configmap_name(name))
         if cm is None or DATA_KEY not in (cm.get("data") or {}):
@@ -108,7 +108,7 @@ async def follow(namespace: str, name: str, interval: float = 1.0) -> AsyncItera
         except (AgentUnavailable, AgentError):
             messages, stable = [], False  # between lifetimes, or a hiccup: look again
         finally:
-            await client.http.aclose()
+            await client.aclose()
         for i, message in enumerate(messages):
             if message.id not in shown and (stable or i < len(messages) - 1):
                 shown.add(message.id)
@@ -144,7 +144,7 @@ async def send(
     try:
         await client.send(content, "user")
     finally:
-        await client.http.aclose()
+        await client.aclose()
 
 
 # -- what the plugin's other commands do --------------------------------------------------------
