@@ -1,7 +1,8 @@
 """python -m agentsim: play the agent of every Running taskpod workspace pod, in the foreground.
 
 Logs each agent started and stopped. SIGTERM or Ctrl-C stops the agents (their conversations are saved
-with every change already) and exits.
+with every change already) and exits. `python -m agentsim serve` runs one agent instead, without a
+cluster (agentsim.serve).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import resource
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .simulator import SELECTOR, Simulator
+if TYPE_CHECKING:
+    from .simulator import Simulator
 
 
 def _raise_file_limit() -> None:
@@ -39,7 +42,19 @@ async def _serve(simulator: Simulator) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agentsim", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from .serve import main as serve
+
+        return serve(argv[1:])
+    # Imported here: the simulator needs the kubernetes client, which `serve` (images/agent-sim) lacks.
+    from .simulator import SELECTOR, Simulator
+
+    parser = argparse.ArgumentParser(
+        prog="python -m agentsim",
+        description=__doc__.splitlines()[0],
+        epilog="python -m agentsim serve --help: one agent on a port, without a cluster",
+    )
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config, as kubectl")
     parser.add_argument(
         "-n", "--namespace", action="append", default=[], dest="namespaces", help="repeatable; default: all"

@@ -1,0 +1,22 @@
+#!/bin/sh
+# The workspace container's command: AgentAPI serving Claude Code on $AGENTAPI_PORT (default 3284).
+# Arguments given to the container (the template's pod.args) are passed on to `claude`.
+set -eu
+
+# --allowed-hosts '*': the operator reaches the agent by pod IP, which agentapi's default (localhost
+# only) refuses with HTTP 400.
+port="${AGENTAPI_PORT:-3284}"
+state_file="${TASKPOD_STATE_FILE:-/workspace/.taskpod/agentapi-state.json}"
+
+# --state-file keeps AgentAPI's conversation on the workspace volume across restarts (a pause, a
+# rescheduled pod). agentapi v0.11.8, the pinned release, has no such flag: with it, after a restart
+# GET /messages starts again from the new terminal screen, so `kubectl task logs` shows only what was
+# said since (the last snapshot ConfigMap still holds the earlier messages). Claude Code's own session
+# files stay in $HOME/.claude on the volume either way. Passed only when the binary knows the flag.
+if agentapi server --help 2>/dev/null | grep -q -e '--state-file'; then
+    mkdir -p "$(dirname "$state_file")"
+    set -- --state-file "$state_file" -- claude "$@"
+else
+    set -- -- claude "$@"
+fi
+exec agentapi server --type claude --port "$port" --allowed-hosts '*' "$@"
