@@ -10,9 +10,15 @@ POD_NETWORK ?= auto
 PYTEST_ARGS ?=
 BENCH_SIZES ?= 100,1000,5000
 BENCH_ARGS ?=
+# make images: the three images of images/*/Dockerfile (the build context is the repository root).
+CONTAINER_ENGINE ?= docker
+REGISTRY ?= ghcr.io/taskpod-dev
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGES := operator workspace agent-sim
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)
 
-.PHONY: help demo simulator venv binaries test unit integration bench lint fmt cluster cluster-down clean
+.PHONY: help demo simulator venv binaries test unit integration bench lint fmt cluster cluster-down clean \
+	images images-push
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,10 +26,14 @@ help: ## list the targets
 demo: binaries ## the main job: a local control plane, the operator, and a task through its life
 	$(BIN)/python hack/demo.py --dir $(CLUSTER_DIR)
 
-$(VENV)/.installed: pyproject.toml
+# The images' pins constrain the venv, so the tests run what the images ship even when PyPI moves on
+# (hack/pin-requirements.py re-pins on purpose).
+PINS := images/operator/requirements.txt images/agent-sim/requirements.txt
+
+$(VENV)/.installed: pyproject.toml $(PINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(addprefix -c ,$(PINS)) -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed ## create the Python venv with taskpod and its dev tools
@@ -60,6 +70,14 @@ simulator: venv ## run the workspace simulator in the foreground against .cluste
 
 cluster-down: venv ## stop the local control plane
 	$(BIN)/python -m localkube down --dir $(CLUSTER_DIR)
+
+images: $(addprefix image-,$(IMAGES)) ## build the images with CONTAINER_ENGINE as REGISTRY/<name>:VERSION
+
+image-%:
+	$(CONTAINER_ENGINE) build -f images/$*/Dockerfile --build-arg VERSION=$(VERSION) -t $(REGISTRY)/$*:$(VERSION) .
+
+images-push: images ## push the images built by make images
+	for image in $(IMAGES); do $(CONTAINER_ENGINE) push $(REGISTRY)/$$image:$(VERSION) || exit 1; done
 
 clean: cluster-down ## stop the cluster and remove the venv (the binary cache stays)
 	rm -rf $(VENV) $(CLUSTER_DIR)
