@@ -57,6 +57,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = "taskpod.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskpod.dev")
     settings.persistence.diffbase_storage = NoDiffBase()
+    # Every resource is named in full and the CRDs are installed before the operator (Helm's crds/): no
+    # need to watch CRDs and namespaces cluster-wide, which would need RBAC the operator has no use for.
+    settings.scanning.disabled = True
     settings.posting.level = logging.ERROR  # our own Events tell the story; no "handler succeeded" noise
     settings.watching.server_timeout = 300  # plus Kopf's inactivity timeout, so a stalled watch recovers
     settings.watching.client_timeout = 330
