@@ -72,18 +72,29 @@ def parse(body: Any, now: dt.datetime) -> AgentReport:
     return AgentReport(state, message, uri or None, now)
 
 
+def _short(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)  # ApiException: "Forbidden" rather than the whole response
+    return f"{type(exc).__name__}: {reason}" if reason else repr(exc)
+
+
 Review = Callable[[str], Awaitable[Mapping[str, Any]]]
 Accept = Callable[[Reporter, AgentReport], Awaitable[str | None]]  # None: accepted; else why not
 
 
 def app(review: Review, accept: Accept) -> web.Application:
-    """POST /report: 401 without a valid pod token, 409 from a pod that is not the task's current one."""
+    """POST /report: 401 without a valid pod token, 409 from a pod that is not the task's current one,
+    503 when the token cannot be checked now (the agent retries)."""
 
     async def report(request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return web.json_response({"error": "a Bearer token is required"}, status=401)
-        who = reporter(await review(header[7:]))
+        try:
+            status = await review(header[7:])
+        except Exception as exc:  # e.g. no RBAC for TokenReviews, or the API server is away: retry later
+            log.error("cannot verify a report's token: %s", _short(exc))
+            return web.json_response({"error": "cannot verify the token now; try again"}, status=503)
+        who = reporter(status)
         if who is None:
             return web.json_response({"error": "the token is not a taskpod workspace pod's"}, status=401)
         try:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from kubernetes.client.exceptions import ApiException
 
 from taskpod.models import AgentState
-from taskpod.reports import POD_NAME, POD_UID, Reporter, parse, reporter
+from taskpod.reports import POD_NAME, POD_UID, Reporter, app, parse, reporter
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 
@@ -57,3 +60,22 @@ def test_a_report_is_parsed_and_its_message_made_one_short_line() -> None:
 def test_bad_reports_say_what_is_wrong(body: Any) -> None:
     with pytest.raises(ValueError):
         parse(body, NOW)
+
+
+def test_a_token_that_cannot_be_checked_gets_a_retryable_answer_not_a_crash() -> None:
+    """A TokenReview the API server refuses (say, RBAC without tokenreviews) is a 503, not a 500."""
+    async def forbidden(token: str) -> dict[str, Any]:
+        raise ApiException(status=403, reason="Forbidden")
+
+    async def accept(who: Reporter, report: Any) -> str | None:
+        raise AssertionError("an unchecked report must not be accepted")
+
+    async def post() -> tuple[int, dict[str, Any]]:
+        async with TestClient(TestServer(app(forbidden, accept))) as http:
+            response = await http.post(
+                "/report", json={"state": "complete"}, headers={"Authorization": "Bearer t"}
+            )
+            return response.status, await response.json()
+
+    status, body = asyncio.run(post())
+    assert status == 503 and "try again" in body["error"]
