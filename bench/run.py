@@ -217,7 +217,7 @@ async def operator_phases(
     if profile is not None:  # py-spy samples the operator through apply, pause and resume
         profiler = subprocess.Popen(
             [
-                "py-spy",
+                str(Path(sys.executable).with_name("py-spy")),  # the venv's (the dev extra)
                 "record",
                 "--pid",
                 str(operator.pid),
