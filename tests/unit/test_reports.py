@@ -64,6 +64,7 @@ def test_bad_reports_say_what_is_wrong(body: Any) -> None:
 
 def test_a_token_that_cannot_be_checked_gets_a_retryable_answer_not_a_crash() -> None:
     """A TokenReview the API server refuses (say, RBAC without tokenreviews) is a 503, not a 500."""
+
     async def forbidden(token: str) -> dict[str, Any]:
         raise ApiException(status=403, reason="Forbidden")
 
