@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -132,7 +133,7 @@ class Watcher:
         deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
-                phases = dict(Counter(self.phases.values()))
+                phases = {k: v for k, v in self.counts.items() if v}
                 raise TimeoutError(f"{what}: not there after {timeout:.0f}s; tasks by phase: {phases}")
             await asyncio.sleep(0.1)
         return time.monotonic()
@@ -311,7 +312,7 @@ async def operator_phases(
         )
 
         if profiler is not None:
-            profiler.send_signal(2)  # SIGINT: py-spy writes what it has
+            profiler.send_signal(signal.SIGINT)  # py-spy writes what it has
             profiler.wait(60)
         say(f"N={n} idle: settling, then measuring {idle_seconds:.0f}s")
         await asyncio.sleep(10)

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes.client.rest import ApiException
 
-from tests.support import ROOT, Kube, Operator, install_crds
+from tests.support import ROOT, Kube, Operator, create_namespace, delete_namespace, install_crds
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +47,8 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test, deleted afterwards."""
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base}-{secrets.token_hex(2)}"
-    kube.core.create_namespace({"metadata": {"name": name, "labels": {"taskpod.dev/test": "true"}}})
-    yield name
-    try:
-        kube.core.delete_namespace(name)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    yield create_namespace(kube, name)
+    delete_namespace(kube, name)
 
 
 @pytest.fixture

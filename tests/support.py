@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 T = TypeVar("T")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -143,14 +144,32 @@ class Operator:
         )
 
 
-def kubectl(kube: Kube, *args: str) -> str:
-    """Run kubectl against the cluster under test, as a user would; fail with its stderr."""
+def kubectl(
+    kube: Kube, *args: str, stdin: str | None = None, kubeconfig: Path | None = None, timeout: float = 120
+) -> str:
+    """Run kubectl against the cluster under test, as a user would (or as whoever `kubeconfig` names);
+    fail with its stderr."""
     from localkube import binaries
 
-    cmd = [str(binaries.ensure("kubectl")), "--kubeconfig", str(kube.kubeconfig), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = [str(binaries.ensure("kubectl")), "--kubeconfig", str(kubeconfig or kube.kubeconfig), *args]
+    result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
     return result.stdout
+
+
+def create_namespace(kube: Kube, name: str) -> str:
+    """A namespace labelled as the tests' own."""
+    kube.core.create_namespace({"metadata": {"name": name, "labels": {"taskpod.dev/test": "true"}}})
+    return name
+
+
+def delete_namespace(kube: Kube, name: str) -> None:
+    """Delete it if it is still there."""
+    try:
+        kube.core.delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def free_port() -> int:

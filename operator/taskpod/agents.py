@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -37,6 +37,12 @@ class Target:
     pod_ip: str
     port: int
     lifetime: int
+
+
+class _Follower(NamedTuple):
+    target: Target
+    task: asyncio.Task[None]
+    client: AgentClient
 
 
 class Transport:
@@ -65,7 +71,7 @@ class Agents:
         self.transport = transport
         self.poke = poke  # asks for a reconcile of that task
         self.views: dict[Key, AgentView] = {}
-        self._followers: dict[Key, tuple[Target, asyncio.Task[None], AgentClient]] = {}
+        self._followers: dict[Key, _Follower] = {}
         self.idle_pending: set[Key] = set()  # went idle since the last snapshot
 
     def ensure(self, key: Key, target: Target | None, answered_before: bool = False) -> None:
@@ -75,10 +81,10 @@ class Agents:
         is an agent gone quiet (Unknown after the grace period), not one still starting.
         """
         current = self._followers.get(key)
-        if current is not None and current[0] == target:
+        if current is not None and current.target == target:
             return
         if current is not None:
-            self._stop(current)
+            current.task.cancel()  # it closes its client on the way out
             del self._followers[key]
         if target is None:
             self.views.pop(key, None)
@@ -87,23 +93,16 @@ class Agents:
         self.views[key] = AgentView(lifetime=target.lifetime, answered=answered_before)
         client = self.transport.client(target)
         task = asyncio.get_running_loop().create_task(self._follow(key, client), name=f"follow {key}")
-        self._followers[key] = (target, task, client)
-
-    @staticmethod
-    def _stop(follower: tuple[Target, asyncio.Task[None], AgentClient]) -> None:
-        _, task, client = follower
-        task.cancel()
-        # close its connections once the cancelled stream has let go of them
-        task.add_done_callback(lambda _: asyncio.ensure_future(client.aclose()))
+        self._followers[key] = _Follower(target, task, client)
 
     def target(self, key: Key) -> Target | None:
         follower = self._followers.get(key)
-        return follower[0] if follower else None
+        return follower.target if follower else None
 
     def client(self, key: Key) -> AgentClient | None:
         """The followed agent's client (owned by its follower: do not close it)."""
         follower = self._followers.get(key)
-        return follower[2] if follower else None
+        return follower.client if follower else None
 
     def _update(self, key: Key, **changes: Any) -> None:
         view = self.views.get(key)
@@ -112,6 +111,12 @@ class Agents:
             self.poke(key)
 
     async def _follow(self, key: Key, client: AgentClient) -> None:
+        try:
+            await self._listen(key, client)
+        finally:  # cancelled (a new target, or the operator stopping): the stream has let go of it
+            await client.aclose()
+
+    async def _listen(self, key: Key, client: AgentClient) -> None:
         attempt = 0
         while True:
             try:
@@ -148,12 +153,11 @@ class Agents:
         self._update(key, **changes)
 
     async def stop_all(self) -> None:
-        followers = list(self._followers.values())
+        tasks = [follower.task for follower in self._followers.values()]
         self._followers.clear()
-        for _, task, _client in followers:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*(task for _, task, _ in followers), return_exceptions=True)
-        await asyncio.gather(*(client.aclose() for _, _, client in followers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)  # each closes its client
 
 
 async def deliver_prompt(client: AgentClient, prompt: str) -> str | None:

@@ -35,9 +35,12 @@ from tests.support import (
     ROOT,
     Kube,
     Operator,
+    create_namespace,
     create_task,
+    delete_namespace,
     free_port,
     get_task,
+    kubectl,
     patch_task,
     phase_is,
     wait_for,
@@ -111,30 +114,8 @@ def values_file(tmp_path: Path, values: dict[str, Any], name: str = "values.yaml
     return str(path)
 
 
-def kubectl_run(kube: Kube, *args: str, stdin: str | None = None, kubeconfig: Path | None = None) -> str:
-    from localkube import binaries
-
-    cmd = [str(binaries.ensure("kubectl")), "--kubeconfig", str(kubeconfig or kube.kubeconfig), *args]
-    result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
-    return result.stdout
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def new_namespace(kube: Kube, name: str) -> str:
-    kube.core.create_namespace({"metadata": {"name": name, "labels": {"taskpod.dev/test": "true"}}})
-    return name
-
-
-def delete_namespace(kube: Kube, name: str) -> None:
-    try:
-        kube.core.delete_namespace(name)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
 
 
 # -- the chart, offline -----------------------------------------------------------------------------
@@ -241,7 +222,7 @@ def test_rendered_manifests_pass_a_server_dry_run(
     tmp_path: Path,
     case: str,
 ) -> None:
-    watched = [new_namespace(kube, unique("team")) for _ in range(2)] if case != "default" else []
+    watched = [create_namespace(kube, unique("team")) for _ in range(2)] if case != "default" else []
     try:
         values = {
             "default": {},
@@ -253,8 +234,8 @@ def test_rendered_manifests_pass_a_server_dry_run(
         kinds = sorted({d["kind"] for d in docs})
         # A Pod (the test hook's) is admitted only if its ServiceAccount exists: those, for real, first.
         accounts = [d for d in docs if d["kind"] == "ServiceAccount"]
-        kubectl_run(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(accounts))
-        assert kubectl_run(kube, "apply", "--dry-run=server", "-f", "-", stdin=manifest).count(
+        kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(accounts))
+        assert kubectl(kube, "apply", "--dry-run=server", "-f", "-", stdin=manifest).count(
             "(server dry run)"
         ) == len(docs)
         assert_least_privilege(docs)
@@ -362,8 +343,12 @@ class Release:
 
 def install(kube: Kube, helm: Callable[..., str], tmp: Path, prefix: str, **values: Any) -> Release:
     """A release in a fresh namespace that watches another fresh namespace, with the simulator template."""
-    name, ops, team = unique(prefix), new_namespace(kube, unique(f"{prefix}-ops")), unique(f"{prefix}-team")
-    new_namespace(kube, team)
+    name, ops, team = (
+        unique(prefix),
+        create_namespace(kube, unique(f"{prefix}-ops")),
+        unique(f"{prefix}-team"),
+    )
+    create_namespace(kube, team)
     chosen = {
         "watch": {"mode": "namespaces", "namespaces": [team]},
         "simulatorTemplate": {"enabled": True},
@@ -573,9 +558,9 @@ def test_the_helm_test_hook_renders_and_its_steps_pass(
     assert sorted(d["kind"] for d in hook) == ["ConfigMap", "Pod", "Role", "RoleBinding", "ServiceAccount"]
     # The hook's own objects first, as helm creates them before the pod (a lower weight); then the pod,
     # which the server admits only once its ServiceAccount exists.
-    kubectl_run(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all([d for d in hook if d["kind"] != "Pod"]))
+    kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all([d for d in hook if d["kind"] != "Pod"]))
     pod = next(d for d in hook if d["kind"] == "Pod")
-    assert "(server dry run)" in kubectl_run(
+    assert "(server dry run)" in kubectl(
         kube, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(pod)
     )
 
@@ -599,7 +584,7 @@ def test_the_helm_test_hook_renders_and_its_steps_pass(
     for step in steps:
         assert step["image"] == "registry.k8s.io/kubectl:v1.36.3"
         args = [a.replace("/etc/taskpod-test", str(mounted)) for a in step["args"]]
-        kubectl_run(kube, *args, kubeconfig=kubeconfig)
+        kubectl(kube, *args, kubeconfig=kubeconfig, timeout=300)  # each step waits up to helmTest.timeout
     assert not chart_operator.forbidden_lines(), chart_operator.forbidden_lines()
 
 
