@@ -95,11 +95,12 @@ def test_state_goes_working_then_idle_and_a_report_of_complete_stands(
     create_task(kube, namespace, "flaky", prompt="Make the tests pass")
 
     def state(expected: str) -> dict[str, Any] | None:
-        s = get_task(kube, namespace, "flaky").get("status", {}).get("state") or {}
+        # After the prompt: before it, the agent may already have gone working then idle on its greeting.
+        status = get_task(kube, namespace, "flaky").get("status", {})
+        s = status.get("state") or {}
         return (
             s
-            if s.get("state") == expected
-            and get_task(kube, namespace, "flaky")["status"]["phase"] == "Active"
+            if s.get("state") == expected and status.get("phase") == "Active" and status.get("prompt")
             else None
         )
 
