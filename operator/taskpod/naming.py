@@ -24,8 +24,6 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import anthropic
-from anthropic.types import TextBlock
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -198,6 +196,10 @@ async def suggest(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[str, str] | None:
     """(task_name stem, display_name) from Anthropic, or None on any failure (logged, without the key)."""
+    # Imported here, not at the top: the SDK costs about 2 s and 30 MiB to import, which the operator
+    # and every `kubectl task` command would otherwise pay even when no key is set.
+    import anthropic
+
     try:
         async with asyncio.timeout(timeout):  # the SDK's timeout is per read; this bounds the whole call
             text = await _ask(prompt, api_key=api_key, model=model, base_url=base_url, timeout=timeout)
@@ -295,6 +297,9 @@ def _timeout(env: Mapping[str, str]) -> float:
 
 async def _ask(prompt: str, *, api_key: str, model: str, base_url: str | None, timeout: float) -> str:
     """The model's text answer; the SDK raises on HTTP errors, timeouts and refused connections."""
+    import anthropic
+    from anthropic.types import TextBlock
+
     # No retries: a name is not worth the wait, the prompt is a good enough fallback.
     async with anthropic.AsyncAnthropic(
         api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
