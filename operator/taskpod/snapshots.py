@@ -8,8 +8,10 @@ its own kept the last 56 KiB of its content with a marker. We store the same env
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from taskpod.models import Task, rfc3339
@@ -36,9 +38,14 @@ class Snapshot:
     def envelope(self) -> dict[str, Any]:
         return {"format": "agentapi", "data": {"messages": self.messages}}
 
-    @property
+    @cached_property
     def text(self) -> str:
         return json.dumps(self.envelope, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def digest(self) -> str:
+        """What the operator remembers of a snapshot to skip an unchanged one: a hash, not 64 KiB."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
 
     @property
     def size(self) -> int:
