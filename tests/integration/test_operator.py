@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from functools import partial
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -151,17 +152,35 @@ def test_missing_template_is_an_error_that_heals_when_the_template_appears(
     wait_for(lambda: phase_is(kube, namespace, "orphan", "Active"), 60, "the task to heal")
 
 
+def error_with_event(kube: Kube, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    """Wait for the task to be in Error for `reason`, said in its Ready condition and a Warning Event."""
+    task = wait_for(lambda: phase_is(kube, namespace, name, "Error"), 60, "Error")
+    assert condition(task, "Ready")["reason"] == reason
+    events = kubectl(
+        kube, "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )
+    assert "Warning" in events and reason in events
+    return task
+
+
 def test_an_image_that_cannot_be_pulled_is_an_error_with_the_reason(
     kube: Kube, namespace: str, operator: Operator
 ) -> None:
     # kwok plays a kubelet that cannot pull the image when the pod carries this annotation.
     create_template(kube, namespace, annotations={"sim.taskpod.dev/container-waiting": "ImagePullBackOff"})
     create_task(kube, namespace, "typo")
-    task = wait_for(lambda: phase_is(kube, namespace, "typo", "Error"), 60, "Error")
+    task = error_with_event(kube, namespace, "typo", "ImagePullBackOff")
     assert "ImagePullBackOff" in task["status"]["message"]
-    assert condition(task, "Ready")["reason"] == "ImagePullBackOff"
-    events = kubectl(kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=typo")
-    assert "Warning" in events and "ImagePullBackOff" in events
+
+
+def test_a_workspace_the_api_server_refuses_is_an_error_in_its_own_words(
+    kube: Kube, namespace: str, operator: Operator
+) -> None:
+    # The CRD takes any annotation key; the API server refuses this one on the StatefulSet's pods.
+    create_template(kube, namespace, annotations={"not a key!": "x"})
+    create_task(kube, namespace, "refused")
+    message = error_with_event(kube, namespace, "refused", "InvalidWorkspace")["status"]["message"]
+    assert message.startswith("The workspace cannot be applied:") and "not a key!" in message, message
 
 
 def test_template_and_task_changes_reach_the_workspace(
