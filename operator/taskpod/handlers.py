@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
@@ -27,6 +28,7 @@ from taskpod.workspace import MANAGED_BY, TASK_LABEL
 TASKS = (GROUP, VERSION, "tasks")
 TEMPLATES = (GROUP, VERSION, "tasktemplates")
 MANAGED = {MANAGED_BY: "taskpod", TASK_LABEL: kopf.PRESENT}
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
@@ -66,6 +68,12 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Threads for the blocking kubernetes client: each waits on one API call, so under load this is the
     # number of calls in flight (16 capped a 1,000-task burst at about 100 writes a second).
     settings.execution.max_workers = 64
+    # Kopf posts each object's Events from a worker of its own, on an HTTP pool without a limit: a burst
+    # of tasks opened a TLS connection per poster, each with a 256 KiB read buffer, kept alive after.
+    # A bounded set of posters keeps the pool (and the handshakes) small. A worker lingers idle_timeout
+    # for its object's next Event, so a short linger keeps the throughput at hundreds a second.
+    settings.posting.worker_limit = 32
+    settings.posting.idle_timeout = 0.1
     via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "direct") == "proxy"
     make_http, server = kube.agent_transport(via_proxy)
     reconciler.agents = Agents(Transport(make_http, server), reconciler.poke)
@@ -105,9 +113,16 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.index(*TASKS)
 async def tasks(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    # managedFields can outweigh the rest of a Task and nothing here reads them: 5,000 tasks add up.
+    return {(namespace, name): task_view(body)}
+
+
+def task_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the index keeps of a Task. managedFields, and kubectl's copy of the whole manifest, can
+    outweigh the rest of it, and nothing here reads them: 5,000 tasks add up."""
     meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-    return {(namespace, name): {**body, "metadata": meta}}
+    if LAST_APPLIED in (annotations := meta.get("annotations") or {}):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**body, "metadata": meta}
 
 
 @kopf.index(*TASKS)
@@ -149,7 +164,7 @@ def _views(kw: dict[str, Any]) -> Views:
 
 @kopf.on.event(*TASKS)
 async def task_changed(namespace: str, name: str, **kw: Any) -> None:
-    await reconciler.reconcile((namespace, name), _views(kw))
+    await reconciler.reconcile((namespace, name), _views(kw), if_changed=True)
 
 
 @kopf.on.event(*TEMPLATES)
@@ -157,11 +172,11 @@ async def template_changed(
     namespace: str, name: str, tasks_by_template: kopf.Index[Any, str], **kw: Any
 ) -> None:
     for task in list(tasks_by_template.get((namespace, name), [])):
-        await reconciler.reconcile((namespace, task), _views(kw))
+        await reconciler.reconcile((namespace, task), _views(kw), if_changed=True)
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 async def child_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:
-    await reconciler.reconcile((namespace, labels[TASK_LABEL]), _views(kw))
+    await reconciler.reconcile((namespace, labels[TASK_LABEL]), _views(kw), if_changed=True)

@@ -31,6 +31,11 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RECONCILE_ERRORS = Counter("taskpod_reconcile_errors_total", "Reconciles that failed and were retried.")
+RECONCILES_SKIPPED = Counter(
+    "taskpod_reconciles_skipped_total",
+    "Watch events that changed nothing a reconcile reads (our own status write coming back, a "
+    "StatefulSet's status), so no reconcile ran.",
+)
 PROMPT_DELIVERIES = Counter(
     "taskpod_prompt_deliveries_total",
     "Prompts handed to an agent: sent now, or found already in the agent's log (after a crash).",

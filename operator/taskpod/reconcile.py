@@ -14,14 +14,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from taskpod import agentstate, kube, lifecycle, metrics, naming, reports, snapshots, workspace
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
-from taskpod.lifecycle import Observation, PodView, StatefulSetView
-from taskpod.models import AgentStatus, Phase, Task, TaskStatus, TaskTemplate
+from taskpod.lifecycle import AgentView, Observation, PodView, StatefulSetView
+from taskpod.models import DEFAULT_TEMPLATE, AgentStatus, Phase, Task, TaskStatus, TaskTemplate
 
 log = logging.getLogger("taskpod")
 Key = tuple[str, str]  # (namespace, task name)
@@ -39,6 +39,23 @@ class _Written:
     version: str  # the resourceVersion our write produced
     status: Mapping[str, Any]
     stale_versions: tuple[str, ...]  # newest last, a bounded few
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything a reconcile of one task reads from the watches: equal inputs, equal outcome. What the
+    agent says and what a reconcile leaves pending (a retry, a name, a report) come as pokes, which
+    always run."""
+
+    uid: str
+    generation: int | None  # the spec
+    deleting: bool
+    status_version: str
+    template: Any  # TaskTemplate, or the reason it is invalid, or None
+    statefulset: StatefulSetView | None
+    pod: PodView | None
+    service: str | None
+    agent: AgentView | None
 
 
 class Index(Protocol):
@@ -102,7 +119,7 @@ class Reconciler:
     agent_grace: dt.timedelta = lifecycle.AGENT_GRACE
     _prompts: dict[Key, dict[str, Any]] = field(default_factory=dict)  # delivered, not yet in status
     _snapshots: dict[Key, dict[str, Any]] = field(default_factory=dict)  # taken, not yet in status
-    _snapshot_texts: dict[Key, str] = field(default_factory=dict)
+    _snapshot_digests: dict[Key, str] = field(default_factory=dict)  # of the last one written
     _views: Views | None = None
     _reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received, not yet in status
     report_url: str | None = None  # where workspaces send their agent's reports
@@ -112,6 +129,7 @@ class Reconciler:
     _naming: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     _naming_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     _asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
+    _seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
 
     def phase_counts(self) -> Counter[str]:
         """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
@@ -147,20 +165,31 @@ class Reconciler:
 
         asyncio.get_running_loop().create_task(run())
 
-    async def reconcile(self, key: Key, views: Views) -> None:
+    async def reconcile(self, key: Key, views: Views, *, if_changed: bool = False) -> None:
+        """Bring one task in line with what the watches saw. `if_changed` (a watch event): skip it when
+        nothing the reconcile reads has changed since the last one, e.g. our own status write coming
+        back, or a StatefulSet status update, which no view keeps."""
         self._views = views
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             raw = _one(views.tasks, key)
             if raw is not None:
+                inputs = self._inputs(key, raw, views)
+                if if_changed and self._seen.get(key) == inputs:
+                    metrics.RECONCILES_SKIPPED.inc()
+                    return
                 started = time.monotonic()
                 try:
                     await self._reconcile(raw, views)
                 except Exception as exc:
+                    self._seen.pop(key, None)
                     metrics.RECONCILE_ERRORS.inc()
                     self._retry_later(key, views, raw, exc)
                 else:
                     self._retries.pop(key, None)
+                    # As read before the reconcile (what changed meanwhile must run the next one), but
+                    # with the status our write produced, which the watch will bring back.
+                    self._seen[key] = replace(inputs, status_version=self._status_version(key, raw))
                 finally:
                     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
                 return
@@ -219,11 +248,13 @@ class Reconciler:
             agent_grace=self.agent_grace,
         )
         if self.agents is not None and lifecycle.derive_phase(obs).phase is Phase.ACTIVE:
+            had_prompt = bool(self._prompts.get(key) or self._current_status(task, raw).get("prompt"))
             await self._deliver_prompt(task, raw, obs)
             if key in self.agents.idle_pending:
                 self.agents.idle_pending.discard(key)
-                # Until the prompt is in, an idle agent has said nothing worth keeping (a greeting).
-                if self._prompts.get(key) or self._current_status(task, raw).get("prompt"):
+                # Idle before the prompt went in (a greeting, or the moment it is delivered): nothing
+                # worth keeping yet, and the agent is about to work on it.
+                if had_prompt:
                     await self._snapshot(task, raw, quiet=True)
         await self._write_status(task, raw, obs)
 
@@ -269,12 +300,40 @@ class Reconciler:
             )
         return live
 
+    def _inputs(self, key: Key, raw: Mapping[str, Any], views: Views) -> _Inputs:
+        meta = raw.get("metadata") or {}
+        template = (raw.get("spec") or {}).get("template", DEFAULT_TEMPLATE)
+        return _Inputs(
+            uid=meta.get("uid", ""),
+            generation=meta.get("generation"),
+            deleting=meta.get("deletionTimestamp") is not None,
+            status_version=self._status_version(key, raw),
+            template=_one(views.templates, (key[0], template)),
+            statefulset=_one(views.statefulsets, key),
+            pod=_one(views.pods, key),
+            service=_one(views.services, key),
+            agent=self.agents.views.get(key) if self.agents is not None else None,
+        )
+
+    def _status_version(self, key: Key, raw: Mapping[str, Any]) -> str:
+        """The version whose status a reconcile of `raw` starts from: our last write's, while the watch
+        still shows an older one (see _current_status)."""
+        meta = raw.get("metadata") or {}
+        version = str(meta.get("resourceVersion", ""))
+        cached = self._written.get(key)
+        if cached is not None and cached.uid == meta.get("uid") and version in cached.stale_versions:
+            return cached.version
+        return version
+
     def _current_status(self, task: Task, raw: Mapping[str, Any]) -> Mapping[str, Any]:
         """The task's status as we last left it: the watch may not have brought our own writes back yet."""
-        cached = self._written.get((task.namespace, task.name))
+        key = (task.namespace, task.name)
+        cached = self._written.get(key)
         meta = task.metadata
-        if cached is not None and cached.uid == meta.uid and meta.resource_version in cached.stale_versions:
-            return cached.status
+        if cached is not None:
+            if cached.uid == meta.uid and meta.resource_version in cached.stale_versions:
+                return cached.status
+            del self._written[key]  # the watch has caught up: no need to keep a copy of every status
         return raw.get("status") or {}
 
     async def _deliver_prompt(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
@@ -338,13 +397,13 @@ class Reconciler:
         if not messages:
             return  # a fresh agent with no history must not overwrite the last conversation we kept
         snap = snapshots.shape([m.dump() for m in messages])
-        if self._snapshot_texts.get(key) == snap.text:
+        if self._snapshot_digests.get(key) == snap.digest:
             return  # nothing new since the last one
         taken = _now()
         await kube.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
-        self._snapshot_texts[key] = snap.text
+        self._snapshot_digests[key] = snap.digest
         self._snapshots[key] = snapshots.status_entry(task, snap, taken)
 
     async def _write_status(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
@@ -456,9 +515,10 @@ class Reconciler:
             self._written,
             self._prompts,
             self._snapshots,
-            self._snapshot_texts,
+            self._snapshot_digests,
             self._display_names,
             self._asked,
+            self._seen,
         ):
             memory.pop(key, None)
         if (naming_task := self._naming.pop(key, None)) is not None:

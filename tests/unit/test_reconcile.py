@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from taskpod import kube, naming, reconcile
+from taskpod.agentapi import AgentMessage
 from taskpod.lifecycle import AgentView, PodView, StatefulSetView
 from taskpod.models import AgentStatus, TaskTemplate
 from taskpod.reconcile import Reconciler, Views
@@ -135,8 +137,8 @@ def reconciler_with(events: list[str]) -> Reconciler:
     return r
 
 
-def run(reconciler: Reconciler, v: Views) -> None:
-    asyncio.run(reconciler.reconcile(KEY, v))
+def run(reconciler: Reconciler, v: Views, *, if_changed: bool = False) -> None:
+    asyncio.run(reconciler.reconcile(KEY, v, if_changed=if_changed))
 
 
 def test_first_reconcile_writes_status_once_and_tells_the_story(api: FakeApi) -> None:
@@ -158,9 +160,47 @@ def test_a_stale_watch_version_does_not_cause_a_second_write(api: FakeApi) -> No
     run(reconciler, views(stale, api))
     run(reconciler, views(stale, api))
     assert len(api.status_patches) == 1 and events == ["PromptDelivered", "WorkspaceReady"]
-    # The watch catches up with our write: still nothing to do.
+    # The watch catches up with our write: still nothing to do, and no copy of the status is kept.
     run(reconciler, views(task_body(str(api.version), api.status), api))
     assert len(api.status_patches) == 1
+    assert KEY not in reconciler._written  # 5,000 tasks would otherwise keep their status twice
+
+
+def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(api: FakeApi) -> None:
+    reconciler = reconciler_with([])
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    ensured: list[Any] = []
+    agents.ensure = lambda key, target, answered_before=False: ensured.append(target)
+    first = views(task_body("5"), api)
+    run(reconciler, first, if_changed=True)
+    assert len(ensured) == 1 and len(api.status_patches) == 1
+
+    # Our own status write comes back; a StatefulSet status update (no view keeps it) and an older
+    # version of the task still in the watch: nothing a reconcile reads has changed.
+    ours = views(task_body(str(api.version), api.status), api)
+    run(reconciler, ours, if_changed=True)
+    run(reconciler, first, if_changed=True)
+    run(reconciler, views(task_body(str(api.version), api.status), api), if_changed=True)
+    assert len(ensured) == 1
+
+    # The pod stops being ready: that reconcile runs, and says so in status.
+    changed = views(task_body(str(api.version), api.status), api)
+    pod = _one_value(changed.pods)
+    changed.pods = FakeIndex({KEY: replace(pod, ready=False)})
+    run(reconciler, changed, if_changed=True)
+    assert len(ensured) == 2 and api.status_patches[-1]["phase"] == "Initializing"
+
+    # A spec change (a new generation) runs, and so does a poke, changed or not.
+    edited = task_body(str(api.version), api.status)
+    edited["metadata"]["generation"] = 2
+    run(reconciler, views(edited, api), if_changed=True)
+    run(reconciler, views(edited, api))
+    assert len(ensured) == 4
+
+
+def _one_value(index: Any) -> Any:
+    return next(iter(index.values.values()))
 
 
 def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
@@ -214,6 +254,33 @@ def test_an_agent_with_no_history_never_overwrites_the_kept_snapshot(api: FakeAp
     run(reconciler, views(task_body("5"), api))
     assert [a["kind"] for a in api.applies] == []
     assert "logSnapshot" not in api.status_patches[0]
+
+
+def test_an_idle_snapshot_is_written_once_per_new_conversation(api: FakeApi) -> None:
+    reconciler = reconciler_with([])
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    conversation = [AgentMessage(0, "agent", "Hello! What shall we do?", "2026-11-29T10:00:00Z")]
+    agents.agent.messages = lambda: _async(conversation)
+
+    def idle_again() -> list[str]:
+        agents.idle_pending.add(KEY)
+        run(reconciler, views(task_body(str(api.version), api.status), api))
+        return [a["kind"] for a in api.applies]
+
+    agents.idle_pending.add(KEY)  # idle on its greeting: the prompt goes in, nothing worth a snapshot
+    run(reconciler, views(task_body("5"), api))
+    assert agents.agent.sent == ["Fix the flaky login test"] and api.applies == []
+    conversation.append(AgentMessage(1, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z"))
+    assert idle_again() == ["ConfigMap"]
+    assert idle_again() == ["ConfigMap"]  # the same conversation: not written again
+    conversation.append(AgentMessage(2, "agent", "Fixed: it waited on a timer.", "2026-11-29T10:01:00Z"))
+    assert idle_again() == ["ConfigMap", "ConfigMap"]
+    assert api.status["logSnapshot"]["messages"] == 3
+
+
+async def _async(value: Any) -> Any:
+    return value
 
 
 def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> None:
