@@ -29,6 +29,7 @@ TASKS = (GROUP, VERSION, "tasks")
 TEMPLATES = (GROUP, VERSION, "tasktemplates")
 MANAGED = {MANAGED_BY: "taskpod", TASK_LABEL: kopf.PRESENT}
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+RECONCILE_WORKERS = 64
 
 
 def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
@@ -67,7 +68,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     # Threads for the blocking kubernetes client: each waits on one API call, so under load this is the
     # number of calls in flight (16 capped a 1,000-task burst at about 100 writes a second).
-    settings.execution.max_workers = 64
+    settings.execution.max_workers = RECONCILE_WORKERS
+    reconciler.workers = RECONCILE_WORKERS  # reconciles at a time: as many as threads for their calls
     # Kopf posts each object's Events from a worker of its own, on an HTTP pool without a limit: a burst
     # of tasks opened a TLS connection per poster, each with a 256 KiB read buffer, kept alive after.
     # A bounded set of posters keeps the pool (and the handshakes) small. A worker lingers idle_timeout
@@ -95,6 +97,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_following(**_: Any) -> None:
+    await reconciler.stop()
     if reconciler.agents is not None:
         await reconciler.agents.stop_all()
     for runner in _servers:
@@ -164,7 +167,7 @@ def _views(kw: dict[str, Any]) -> Views:
 
 @kopf.on.event(*TASKS)
 async def task_changed(namespace: str, name: str, **kw: Any) -> None:
-    await reconciler.reconcile((namespace, name), _views(kw), if_changed=True)
+    reconciler.enqueue((namespace, name), _views(kw))
 
 
 @kopf.on.event(*TEMPLATES)
@@ -172,11 +175,11 @@ async def template_changed(
     namespace: str, name: str, tasks_by_template: kopf.Index[Any, str], **kw: Any
 ) -> None:
     for task in list(tasks_by_template.get((namespace, name), [])):
-        await reconciler.reconcile((namespace, task), _views(kw), if_changed=True)
+        reconciler.enqueue((namespace, task), _views(kw))
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 async def child_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:
-    await reconciler.reconcile((namespace, labels[TASK_LABEL]), _views(kw), if_changed=True)
+    reconciler.enqueue((namespace, labels[TASK_LABEL]), _views(kw))

@@ -244,14 +244,14 @@ def test_answers_around_the_json_are_read(text: str) -> None:
         pytest.param(FakeAnthropic(status=500), "HTTP 500", id="http-500"),
         pytest.param(FakeAnthropic(status=429), "HTTP 429", id="http-429"),
         pytest.param(FakeAnthropic(status=401), "HTTP 401", id="http-401"),
-        pytest.param(FakeAnthropic(delay=5.0), "timeout", id="timeout"),  # TASKPOD_NAMING_TIMEOUT is 0.3
+        pytest.param(FakeAnthropic(delay=5.0), "timeout", id="timeout"),  # TASKPOD_NAMING_TIMEOUT is 2
     ],
 )
 def test_any_failure_falls_back_to_the_prompt(
     fake: FakeAnthropic, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    names = generate_against(fake, TASKPOD_NAMING_TIMEOUT="0.3")
+    names = generate_against(fake, TASKPOD_NAMING_TIMEOUT="2")
     assert_valid(names)
     assert names.source == "prompt"
     assert names.name.startswith(f"{name_stem(PROMPT)}-")

@@ -199,6 +199,39 @@ def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(
     assert len(ensured) == 4
 
 
+def test_events_queued_for_one_task_make_one_reconcile_and_a_poke_always_runs(api: FakeApi) -> None:
+    reconciler = reconciler_with([])
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    ensured: list[Any] = []
+    agents.ensure = lambda key, target, answered_before=False: ensured.append(target)
+
+    async def settle() -> None:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if reconciler._queue.empty() and not any(lock.locked() for lock in reconciler._locks.values()):
+                return
+
+    async def scenario() -> list[int]:
+        reconciler.start(4)
+        v = views(task_body("5"), api)
+        for _ in range(3):  # a burst of watch events: the handlers return at once
+            reconciler.enqueue(KEY, v)
+        await settle()
+        counts = [len(ensured)]
+        reconciler.enqueue(KEY, views(task_body(str(api.version), api.status), api))  # our write, back
+        await settle()
+        counts.append(len(ensured))
+        reconciler.poke(KEY)
+        await settle()
+        counts.append(len(ensured))
+        await reconciler.stop()
+        return counts
+
+    assert asyncio.run(scenario()) == [1, 1, 2]
+    assert len(api.status_patches) == 1
+
+
 def _one_value(index: Any) -> Any:
     return next(iter(index.values.values()))
 
@@ -236,8 +269,10 @@ def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytes
     reconciler = reconciler_with(events)
 
     async def scenario() -> None:
+        reconciler.start(1)
         await reconciler.reconcile(KEY, views(task_body("5"), api))
         await asyncio.sleep(0.3)  # the retry timer fires
+        await reconciler.stop()
 
     asyncio.run(scenario())
     assert calls == 2 and api.status_patches[0]["phase"] == "Active"
@@ -320,6 +355,7 @@ def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
     monkeypatch.setattr(kube, "patch_task_status", patch_while_the_answer_arrives)
 
     async def scenario() -> None:
+        reconciler.start(1)
         v = views(task_body("5"), api)
         await reconciler.reconcile(KEY, v)
         assert "displayName" not in api.status_patches[0] or api.status_patches[0]["displayName"] is None
@@ -327,6 +363,7 @@ def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
             if api.status.get("displayName"):
                 break
             await asyncio.sleep(0.02)
+        await reconciler.stop()
 
     asyncio.run(scenario())
     assert api.status["displayName"] == "Repair the login test"
