@@ -166,12 +166,18 @@ def test_a_stale_watch_version_does_not_cause_a_second_write(api: FakeApi) -> No
     assert KEY not in reconciler._written  # 5,000 tasks would otherwise keep their status twice
 
 
-def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(api: FakeApi) -> None:
-    reconciler = reconciler_with([])
+def counting_reconciles(reconciler: Reconciler) -> list[Any]:
+    """Every reconcile that runs asks the agents to follow its target: count those."""
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
     ensured: list[Any] = []
     agents.ensure = lambda key, target, answered_before=False: ensured.append(target)
+    return ensured
+
+
+def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(api: FakeApi) -> None:
+    reconciler = reconciler_with([])
+    ensured = counting_reconciles(reconciler)
     first = views(task_body("5"), api)
     run(reconciler, first, if_changed=True)
     assert len(ensured) == 1 and len(api.status_patches) == 1
@@ -201,10 +207,7 @@ def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(
 
 def test_events_queued_for_one_task_make_one_reconcile_and_a_poke_always_runs(api: FakeApi) -> None:
     reconciler = reconciler_with([])
-    agents = reconciler.agents
-    assert isinstance(agents, FakeAgents)
-    ensured: list[Any] = []
-    agents.ensure = lambda key, target, answered_before=False: ensured.append(target)
+    ensured = counting_reconciles(reconciler)
 
     async def settle() -> None:
         for _ in range(100):
