@@ -350,25 +350,27 @@ class Reconciler:
             agent=self.agents.views.get(key) if self.agents is not None else None,
         )
 
-    def _status_version(self, key: Key, raw: Mapping[str, Any]) -> str:
-        """The version whose status a reconcile of `raw` starts from: our last write's, while the watch
-        still shows an older one (see _current_status)."""
+    def _lagging(self, key: Key, raw: Mapping[str, Any]) -> _Written | None:
+        """Our last status write, while the watch still shows `raw`, a version from before it; else None."""
         meta = raw.get("metadata") or {}
-        version = str(meta.get("resourceVersion", ""))
         cached = self._written.get(key)
+        version = str(meta.get("resourceVersion", ""))
         if cached is not None and cached.uid == meta.get("uid") and version in cached.stale_versions:
-            return cached.version
-        return version
+            return cached
+        return None
+
+    def _status_version(self, key: Key, raw: Mapping[str, Any]) -> str:
+        """The version whose status a reconcile of `raw` starts from (see _current_status)."""
+        cached = self._lagging(key, raw)
+        return cached.version if cached else str((raw.get("metadata") or {}).get("resourceVersion", ""))
 
     def _current_status(self, task: Task, raw: Mapping[str, Any]) -> Mapping[str, Any]:
         """The task's status as we last left it: the watch may not have brought our own writes back yet."""
         key = (task.namespace, task.name)
-        cached = self._written.get(key)
-        meta = task.metadata
+        cached = self._lagging(key, raw)
         if cached is not None:
-            if cached.uid == meta.uid and meta.resource_version in cached.stale_versions:
-                return cached.status
-            del self._written[key]  # the watch has caught up: no need to keep a copy of every status
+            return cached.status
+        self._written.pop(key, None)  # the watch has caught up: no need to keep a copy of every status
         return raw.get("status") or {}
 
     async def _deliver_prompt(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
