@@ -29,6 +29,12 @@ SNAPSHOT_TIMEOUT = 5.0  # seconds; a pause never waits longer on an unreachable 
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # Phases worth an Event of their own; the steps between them are visible in status, not in the story.
 STORY_PHASES = frozenset({Phase.ACTIVE, Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN})
+# A workspace on its way somewhere passes several steps within a phase, often a second apart: pod
+# created, then scheduled; containers starting, then the agent. Such a step's status waits this long, so
+# that the next folds into it. Phase changes go at once (Pending -> Initializing -> Active is what users
+# watch), except on the way down to Paused: there, only Paused (or an error) is news. The answer to a spec
+# change, and where a transition ends (Active, Paused, Error, Unknown), are never held.
+STATUS_HOLD = 1.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -87,15 +93,10 @@ def _one(index: Index, key: Any) -> Any:
 
 
 def _target(
-    task: Task,
-    template: TaskTemplate | None,
-    sts: StatefulSetView | None,
-    pod: PodView | None,
-    even_if_paused: bool = False,
+    task: Task, template: TaskTemplate | None, sts: StatefulSetView | None, pod: PodView | None
 ) -> Target | None:
-    """The agent to follow: the one in the running pod, unless the task is pausing."""
-    if task.spec.paused and not even_if_paused:
-        return None
+    """The agent to follow: the one in the running pod, until that pod is deleting (a pausing task's
+    agent still answers, and its phase stays what it was until the pod stops)."""
     if template is None or pod is None or pod.deleting or pod.phase != "Running":
         return None
     if not pod.pod_ip:
@@ -134,6 +135,8 @@ class Reconciler:
     _naming_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     _asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
     _seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
+    status_hold: float = STATUS_HOLD
+    _holds: dict[Key, asyncio.TimerHandle | None] = field(default_factory=dict)  # held writes; None: due
 
     def phase_counts(self) -> Counter[str]:
         """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
@@ -183,6 +186,11 @@ class Reconciler:
         self._workers = [loop.create_task(self._work(), name=f"reconcile worker {i}") for i in range(workers)]
 
     async def stop(self) -> None:
+        for timer in [*self._timers.values(), *self._holds.values()]:
+            if timer is not None:
+                timer.cancel()
+        self._timers.clear()
+        self._holds.clear()
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -247,7 +255,7 @@ class Reconciler:
             workspace_error = template_value
         elif template is not None:
             # The agent to snapshot if this reconcile pauses the task, followed or not (e.g. just restarted).
-            last_agent = _target(task, template, sts, pod, even_if_paused=True)
+            last_agent = _target(task, template, sts, pod)
             try:
                 sts = await self._ensure_children(
                     task, template, sts, _one(views.services, key), raw, last_agent
@@ -282,7 +290,11 @@ class Reconciler:
             now=_now(),
             agent_grace=self.agent_grace,
         )
-        if self.agents is not None and lifecycle.derive_phase(obs).phase is Phase.ACTIVE:
+        if (
+            self.agents is not None
+            and not task.spec.paused  # a pausing agent gets no prompt, and its snapshot is taken
+            and lifecycle.derive_phase(obs).phase is Phase.ACTIVE
+        ):
             had_prompt = bool(self._prompts.get(key) or self._current_status(task, raw).get("prompt"))
             await self._deliver_prompt(task, raw, obs)
             if key in self.agents.idle_pending:
@@ -431,8 +443,10 @@ class Reconciler:
                 message = f"Could not read the agent's conversation ({exc}); the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
             return
-        if not messages:
-            return  # a fresh agent with no history must not overwrite the last conversation we kept
+        if not any(m.role == "user" for m in messages):
+            # Nothing said to the agent yet: a fresh agent, at most its greeting (e.g. just resumed without
+            # its old conversation). Not worth keeping, and it must not replace the conversation we kept.
+            return
         snap = snapshots.shape([m.dump() for m in messages])
         if self._snapshot_digests.get(key) == snap.digest:
             return  # nothing new since the last one
@@ -456,9 +470,14 @@ class Reconciler:
         if not status.get("displayName"):
             status["displayName"] = named = self._display_name(task)
         if not lifecycle.status_changed(current, status):
+            self._end_hold(key)
             self._prompts.pop(key, None)
             self._snapshots.pop(key, None)
             return
+        news = report is not None or named is not None or key in self._prompts or key in self._snapshots
+        if not news and self._hold(key, current, status, pausing=task.spec.paused):
+            return
+        self._end_hold(key)
         written = await kube.patch_task_status(task.namespace, task.name, status)
         # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
         if report is not None and self._reports.get(key) is report:
@@ -486,6 +505,26 @@ class Reconciler:
             self.event(
                 raw, type="Warning" if warning else "Normal", reason=verdict.reason, message=verdict.message
             )
+
+    def _hold(self, key: Key, current: Mapping[str, Any], status: Mapping[str, Any], pausing: bool) -> bool:
+        """Whether this status write waits (see STATUS_HOLD): True while its hold runs."""
+        phase = status["phase"]
+        step = phase in (Phase.PENDING, Phase.INITIALIZING) and (phase == current.get("phase") or pausing)
+        same_spec = current.get("observedGeneration") == status["observedGeneration"]
+        if self.status_hold <= 0 or not step or not same_spec or current.get("phase") is None:
+            return False
+        if key not in self._holds:
+
+            def due() -> None:
+                self._holds[key] = None
+                self.poke(key)
+
+            self._holds[key] = asyncio.get_running_loop().call_later(self.status_hold, due)
+        return self._holds[key] is not None
+
+    def _end_hold(self, key: Key) -> None:
+        if (timer := self._holds.pop(key, None)) is not None:
+            timer.cancel()
 
     def _note_wish(self, key: Key, paused: bool) -> None:
         """Remember when a pause or resume was first seen, to time it (a new task's start is neither)."""
@@ -562,6 +601,7 @@ class Reconciler:
             naming_task.cancel()
         if (timer := self._timers.pop(key, None)) is not None:
             timer.cancel()
+        self._end_hold(key)
 
 
 def _api_message(exc: Exception) -> str:

@@ -80,17 +80,26 @@ async def logs(namespace: str, name: str) -> Logs:
         client = await agent_client(task)
         try:
             return Logs([m.dump() for m in await client.messages()], snapshot=False)
+        except (AgentUnavailable, AgentError):
+            if not task.spec.paused:
+                raise
+            # Pausing: the agent is stopping, and the pause has just kept its conversation.
         finally:
             await client.aclose()
+        return await _snapshot_logs(task)
     if phase in SNAPSHOT_PHASES or phase is None:
-        cm = await kube.read_configmap(namespace, configmap_name(name))
-        if cm is None or DATA_KEY not in (cm.get("data") or {}):
-            return Logs([], snapshot=True)
-        envelope = json.loads(cm["data"][DATA_KEY])
-        taken = task.status.log_snapshot.taken_at if task.status.log_snapshot else None
-        at = rfc3339(taken) if taken else None
-        return Logs(list(envelope["data"]["messages"]), snapshot=True, snapshot_at=at)
+        return await _snapshot_logs(task)
     raise TaskConflict(f"cannot fetch logs for task in current state: {phase} ({task.status.message})")
+
+
+async def _snapshot_logs(task: Task) -> Logs:
+    cm = await kube.read_configmap(task.namespace, configmap_name(task.name))
+    if cm is None or DATA_KEY not in (cm.get("data") or {}):
+        return Logs([], snapshot=True)
+    envelope = json.loads(cm["data"][DATA_KEY])
+    taken = task.status.log_snapshot.taken_at if task.status.log_snapshot else None
+    at = rfc3339(taken) if taken else None
+    return Logs(list(envelope["data"]["messages"]), snapshot=True, snapshot_at=at)
 
 
 async def follow(namespace: str, name: str, interval: float = 1.0) -> AsyncIterator[dict[str, Any]]:

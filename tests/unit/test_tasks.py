@@ -1,0 +1,80 @@
+"""Logs by phase: what `kubectl task logs` reads when the agent is live, pausing or gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from taskpod import kube, tasks
+from taskpod.agentapi import AgentUnavailable
+from taskpod.snapshots import DATA_KEY
+
+KEPT = [{"id": 1, "role": "user", "content": "Fix the flaky login test", "time": "2026-11-29T10:00:01Z"}]
+
+
+class GoneAgent:
+    async def messages(self) -> list[Any]:
+        raise AgentUnavailable("connection refused")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def task_body(paused: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": "taskpod.dev/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": "fix-login", "namespace": "team", "uid": "u1", "generation": 2},
+        "spec": {"prompt": "Fix the flaky login test", "paused": paused},
+        "status": {
+            "phase": "Active",
+            "workspace": {
+                "statefulSet": "fix-login",
+                "pod": "fix-login-0",
+                "podIP": "127.1.0.5",
+                "lifetime": 1,
+            },
+            "logSnapshot": {
+                "configMap": "fix-login-snapshot",
+                "takenAt": "2026-11-29T10:02:00Z",
+                "messages": 1,
+            },
+        },
+    }
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+
+    async def get_task(namespace: str, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = state["task"]
+        return body
+
+    async def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
+        envelope = {"format": "agentapi", "data": {"messages": KEPT}}
+        return {"data": {DATA_KEY: json.dumps(envelope)}} if name == "fix-login-snapshot" else None
+
+    async def agent_client(task: Any) -> GoneAgent:
+        return GoneAgent()
+
+    monkeypatch.setattr(kube, "get_task", get_task)
+    monkeypatch.setattr(kube, "read_configmap", read_configmap)
+    monkeypatch.setattr(tasks, "agent_client", agent_client)
+    return state
+
+
+def test_a_pausing_task_whose_agent_has_stopped_shows_the_snapshot(cluster: dict[str, Any]) -> None:
+    """While pausing, the phase stays Active until the pod is gone, but the agent may already be down."""
+    cluster["task"] = task_body(paused=True)
+    logs = asyncio.run(tasks.logs("team", "fix-login"))
+    assert logs.dump() == {"messages": KEPT, "snapshot": True, "snapshot_at": "2026-11-29T10:02:00Z"}
+
+
+def test_an_active_task_whose_agent_does_not_answer_says_so(cluster: dict[str, Any]) -> None:
+    cluster["task"] = task_body(paused=False)
+    with pytest.raises(AgentUnavailable, match="connection refused"):
+        asyncio.run(tasks.logs("team", "fix-login"))
