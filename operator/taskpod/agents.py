@@ -105,9 +105,12 @@ class Agents:
         return follower.client if follower else None
 
     def _update(self, key: Key, **changes: Any) -> None:
+        """Record what was heard; a reconcile runs only when it changed the view. A stopped agent's follower
+        retries every few seconds, and each failure used to poke (the reconciler wakes itself up for the end
+        of the grace period)."""
         view = self.views.get(key)
-        if view is not None:
-            self.views[key] = replace(view, **changes)
+        if view is not None and (updated := replace(view, **changes)) != view:
+            self.views[key] = updated
             self.poke(key)
 
     async def _follow(self, key: Key, client: AgentClient) -> None:

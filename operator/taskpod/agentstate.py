@@ -145,8 +145,9 @@ def task_status(
     shown = state or (task.status.state.model_dump(mode="json") if task.status.state else {})
     if verdict.phase is Phase.ACTIVE and shown.get("message"):
         status["message"] = shown["message"]  # Coder's MESSAGE column: the agent's words, errors first
-    if obs.agent is not None:
-        status["agent"] = agent_status(obs.agent)
+    # None (no agent followed: no running pod) removes what an earlier pod's agent showed, which would
+    # otherwise pass for the next pod's agent having answered before.
+    status["agent"] = agent_status(obs.agent)
     if prompt is not None:
         status["prompt"] = dict(prompt)
     if snapshot is not None:

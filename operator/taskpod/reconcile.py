@@ -227,7 +227,7 @@ class Reconciler:
                 except Exception as exc:
                     self._seen.pop(key, None)
                     metrics.RECONCILE_ERRORS.inc()
-                    self._retry_later(key, views, raw, exc)
+                    self._retry_later(key, raw, exc)
                 else:
                     self._retries.pop(key, None)
                     # As read before the reconcile (what changed meanwhile must run the next one), but
@@ -278,6 +278,10 @@ class Reconciler:
             )
             self.agents.ensure(key, target, answered_before)
             agent = self.agents.views.get(key)
+        if agent is not None and not agent.healthy and agent.silent_since is not None:
+            # Unknown once the silence outlasts the grace: reconcile then (`now` is in whole seconds).
+            grace_left = agent.silent_since + self.agent_grace - _now()
+            self._requeue_after(key, max(grace_left.total_seconds(), 0) + 1)
         obs = Observation(
             generation=task.metadata.generation,
             paused=task.spec.paused,
@@ -563,7 +567,7 @@ class Reconciler:
             self._display_names[key] = await naming.display_name_for(prompt, self.naming_env)
         self.poke(key)
 
-    def _retry_later(self, key: Key, views: Views, raw: Mapping[str, Any], exc: Exception) -> None:
+    def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> None:
         attempt = self._retries.get(key, 0)
         delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
         self._retries[key] = attempt + 1
@@ -577,10 +581,23 @@ class Reconciler:
                 reason="ReconcileFailed",
                 message=f"Reconcile failed, retrying: {_api_message(exc)}",
             )
-        if (timer := self._timers.pop(key, None)) is not None:
-            timer.cancel()
+        self._requeue_after(key, delay)
+
+    def _requeue_after(self, key: Key, delay: float) -> None:
+        """Reconcile `key` again in `delay` seconds, unless one is due sooner already (a retry, or the end
+        of an agent's grace period)."""
         loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(delay, lambda: self.enqueue(key, views, forced=True))
+        timer = self._timers.get(key)
+        if timer is not None:
+            if timer.when() <= loop.time() + delay:
+                return
+            timer.cancel()
+
+        def due() -> None:
+            self._timers.pop(key, None)
+            self.poke(key)
+
+        self._timers[key] = loop.call_later(delay, due)
 
     def _forget(self, key: Key) -> None:
         """A deleted task: stop following its agent and drop everything kept for it."""

@@ -151,3 +151,21 @@ def test_task_status_adds_agent_state_prompt_and_its_condition() -> None:
     assert status["agent"] == {"status": "stable", "type": None, "healthy": True, "reason": None}
     delivered = [c for c in status["conditions"] if c["type"] == "PromptDelivered"]
     assert delivered and delivered[0]["status"] == "True" and delivered[0]["observedGeneration"] == 2
+
+
+def test_with_no_agent_followed_the_last_pods_agent_is_removed_from_status() -> None:
+    """A paused task kept `agent.healthy: true` from its last pod, and the resumed pod's agent then passed
+    for one that had answered before: silent while it started, it went Unknown (seen at N = 1,000)."""
+    task = Task.model_validate(
+        {
+            "metadata": {"name": "t", "namespace": "n", "generation": 2},
+            "spec": {"prompt": "Fix it", "paused": True},
+            "status": {"agent": {"status": "stable", "type": None, "healthy": True, "reason": None}},
+        }
+    )
+    sts = StatefulSetView(name="t", replicas=0, lifetime=1, spec_hash=None, storage={})
+    obs = Observation(
+        generation=2, paused=True, template_name="default", template=None, statefulset=sts, pod=None
+    )
+    status = task_status(task, obs, T1)
+    assert status["phase"] == "Paused" and status["agent"] is None  # a merge patch's None removes it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -15,7 +16,7 @@ from taskpod import kube, naming, reconcile
 from taskpod.agentapi import AgentMessage
 from taskpod.lifecycle import AgentView, PodView, StatefulSetView
 from taskpod.models import AgentStatus, TaskTemplate
-from taskpod.reconcile import Reconciler, Views
+from taskpod.reconcile import Reconciler, Views, _now
 
 NS, NAME = "team", "fix-login"
 KEY = (NS, NAME)
@@ -358,7 +359,13 @@ def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
     followed: list[Any] = []
-    agents.ensure = lambda key, target, answered_before=False: followed.append(target)
+
+    def ensure(key: Any, target: Any, answered_before: bool = False) -> None:
+        followed.append(target)
+        if target is None:
+            agents.views.pop(key, None)  # as Agents does: no follower, no view
+
+    agents.ensure = ensure
     conversation = [AgentMessage(0, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
     agents.agent.messages = lambda: _async(conversation)
 
@@ -390,6 +397,7 @@ def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two
     assert pausing["message"].startswith("Pausing: waiting for pod fix-login-0 to stop")
     assert pausing["logSnapshot"]["messages"] == 1
     assert paused["phase"] == "Paused" and paused["logSnapshot"] == pausing["logSnapshot"]
+    assert "agent" in pausing and "agent" not in paused  # no pod, no agent to vouch for
     assert events[-2:] == ["Pausing", "Paused"]
 
 
@@ -489,3 +497,29 @@ def test_without_a_key_the_display_name_is_the_prompts_at_once(api: FakeApi) -> 
     reconciler = reconciler_with([])
     run(reconciler, views(task_body("5"), api))
     assert api.status_patches[0]["displayName"] == "Fix the flaky login test"
+
+
+def test_an_agent_that_falls_silent_makes_the_task_unknown_when_the_grace_ends(api: FakeApi) -> None:
+    """Its follower pokes once, when the agent stops answering: the reconciler wakes itself for the end of
+    the grace period instead of counting on a poke per reconnect attempt."""
+    reconciler = reconciler_with([])
+    reconciler.agent_grace = dt.timedelta(seconds=1)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+
+    async def scenario() -> list[str]:
+        reconciler.start(1)
+        await reconciler.reconcile(KEY, views(task_body("5"), api))
+        silent = replace(agents.views[KEY], healthy=False, reason="connection refused", silent_since=_now())
+        agents.views[KEY] = silent
+        await reconciler.reconcile(KEY, views(task_body(str(api.version), api.status), api))
+        for _ in range(40):
+            if api.status["phase"] == "Unknown":
+                break
+            await asyncio.sleep(0.1)
+        await reconciler.stop()
+        return [p["phase"] for p in api.status_patches]
+
+    assert asyncio.run(scenario()) == ["Active", "Active", "Unknown"]
+    assert api.status["message"].startswith("The agent has not answered for")
+    assert api.status["message"].endswith("s: connection refused.")
