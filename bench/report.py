@@ -58,8 +58,8 @@ def with_ratios(run: dict[str, Any]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     rows = [
         "| N | phase | all done (s) | floor (s) | ratio | per-task p50 / p95 / max (s) "
-        "| operator CPU (s) | peak RSS (MiB) | API writes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| operator CPU (s) | peak RSS (MiB) | API writes | reconciles run / skipped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         for phase in PHASES:
@@ -67,10 +67,12 @@ def markdown(result: dict[str, Any]) -> str:
             floor = (run.get("floor") or {}).get(phase, {}).get("all_seconds", "")
             lat = op["latency"]
             ratio = run.get("ratio", {}).get(phase, "")
+            reconciles = op.get("reconciles") or {}
             rows.append(
                 f"| {run['n']} | {phase} | {op['all_seconds']} | {floor} | {ratio} "
                 f"| {lat['p50']} / {lat['p95']} / {lat['max']} | {op['operator_cpu_seconds']} "
-                f"| {op['operator_peak_rss_mib']} | {op['api_writes']} |"
+                f"| {op['operator_peak_rss_mib']} | {op['api_writes']} "
+                f"| {reconciles.get('run', '?')} / {reconciles.get('skipped', '?')} |"
             )
     idle = [
         "",

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench import audit
 from bench.procstat import Sampler
 from bench.rest import Rest
@@ -210,9 +213,14 @@ async def operator_phases(
         "PYTHONUNBUFFERED": "1",
     }
     log = (cluster.directory / "operator.log").open("ab")
+    listen = f"127.0.0.1:{_free_port()}"
     operator = subprocess.Popen(
-        [sys.executable, "-m", "taskpod", "-n", NS], stdout=log, stderr=subprocess.STDOUT, env=env
+        [sys.executable, "-m", "taskpod", "-n", NS, "--http-listen", listen],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
+    metrics = Reconciles(f"http://{listen}/metrics")
     sampler = Sampler(operator.pid)
     profiler = None
     if profile is not None:  # py-spy samples the operator through apply, pause and resume
@@ -241,6 +249,7 @@ async def operator_phases(
 
     async def phase(name: str, act: Any, done: Any, latencies: Any) -> None:
         sampler.start_phase()
+        before = await metrics.read()
         wall0, t0 = time.time(), time.monotonic()
         await act()
         t_end = await watcher.until(done, timeout, name)
@@ -254,6 +263,7 @@ async def operator_phases(
             "operator_peak_rss_mib": usage.peak_rss_mib,
             "api_requests": dict(sorted(requests.items())),
             "api_writes": audit.writes(requests),
+            "reconciles": Reconciles.since(before, await metrics.read()),
         }
         figures = result["phases"][name]
         say(
@@ -317,9 +327,11 @@ async def operator_phases(
         say(f"N={n} idle: settling, then measuring {idle_seconds:.0f}s")
         await asyncio.sleep(10)
         sampler.start_phase()
+        before = await metrics.read()
         wall0 = time.time()
         await asyncio.sleep(idle_seconds)
         usage = sampler.end_phase()
+        reconciles = Reconciles.since(before, await metrics.read())
         requests = audit.count(cluster.audit_log, OPERATOR_USER, wall0, time.time())
         minutes = idle_seconds / 60
         result["idle"] = {
@@ -329,6 +341,7 @@ async def operator_phases(
             "api_writes_per_minute": round(audit.writes(requests) / minutes, 2),
             "api_requests": dict(sorted(requests.items())),
             "operator_rss_mib": usage.end_rss_mib,
+            "reconciles": reconciles,
         }
         say(f"N={n} idle: {result['idle']}")
         result["single_pause"] = await single_task_pauses(rest, watcher, single_pauses)
@@ -347,6 +360,43 @@ async def operator_phases(
                 process.wait(20)
         cluster.down(quiet=True)
     return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Reconciles:
+    """Reconciles the operator ran and skipped (nothing they read had changed), from its own /metrics:
+    where its CPU goes besides Kopf's handling of each watch event."""
+
+    url: str
+
+    async def read(self) -> dict[str, float]:
+        wanted = {
+            "taskpod_reconcile_duration_seconds_count": "run",
+            "taskpod_reconciles_skipped_total": "skipped",
+        }
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                text = (await http.get(self.url)).text
+        except httpx.HTTPError:
+            return {}
+        return {
+            wanted[sample.name]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name in wanted
+        }
+
+    @staticmethod
+    def since(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+        return {k: int(after[k] - before.get(k, 0)) for k in after}
 
 
 async def single_task_pauses(rest: Rest, watcher: Watcher, count: int) -> dict[str, Any]:

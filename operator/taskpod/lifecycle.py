@@ -167,7 +167,8 @@ def derive_phase(obs: Observation) -> Verdict:
             return Verdict(
                 Phase.PAUSED, "Paused", "Task is paused: the workspace is scaled to zero; its files are kept."
             )
-        running = _workspace_verdict(obs)
+        # Its agent is being stopped, so it is no longer followed: the pod says how far the pause has got.
+        running = _workspace_verdict(obs, agent_needed=False)
         return Verdict(running.phase, "Pausing", f"Pausing: waiting for pod {obs.pod.name} to stop.")
     if obs.template is None:
         return Verdict(
@@ -181,7 +182,7 @@ def derive_phase(obs: Observation) -> Verdict:
     return _workspace_verdict(obs)
 
 
-def _workspace_verdict(obs: Observation) -> Verdict:
+def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
     sts, pod = obs.statefulset, obs.pod
     if sts is None:
         return Verdict(Phase.PENDING, "WorkspaceCreating", "Workspace is being created.")
@@ -226,6 +227,8 @@ def _workspace_verdict(obs: Observation) -> Verdict:
         )
     if not pod.ready:
         return Verdict(Phase.INITIALIZING, "AgentStarting", "Agent is starting.")
+    if not agent_needed:
+        return Verdict(Phase.ACTIVE, "WorkspaceReady", "Workspace is ready.")
     return _agent_verdict(obs)
 
 

@@ -34,6 +34,7 @@ def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) 
         op = run["operator"]["phases"][phase]
         assert op["all_seconds"] > 0 and op["latency"]["p50"] is not None, phase
         assert op["api_writes"] > 0 and op["operator_peak_rss_mib"] > 0, phase
+        assert op["reconciles"]["run"] >= 10, phase  # each task is reconciled at least once per phase
         assert run["floor"][phase]["all_seconds"] > 0 and phase in run["ratio"]
     assert run["operator"]["single_pause"]["count"] == 2
     assert run["operator"]["idle"]["seconds"] == 5

@@ -352,8 +352,9 @@ def paused_body(version: str, status: dict[str, Any] | None = None) -> dict[str,
 def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two_writes(
     api: FakeApi,
 ) -> None:
-    """Found measuring: the agent was no longer followed once paused, so a pausing task read Initializing,
-    then Pending, then Paused: three status patches, two of them wrong."""
+    """Found measuring: with its agent no longer followed, a pausing task read Initializing (no agent
+    answering), then Pending, then Paused: three status patches, two of them wrong. The pod, Ready until
+    it stops, says how far the pause has got; its agent is not followed (it is being stopped)."""
     events: list[str] = []
     reconciler = reconciler_with(events)
     agents = reconciler.agents
@@ -375,7 +376,7 @@ def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two
         v = views(paused_body(str(api.version), api.status), api)
         await reconciler.reconcile(KEY, v)
         pausing = copy.deepcopy(api.status)
-        assert followed[-1] is not None  # its agent still answers
+        assert followed[-1] is None  # its conversation kept, its agent is let go
         [scaled] = [a for a in api.applies if a["kind"] == "StatefulSet"]
         assert scaled["spec"]["replicas"] == 0
 
@@ -383,7 +384,6 @@ def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two
         v.pods = FakeIndex({KEY: replace(_one_value(v.pods), deleting=True)})
         v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # Pending, while the pod stops: a step on the way, held
-        assert followed[-1] is None
         v.pods = FakeIndex({})
         v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # where the pause ends: at once, the held step folded in
@@ -397,12 +397,13 @@ def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two
     assert pausing["message"].startswith("Pausing: waiting for pod fix-login-0 to stop")
     assert pausing["logSnapshot"]["messages"] == 1
     assert paused["phase"] == "Paused" and paused["logSnapshot"] == pausing["logSnapshot"]
-    assert "agent" in pausing and "agent" not in paused  # no pod, no agent to vouch for
+    assert "agent" not in pausing and "agent" not in paused  # none followed, none to vouch for
     assert events[-2:] == ["Pausing", "Paused"]
 
 
 def test_a_task_paused_before_its_prompt_went_in_gets_no_prompt(api: FakeApi) -> None:
     reconciler = reconciler_with([])
+    counting_reconciles(reconciler)
     run(reconciler, views(paused_body("5"), api))
     assert reconciler.agents.agent.sent == []  # type: ignore[union-attr]
     assert api.status["phase"] == "Active" and api.status["message"].startswith("Pausing")
