@@ -67,9 +67,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300  # plus Kopf's inactivity timeout, so a stalled watch recovers
     settings.watching.client_timeout = 330
     # Threads for the blocking kubernetes client: each waits on one API call, so under load this is the
-    # number of calls in flight (16 capped a 1,000-task burst at about 100 writes a second). Our calls go
-    # through asyncio.to_thread, which uses the loop's default executor, not Kopf's: until it was made
-    # Kopf's, it was asyncio's own, min(32, CPUs + 4) threads, 6 here, so only 6 API calls were in flight.
+    # number of calls in flight. Our calls go through asyncio.to_thread, which uses the loop's default
+    # executor, and Kopf does not make its own the default: until this line, that was asyncio's own pool,
+    # min(32, CPUs + 4) threads, so 6 API calls in flight on a 2-CPU node.
     settings.execution.max_workers = RECONCILE_WORKERS
     asyncio.get_running_loop().set_default_executor(settings.execution.executor)
     reconciler.workers = RECONCILE_WORKERS  # reconciles at a time: as many as threads for their calls
