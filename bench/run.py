@@ -26,7 +26,7 @@ from bench import audit
 from bench.procstat import Sampler
 from bench.rest import Rest
 from localkube import binaries
-from localkube.cluster import LocalCluster
+from localkube.cluster import LocalCluster, _free_ports
 from taskpod import workspace
 from taskpod.models import Task, TaskTemplate
 
@@ -213,7 +213,7 @@ async def operator_phases(
         "PYTHONUNBUFFERED": "1",
     }
     log = (cluster.directory / "operator.log").open("ab")
-    listen = f"127.0.0.1:{_free_port()}"
+    listen = f"127.0.0.1:{_free_ports(['metrics'])['metrics']}"
     operator = subprocess.Popen(
         [sys.executable, "-m", "taskpod", "-n", NS, "--http-listen", listen],
         stdout=log,
@@ -360,14 +360,6 @@ async def operator_phases(
                 process.wait(20)
         cluster.down(quiet=True)
     return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -285,9 +285,10 @@ class Reconciler:
             )
             self.agents.ensure(key, target, answered_before)
             agent = self.agents.views.get(key)
+        now = _now()
         if agent is not None and not agent.healthy and agent.silent_since is not None:
             # Unknown once the silence outlasts the grace: reconcile then (`now` is in whole seconds).
-            grace_left = agent.silent_since + self.agent_grace - _now()
+            grace_left = agent.silent_since + self.agent_grace - now
             self._requeue_after(key, max(grace_left.total_seconds(), 0) + 1)
         obs = Observation(
             generation=task.metadata.generation,
@@ -298,7 +299,7 @@ class Reconciler:
             pod=pod,
             workspace_error=workspace_error,
             agent=agent,
-            now=_now(),
+            now=now,
             agent_grace=self.agent_grace,
         )
         if (

@@ -4,19 +4,13 @@ that view changes."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 import pytest
 
 from taskpod import agents as agents_module
 from taskpod.agents import Agents, Target, Transport
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # nobody listens once it is closed
+from tests.support import free_port
 
 
 def test_an_agent_that_stays_down_pokes_once_not_at_every_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +21,7 @@ def test_an_agent_that_stays_down_pokes_once_not_at_every_reconnect(monkeypatch:
 
     async def scenario() -> int:
         agents = Agents(Transport(lambda: httpx.AsyncClient(timeout=1.0)), pokes.append)
-        target = Target("uid-1", "team", "fix-login-0", "127.0.0.1", closed_port(), 1)
+        target = Target("uid-1", "team", "fix-login-0", "127.0.0.1", free_port(), 1)  # nobody listens there
         agents.ensure(("team", "fix-login"), target)
         for _ in range(100):  # a dozen or more attempts
             await asyncio.sleep(0.01)
