@@ -28,6 +28,7 @@ from rich.console import Console
 from urllib3.exceptions import HTTPError as TransportError
 
 from taskpod import kube, naming, tasks
+from taskpod.agentapi import AgentError, AgentUnavailable
 from taskpod.models import Phase, Task, rfc3339
 
 EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT, EXIT_TIMEOUT = 1, 2, 3, 4
@@ -79,6 +80,10 @@ def _explained(namespace: str) -> Iterator[None]:
         raise Failure(str(exc), EXIT_CONFLICT) from None
     except tasks.NoTemplate as exc:
         raise Failure(str(exc)) from None
+    except AgentUnavailable as exc:
+        raise Failure(f"cannot reach the task's agent: {exc}") from None
+    except AgentError as exc:
+        raise Failure(f"the task's agent answered with an error: {exc}") from None
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     except TimeoutError as exc:

@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,13 @@ async def agent_client(task: Task) -> AgentClient:
     workspace = task.status.workspace
     if workspace is None or not workspace.pod:
         raise TaskConflict(f"task {task.name} has no running workspace")
-    port = await kube.agent_port(task.namespace, workspace.pod, PORT_NAME) or DEFAULT_AGENT_PORT
+    try:
+        port = await kube.agent_port(task.namespace, workspace.pod, PORT_NAME) or DEFAULT_AGENT_PORT
+    except kube.ApiException as exc:
+        if exc.status != 404:
+            raise
+        # The status is a moment behind the pod: a pause or a restart has removed it, not yet reported.
+        raise AgentUnavailable(f"pod {workspace.pod} is gone") from None
     # The pod proxy by default; "direct" where this machine reaches pod IPs (in-cluster, or the local
     # control plane, whose loopback pod IPs the API server refuses to proxy to).
     via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "proxy") != "direct"
@@ -73,19 +80,26 @@ async def agent_client(task: Task) -> AgentClient:
     return AgentClient(proxy_url(server, task.namespace, workspace.pod, port), make_http())
 
 
+@asynccontextmanager
+async def _connected(task: Task) -> AsyncIterator[AgentClient]:
+    client = await agent_client(task)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 async def logs(namespace: str, name: str) -> Logs:
     task = await _task(namespace, name)
     phase = task.status.phase
     if phase is Phase.ACTIVE:
-        client = await agent_client(task)
         try:
-            return Logs([m.dump() for m in await client.messages()], snapshot=False)
+            async with _connected(task) as client:
+                return Logs([m.dump() for m in await client.messages()], snapshot=False)
         except (AgentUnavailable, AgentError):
             if not task.spec.paused:
                 raise
             # Pausing: the agent is stopping, and the pause has just kept its conversation.
-        finally:
-            await client.aclose()
         return await _snapshot_logs(task)
     if phase in SNAPSHOT_PHASES or phase is None:
         return await _snapshot_logs(task)
@@ -110,14 +124,12 @@ async def follow(namespace: str, name: str, interval: float = 1.0) -> AsyncItera
         task = await _task(namespace, name)
         if task.status.phase is not Phase.ACTIVE:
             return
-        client = await agent_client(task)
         try:
-            stable = (await client.status()).status is AgentStatus.STABLE
-            messages = await client.messages()
-        except (AgentUnavailable, AgentError):
-            messages, stable = [], False  # between lifetimes, or a hiccup: look again
-        finally:
-            await client.aclose()
+            async with _connected(task) as client:
+                stable = (await client.status()).status is AgentStatus.STABLE
+                messages = await client.messages()
+        except (AgentUnavailable, AgentError, TaskConflict):
+            messages, stable = [], False  # between lifetimes (status a moment behind), a hiccup: look again
         for i, message in enumerate(messages):
             if message.id not in shown and (stable or i < len(messages) - 1):
                 shown.add(message.id)
@@ -149,11 +161,8 @@ async def send(
             raise TimeoutError(f"task {name} did not become active and idle within {timeout:.0f}s")
         progress(f"Waiting for task {name}: {task.status.phase or 'Pending'}, {state or 'starting'}")
         await asyncio.sleep(1)
-    client = await agent_client(task)
-    try:
+    async with _connected(task) as client:
         await client.send(content, "user")
-    finally:
-        await client.aclose()
 
 
 # -- what the plugin's other commands do --------------------------------------------------------

@@ -220,7 +220,7 @@ def test_logs_follow_prints_messages_as_they_come_until_the_task_pauses(
         _, err = follow.communicate(timeout=30)
     finally:
         follow.kill()
-    assert follow.returncode == 0 and "no longer Active; stopped following" in err
+    assert follow.returncode == 0 and "no longer Active; stopped following" in err, err
 
 
 def test_bad_usage_is_one_line_and_a_non_zero_exit(

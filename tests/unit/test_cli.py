@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 from click.testing import CliRunner
 
-from taskpod import cli
+from taskpod import cli, kube, tasks
+from taskpod.agentapi import AgentUnavailable
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 
@@ -78,3 +79,14 @@ def test_completion_lists_commands_in_cobras_format(
     cli.complete()
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["resume", ":4"]
+
+
+def test_an_unreachable_agent_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def logs(namespace: str, name: str) -> object:
+        raise AgentUnavailable("pod fix-login-0 is gone")
+
+    monkeypatch.setattr(kube, "use_kubeconfig", lambda path, context: "team")
+    monkeypatch.setattr(tasks, "logs", logs)
+    result = CliRunner().invoke(cli.cli, ["logs", "fix-login"])
+    assert result.exit_code == cli.EXIT_ERROR
+    assert result.output == "error: cannot reach the task's agent: pod fix-login-0 is gone\n"

@@ -1,4 +1,5 @@
-"""Logs by phase: what `kubectl task logs` reads when the agent is live, pausing or gone."""
+"""Logs by phase: what `kubectl task logs` reads, once or following, when the agent is live, pausing
+or gone."""
 
 from __future__ import annotations
 
@@ -58,23 +59,72 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         envelope = {"format": "agentapi", "data": {"messages": KEPT}}
         return {"data": {DATA_KEY: json.dumps(envelope)}} if name == "fix-login-snapshot" else None
 
-    async def agent_client(task: Any) -> GoneAgent:
-        return GoneAgent()
-
     monkeypatch.setattr(kube, "get_task", get_task)
     monkeypatch.setattr(kube, "read_configmap", read_configmap)
-    monkeypatch.setattr(tasks, "agent_client", agent_client)
     return state
 
 
-def test_a_pausing_task_whose_agent_has_stopped_shows_the_snapshot(cluster: dict[str, Any]) -> None:
+@pytest.fixture
+def agent_down(cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The task's pod is there, but its agent refuses connections."""
+
+    async def agent_client(task: Any) -> GoneAgent:
+        return GoneAgent()
+
+    monkeypatch.setattr(tasks, "agent_client", agent_client)
+    return cluster
+
+
+def test_a_pausing_task_whose_agent_has_stopped_shows_the_snapshot(agent_down: dict[str, Any]) -> None:
     """While pausing, the phase stays Active until the pod is gone, but the agent may already be down."""
-    cluster["task"] = task_body(paused=True)
+    agent_down["task"] = task_body(paused=True)
     logs = asyncio.run(tasks.logs("team", "fix-login"))
     assert logs.dump() == {"messages": KEPT, "snapshot": True, "snapshot_at": "2026-11-29T10:02:00Z"}
 
 
-def test_an_active_task_whose_agent_does_not_answer_says_so(cluster: dict[str, Any]) -> None:
-    cluster["task"] = task_body(paused=False)
+def test_an_active_task_whose_agent_does_not_answer_says_so(agent_down: dict[str, Any]) -> None:
+    agent_down["task"] = task_body(paused=False)
     with pytest.raises(AgentUnavailable, match="connection refused"):
         asyncio.run(tasks.logs("team", "fix-login"))
+
+
+@pytest.fixture
+def pod_gone(cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The task's status still names its pod, but the pod has been deleted (the status is a moment behind)."""
+
+    async def agent_port(namespace: str, pod: str, port_name: str) -> int:
+        raise kube.ApiException(status=404, reason="Not Found")
+
+    monkeypatch.setattr(kube, "agent_port", agent_port)
+    return cluster
+
+
+def test_a_pausing_task_whose_pod_is_already_gone_shows_the_snapshot(pod_gone: dict[str, Any]) -> None:
+    pod_gone["task"] = task_body(paused=True)
+    logs = asyncio.run(tasks.logs("team", "fix-login"))
+    assert logs.snapshot and logs.messages == KEPT
+
+
+def test_an_active_task_whose_pod_is_gone_says_its_agent_is_unreachable(pod_gone: dict[str, Any]) -> None:
+    pod_gone["task"] = task_body(paused=False)
+    with pytest.raises(AgentUnavailable, match="pod fix-login-0 is gone"):
+        asyncio.run(tasks.logs("team", "fix-login"))
+
+
+def test_following_rides_out_a_status_that_lags_its_pod_and_ends_when_the_task_leaves_active(
+    pod_gone: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pausing, paused = task_body(paused=True), task_body(paused=True)
+    paused["status"] = {**paused["status"], "phase": "Paused", "workspace": None}
+    reads = [pausing, pausing, paused]
+
+    async def get_task(namespace: str, name: str) -> dict[str, Any]:
+        return reads.pop(0)
+
+    monkeypatch.setattr(kube, "get_task", get_task)
+
+    async def follow() -> list[dict[str, Any]]:
+        return [m async for m in tasks.follow("team", "fix-login", interval=0)]
+
+    assert asyncio.run(follow()) == []
+    assert reads == []  # it looked until the task was Paused
