@@ -182,6 +182,13 @@ async def template_changed(
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
+async def statefulset_changed(namespace: str, labels: kopf.Labels, event: kopf.RawEvent, **kw: Any) -> None:
+    key = (namespace, labels[TASK_LABEL])
+    if event.get("type") == "DELETED":
+        reconciler.statefulset_deleted(key)
+    reconciler.enqueue(key, _views(kw))
+
+
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 async def child_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:

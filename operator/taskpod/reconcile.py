@@ -35,6 +35,10 @@ STORY_PHASES = frozenset({Phase.ACTIVE, Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN
 # watch), except on the way down to Paused: there, only Paused (or an error) is news. The answer to a spec
 # change, and where a transition ends (Active, Paused, Error, Unknown), are never held.
 STATUS_HOLD = 1.0  # seconds
+# The StatefulSet watch can be a moment behind our own apply, and a reconcile that reads it then would
+# apply (and tell of it) again: at N = 1,000, 18 tasks got a second WorkspaceCreated. So the StatefulSet
+# as applied stands in for the watch's older one, until the watch shows it or this long has passed.
+APPLIED_TRUST = 30.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+@dataclass(frozen=True)
+class _Applied:
+    """The StatefulSet as our last apply left it, and when (loop time)."""
+
+    view: StatefulSetView
+    at: float
+
+
 @dataclass
 class Reconciler:
     event: EventSink
@@ -144,6 +156,7 @@ class Reconciler:
     _seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
     status_hold: float = STATUS_HOLD
     _holds: dict[Key, asyncio.TimerHandle | None] = field(default_factory=dict)  # held writes; None: due
+    _applied: dict[Key, _Applied] = field(default_factory=dict)  # until the watch shows it
 
     def phase_counts(self) -> Counter[str]:
         """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
@@ -331,6 +344,8 @@ class Reconciler:
         if service_hash != workspace.spec_hash(desired_service):
             await kube.apply(desired_service)
 
+        key = (task.namespace, task.name)
+        observed = self._as_applied(key, observed)
         replicas = workspace.desired_replicas(task)
         lifetime = workspace.next_lifetime(observed, replicas)
         desired = workspace.statefulset(task, template, replicas, lifetime, observed, self.report_url)
@@ -342,7 +357,9 @@ class Reconciler:
                 raw, type="Normal", reason="Pausing", message="Pausing: scaling the workspace to zero."
             )
             await self._snapshot(task, raw, quiet=False, target=last_agent)
+        self._applied.pop(key, None)  # should the apply fail, the watch alone says what is there
         live = StatefulSetView.parse(await kube.apply(desired))
+        self._applied[key] = _Applied(live, asyncio.get_running_loop().time())
         if observed is None:
             self.event(
                 raw,
@@ -358,6 +375,23 @@ class Reconciler:
                 message=f"Resuming: scaling the workspace back up (lifetime {lifetime}).",
             )
         return live
+
+    def _as_applied(self, key: Key, observed: StatefulSetView | None) -> StatefulSetView | None:
+        """The StatefulSet as we last applied it while the watch shows an older one, or none (see
+        APPLIED_TRUST); else what the watch shows."""
+        applied = self._applied.get(key)
+        if applied is None:
+            return observed
+        left = applied.at + APPLIED_TRUST - asyncio.get_running_loop().time()
+        if (observed is not None and observed.spec_hash == applied.view.spec_hash) or left <= 0:
+            del self._applied[key]  # the watch has caught up (or should have: then it is believed)
+            return observed
+        self._requeue_after(key, left)  # look at the watch again then, should nothing else come
+        return applied.view
+
+    def statefulset_deleted(self, key: Key) -> None:
+        """The watch saw the task's StatefulSet deleted: what we applied before is no longer there."""
+        self._applied.pop(key, None)
 
     def _inputs(self, key: Key, raw: Mapping[str, Any], views: Views) -> _Inputs:
         meta = raw.get("metadata") or {}
@@ -620,6 +654,7 @@ class Reconciler:
             self._display_names,
             self._asked,
             self._seen,
+            self._applied,
         ):
             memory.pop(key, None)
         if (naming_task := self._naming.pop(key, None)) is not None:

@@ -524,3 +524,50 @@ def test_an_agent_that_falls_silent_makes_the_task_unknown_when_the_grace_ends(a
     assert asyncio.run(scenario()) == ["Active", "Active", "Unknown"]
     assert api.status["message"].startswith("The agent has not answered for")
     assert api.status["message"].endswith("s: connection refused.")
+
+
+def _created(api: FakeApi) -> list[dict[str, Any]]:
+    return [a for a in api.applies if a["kind"] == "StatefulSet"]
+
+
+def test_a_statefulset_the_watch_has_yet_to_show_is_not_applied_again(api: FakeApi) -> None:
+    """Found measuring: at N = 1,000 with 64 API threads, 18 tasks got a second StatefulSet apply and a
+    second WorkspaceCreated Event, from reconciles that ran before the watch showed what they created."""
+    events: list[str] = []
+    reconciler = reconciler_with(events)
+
+    async def scenario() -> None:
+        v = views(task_body("5"), api)
+        v.statefulsets, v.pods = FakeIndex({}), FakeIndex({})
+        await reconciler.reconcile(KEY, v)
+        await reconciler.reconcile(KEY, v)  # the watch is still behind
+        assert len(_created(api)) == 1 and events.count("WorkspaceCreated") == 1
+        v.statefulsets = FakeIndex({KEY: StatefulSetView.parse(_created(api)[0])})
+        await reconciler.reconcile(KEY, v)  # it has caught up
+        await reconciler.stop()
+
+    asyncio.run(scenario())
+    assert len(_created(api)) == 1 and events.count("WorkspaceCreated") == 1
+    assert KEY not in reconciler._applied  # nothing kept once the watch shows it
+
+
+@pytest.mark.parametrize("how", ["deleted", "watch never showed it"])
+def test_a_statefulset_gone_since_our_apply_is_created_again(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    events: list[str] = []
+    reconciler = reconciler_with(events)
+    if how != "deleted":
+        monkeypatch.setattr(reconcile, "APPLIED_TRUST", 0.0)
+
+    async def scenario() -> None:
+        v = views(task_body("5"), api)
+        v.statefulsets, v.pods = FakeIndex({}), FakeIndex({})
+        await reconciler.reconcile(KEY, v)
+        if how == "deleted":
+            reconciler.statefulset_deleted(KEY)
+        await reconciler.reconcile(KEY, v)
+        await reconciler.stop()
+
+    asyncio.run(scenario())
+    assert len(_created(api)) == 2 and events.count("WorkspaceCreated") == 2
