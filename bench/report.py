@@ -76,14 +76,15 @@ def markdown(result: dict[str, Any]) -> str:
             )
     idle = [
         "",
-        "| N | idle CPU (% of a core) | API requests / min | API writes / min | RSS (MiB) "
-        "| single-task pause p50 / p95 (s) |",
-        "|---|---|---|---|---|---|",
+        "| N | settled after (s) | idle CPU (% of a core) | API requests / min | API writes / min "
+        "| RSS (MiB) | single-task pause p50 / p95 (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         i, s = run["operator"]["idle"], run["operator"]["single_pause"]
         idle.append(
-            f"| {run['n']} | {i['cpu_percent_of_one_core']} | {i['api_requests_per_minute']} "
+            f"| {run['n']} | {i.get('settled_after_seconds', '?')} | {i['cpu_percent_of_one_core']} "
+            f"| {i['api_requests_per_minute']} "
             f"| {i['api_writes_per_minute']} | {i['operator_rss_mib']} | {s['p50']} / {s['p95']} |"
         )
     m, v = result["machine"], result["versions"]

@@ -325,7 +325,8 @@ async def operator_phases(
             profiler.send_signal(signal.SIGINT)  # py-spy writes what it has
             profiler.wait(60)
         say(f"N={n} idle: settling, then measuring {idle_seconds:.0f}s")
-        await asyncio.sleep(10)
+        settled = await metrics.settle(quiet=max(5, n // 100))
+        say(f"N={n} idle: settled after {settled}s")
         sampler.start_phase()
         before = await metrics.read()
         wall0 = time.time()
@@ -336,6 +337,7 @@ async def operator_phases(
         minutes = idle_seconds / 60
         result["idle"] = {
             "seconds": idle_seconds,
+            "settled_after_seconds": settled,
             "cpu_percent_of_one_core": round(100 * usage.cpu_seconds / idle_seconds, 2),
             "api_requests_per_minute": round(sum(requests.values()) / minutes, 2),
             "api_writes_per_minute": round(audit.writes(requests) / minutes, 2),
@@ -389,6 +391,20 @@ class Reconciles:
     @staticmethod
     def since(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
         return {k: int(after[k] - before.get(k, 0)) for k in after}
+
+    async def settle(self, quiet: int, window: float = 10, limit: float = 300) -> float:
+        """Wait until a `window` brings at most `quiet` reconciles, run or skipped: the control plane has
+        stopped reporting changes (at 5,000 tasks, its controllers finish minutes after the last task is
+        Active). Returns the seconds waited, at most about `limit`."""
+        start = time.monotonic()
+        before = await self.read()
+        while time.monotonic() - start < limit:
+            await asyncio.sleep(window)
+            after = await self.read()
+            if sum(self.since(before, after).values()) <= quiet:
+                break
+            before = after
+        return round(time.monotonic() - start, 1)
 
 
 async def single_task_pauses(rest: Rest, watcher: Watcher, count: int) -> dict[str, Any]:

@@ -37,7 +37,8 @@ def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) 
         assert op["reconciles"]["run"] >= 10, phase  # each task is reconciled at least once per phase
         assert run["floor"][phase]["all_seconds"] > 0 and phase in run["ratio"]
     assert run["operator"]["single_pause"]["count"] == 2
-    assert run["operator"]["idle"]["seconds"] == 5
+    idle = run["operator"]["idle"]
+    assert idle["seconds"] == 5 and 0 < idle["settled_after_seconds"] < 300  # ten tasks settle at once
     assert any(counts.get("Paused") == 10 for _, counts in run["operator"]["timeline"])
 
     markdown = report.with_suffix(".md").read_text()
