@@ -167,9 +167,13 @@ def derive_phase(obs: Observation) -> Verdict:
             return Verdict(
                 Phase.PAUSED, "Paused", "Task is paused: the workspace is scaled to zero; its files are kept."
             )
-        # Its agent is being stopped, so it is no longer followed: the pod says how far the pause has got.
+        # On its way down, as Coder's task was while its stop build ran: Pending, whatever step the pod
+        # is at, so that each step is not a status write of its own. Its conversation is kept first; its
+        # agent, being stopped, is no longer followed. A pod that has failed, or whose node is lost, says so.
         running = _workspace_verdict(obs, agent_needed=False)
-        return Verdict(running.phase, "Pausing", f"Pausing: waiting for pod {obs.pod.name} to stop.")
+        if running.phase in (Phase.ERROR, Phase.UNKNOWN):
+            return running
+        return Verdict(Phase.PENDING, "Pausing", f"Pausing: waiting for pod {obs.pod.name} to stop.")
     if obs.template is None:
         return Verdict(
             Phase.ERROR,

@@ -32,8 +32,8 @@ STORY_PHASES = frozenset({Phase.ACTIVE, Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN
 # A workspace on its way somewhere passes several steps within a phase, often a second apart: pod
 # created, then scheduled; containers starting, then the agent. Such a step's status waits this long, so
 # that the next folds into it. Phase changes go at once (Pending -> Initializing -> Active is what users
-# watch), except on the way down to Paused: there, only Paused (or an error) is news. The answer to a spec
-# change, and where a transition ends (Active, Paused, Error, Unknown), are never held.
+# watch), and so do the answer to a spec change and where a transition ends (Active, Paused, Error,
+# Unknown). On the way down to Paused the phase is Pending throughout, with nothing new in each step.
 STATUS_HOLD = 1.0  # seconds
 # The StatefulSet watch can be a moment behind our own apply, and a reconcile that reads it then would
 # apply (and tell of it) again: at N = 1,000, 18 tasks got a second WorkspaceCreated. So the StatefulSet
@@ -521,7 +521,7 @@ class Reconciler:
             self._snapshots.pop(key, None)
             return
         news = report is not None or named is not None or key in self._prompts or key in self._snapshots
-        if not news and self._hold(key, current, status, pausing=task.spec.paused):
+        if not news and self._hold(key, current, status):
             return
         self._end_hold(key)
         written = await kube.patch_task_status(task.namespace, task.name, status)
@@ -552,10 +552,10 @@ class Reconciler:
                 raw, type="Warning" if warning else "Normal", reason=verdict.reason, message=verdict.message
             )
 
-    def _hold(self, key: Key, current: Mapping[str, Any], status: Mapping[str, Any], pausing: bool) -> bool:
+    def _hold(self, key: Key, current: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
         """Whether this status write waits (see STATUS_HOLD): True while its hold runs."""
         phase = status["phase"]
-        step = phase in (Phase.PENDING, Phase.INITIALIZING) and (phase == current.get("phase") or pausing)
+        step = phase in (Phase.PENDING, Phase.INITIALIZING) and phase == current.get("phase")
         same_spec = current.get("observedGeneration") == status["observedGeneration"]
         if self.status_hold <= 0 or not step or not same_spec or current.get("phase") is None:
             return False

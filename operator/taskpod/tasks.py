@@ -99,7 +99,7 @@ async def logs(namespace: str, name: str) -> Logs:
         except (AgentUnavailable, AgentError):
             if not task.spec.paused:
                 raise
-            # Pausing: the agent is stopping, and the pause has just kept its conversation.
+            # Paused, and the status not saying so yet: the agent is stopping, its conversation kept.
         return await _snapshot_logs(task)
     if phase in SNAPSHOT_PHASES or phase is None:
         return await _snapshot_logs(task)

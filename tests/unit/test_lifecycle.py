@@ -149,7 +149,11 @@ PHASES: dict[str, tuple[Observation, Phase, str, str]] = {
     "paused beats missing template": (
         observe(paused=True, pod=None, template=None), Phase.PAUSED, "Paused", "scaled to zero"
     ),
-    "paused, pod still ready": (observe(paused=True), Phase.ACTIVE, "Pausing", "task-fix-bug-0"),
+    "paused, pod still ready": (observe(paused=True), Phase.PENDING, "Pausing", "task-fix-bug-0"),
+    "paused, pod not ready": (observe(paused=True, pod=pod(ready=False)), Phase.PENDING, "Pausing", "stop"),
+    "paused, pod failed": (
+        observe(paused=True, pod=pod("Failed", reason="Evicted")), Phase.ERROR, "PodFailed", "Evicted"
+    ),
     "paused, pod stopping": (observe(paused=True, pod=pod(deleting=True)), Phase.PENDING, "Pausing", "stop"),
     "template missing": (
         observe(template=None, template_name="gone"), Phase.ERROR, "TemplateNotFound", 'TaskTemplate "gone"'

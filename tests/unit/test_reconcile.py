@@ -349,12 +349,14 @@ def paused_body(version: str, status: dict[str, Any] | None = None) -> dict[str,
     return body
 
 
-def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two_writes(
+def test_a_pausing_task_is_pending_until_its_pod_is_gone_and_the_pause_takes_two_writes(
     api: FakeApi,
 ) -> None:
     """Found measuring: with its agent no longer followed, a pausing task read Initializing (no agent
-    answering), then Pending, then Paused: three status patches, two of them wrong. The pod, Ready until
-    it stops, says how far the pause has got; its agent is not followed (it is being stopped)."""
+    answering), then Pending, then Paused: three status patches, two of them wrong. Then it read Active
+    while its pod was Ready, and Pending once the pod was stopping: still three. It is Pending from the
+    answer to the pause until Paused, whatever step its pod is at; its agent, being stopped, is not
+    followed."""
     events: list[str] = []
     reconciler = reconciler_with(events)
     agents = reconciler.agents
@@ -383,17 +385,17 @@ def test_a_pausing_task_stays_active_until_its_pod_stops_and_the_pause_takes_two
         v.statefulsets = FakeIndex({KEY: StatefulSetView.parse(scaled)})
         v.pods = FakeIndex({KEY: replace(_one_value(v.pods), deleting=True)})
         v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
-        await reconciler.reconcile(KEY, v)  # Pending, while the pod stops: a step on the way, held
+        await reconciler.reconcile(KEY, v)  # the pod is stopping: nothing new to write
         v.pods = FakeIndex({})
         v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
-        await reconciler.reconcile(KEY, v)  # where the pause ends: at once, the held step folded in
+        await reconciler.reconcile(KEY, v)  # where the pause ends: at once
         await reconciler.stop()
         assert len(api.status_patches) - before == 2
         return [pausing, api.status]
 
     pausing, paused = asyncio.run(scenario())
     ready = next(c for c in pausing["conditions"] if c["type"] == "Ready")
-    assert (pausing["phase"], ready["reason"]) == ("Active", "Pausing")
+    assert (pausing["phase"], ready["status"], ready["reason"]) == ("Pending", "False", "Pausing")
     assert pausing["message"].startswith("Pausing: waiting for pod fix-login-0 to stop")
     assert pausing["logSnapshot"]["messages"] == 1
     assert paused["phase"] == "Paused" and paused["logSnapshot"] == pausing["logSnapshot"]
@@ -406,7 +408,7 @@ def test_a_task_paused_before_its_prompt_went_in_gets_no_prompt(api: FakeApi) ->
     counting_reconciles(reconciler)
     run(reconciler, views(paused_body("5"), api))
     assert reconciler.agents.agent.sent == []  # type: ignore[union-attr]
-    assert api.status["phase"] == "Active" and api.status["message"].startswith("Pausing")
+    assert api.status["phase"] == "Pending" and api.status["message"].startswith("Pausing")
 
 
 def test_a_step_within_a_phase_waits_for_the_next_then_is_written(api: FakeApi) -> None:

@@ -76,7 +76,7 @@ def agent_down(cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict
 
 
 def test_a_pausing_task_whose_agent_has_stopped_shows_the_snapshot(agent_down: dict[str, Any]) -> None:
-    """While pausing, the phase stays Active until the pod is gone, but the agent may already be down."""
+    """Until the operator answers a pause, the phase still reads Active, but the agent may be down."""
     agent_down["task"] = task_body(paused=True)
     logs = asyncio.run(tasks.logs("team", "fix-login"))
     assert logs.dump() == {"messages": KEPT, "snapshot": True, "snapshot_at": "2026-11-29T10:02:00Z"}
