@@ -182,9 +182,14 @@ def free_port() -> int:
 
 
 def wait_for(
-    check: Callable[[], T | None], timeout: float = 60, what: str = "condition", interval: float = 0.2
+    check: Callable[[], T | None],
+    timeout: float = 60,
+    what: str = "condition",
+    interval: float = 0.2,
+    explain: Callable[[], object] | None = None,
 ) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds, and
+    with what `explain` shows then (the object's status, say), so a failure in CI says why."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -195,7 +200,15 @@ def wait_for(
         except Exception as exc:  # a not-yet-existing object is a normal intermediate state
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+    seen = ""
+    if explain is not None:
+        try:
+            seen = f"; then: {explain()}"
+        except Exception as exc:
+            seen = f"; then: {exc!r}"
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error}){seen}"
+    )
 
 
 def plain(api: client.ApiClient, obj: Any) -> Any:
