@@ -83,7 +83,7 @@ def markdown(result: dict[str, Any]) -> str:
     for run in result["runs"]:
         i, s = run["operator"]["idle"], run["operator"]["single_pause"]
         idle.append(
-            f"| {run['n']} | {i.get('settled_after_seconds', '?')} | {i['cpu_percent_of_one_core']} "
+            f"| {run['n']} | {i['settled_after_seconds']} | {i['cpu_percent_of_one_core']} "
             f"| {i['api_requests_per_minute']} "
             f"| {i['api_writes_per_minute']} | {i['operator_rss_mib']} | {s['p50']} / {s['p95']} |"
         )

@@ -557,7 +557,7 @@ class Reconciler:
         phase = status["phase"]
         step = phase in (Phase.PENDING, Phase.INITIALIZING) and phase == current.get("phase")
         same_spec = current.get("observedGeneration") == status["observedGeneration"]
-        if self.status_hold <= 0 or not step or not same_spec or current.get("phase") is None:
+        if self.status_hold <= 0 or not step or not same_spec:
             return False
         if key not in self._holds:
 

@@ -99,9 +99,11 @@ def test_anthropic_names_the_task_in_the_background_and_only_once(
     create_template(kube, namespace)
     create_task(kube, namespace, "flaky", prompt=PROMPT)
 
+    def status() -> object:  # what the task showed, should the wait below time out
+        return get_task(kube, namespace, "flaky").get("status")
+
     # The answer is held back: the task goes on regardless.
     # Failed twice in eight runs on 2026-11-29 (never Initializing in 60 s), cause unknown: say what it was.
-    status = lambda: get_task(kube, namespace, "flaky").get("status")  # noqa: E731
     wait_for(partial(phase_is, kube, namespace, "flaky", "Initializing"), 60, "the workspace", explain=status)
     assert anthropic.requests == [{"key": KEY, "model": "claude-test-1"}]
     assert display_name(kube, namespace, "flaky") is None
