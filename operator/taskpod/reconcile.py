@@ -121,6 +121,14 @@ def _now() -> dt.datetime:
 
 
 @dataclass(frozen=True)
+class _Children:
+    """A workspace's StatefulSet and Service (its spec hash), as a reconcile read or left them."""
+
+    statefulset: StatefulSetView | None
+    service: str | None
+
+
+@dataclass(frozen=True)
 class _Applied:
     """The StatefulSet as our last apply left it, and when (loop time)."""
 
@@ -243,7 +251,7 @@ class Reconciler:
                     return
                 started = time.monotonic()
                 try:
-                    await self._reconcile(raw, views)
+                    left = await self._reconcile(raw, views)
                 except Exception as exc:
                     self._seen.pop(key, None)
                     metrics.RECONCILE_ERRORS.inc()
@@ -251,8 +259,14 @@ class Reconciler:
                 else:
                     self._retries.pop(key, None)
                     # As read before the reconcile (what changed meanwhile must run the next one), but
-                    # with the status our write produced, which the watch will bring back.
-                    self._seen[key] = replace(inputs, status_version=self._status_version(key, raw))
+                    # with what our own writes produced, which the watches will bring back: at N = 1,000,
+                    # the StatefulSet's coming back ran 1,000 reconciles a phase that had nothing to do.
+                    self._seen[key] = replace(
+                        inputs,
+                        status_version=self._status_version(key, raw),
+                        statefulset=left.statefulset,
+                        service=left.service,
+                    )
                 finally:
                     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
                 return
@@ -260,15 +274,17 @@ class Reconciler:
         if not lock.locked():
             self._locks.pop(key, None)
 
-    async def _reconcile(self, raw: Mapping[str, Any], views: Views) -> None:
+    async def _reconcile(self, raw: Mapping[str, Any], views: Views) -> _Children:
+        """Returns the workspace's children as this reconcile left them."""
         task = Task.model_validate(raw)
-        if task.metadata.deletion_timestamp is not None:
-            return
         key = (task.namespace, task.name)
+        service: str | None = _one(views.services, key)
+        sts: StatefulSetView | None = _one(views.statefulsets, key)
+        if task.metadata.deletion_timestamp is not None:
+            return _Children(sts, service)
         self._note_wish(key, task.spec.paused)
         template_value = _one(views.templates, (task.namespace, task.spec.template))
         template = template_value if isinstance(template_value, TaskTemplate) else None
-        sts: StatefulSetView | None = _one(views.statefulsets, key)
         pod: PodView | None = _one(views.pods, key)
         workspace_error: str | None = None
         if isinstance(template_value, str):
@@ -277,9 +293,8 @@ class Reconciler:
             # The agent to snapshot if this reconcile pauses the task, followed or not (e.g. just restarted).
             last_agent = _target(task, template, sts, pod, even_if_paused=True)
             try:
-                sts = await self._ensure_children(
-                    task, template, sts, _one(views.services, key), raw, last_agent
-                )
+                left = await self._ensure_children(task, template, sts, service, raw, last_agent)
+                sts, service = left.statefulset, left.service
             except kube.ApiException as exc:
                 if exc.status not in (400, 422):
                     raise
@@ -329,6 +344,7 @@ class Reconciler:
                 if had_prompt:
                     await self._snapshot(task, raw, quiet=True)
         await self._write_status(task, raw, obs)
+        return _Children(sts, service)
 
     async def _ensure_children(
         self,
@@ -338,10 +354,10 @@ class Reconciler:
         service_hash: str | None,
         raw: Mapping[str, Any],
         last_agent: Target | None = None,
-    ) -> StatefulSetView | None:
+    ) -> _Children:
         """Bring the Service and StatefulSet in line with task and template; write only what differs."""
         desired_service = workspace.service(task, template)
-        if service_hash != workspace.spec_hash(desired_service):
+        if service_hash != (applied_hash := workspace.spec_hash(desired_service)):
             await kube.apply(desired_service)
 
         key = (task.namespace, task.name)
@@ -349,8 +365,13 @@ class Reconciler:
         replicas = workspace.desired_replicas(task)
         lifetime = workspace.next_lifetime(observed, replicas)
         desired = workspace.statefulset(task, template, replicas, lifetime, observed, self.report_url)
-        if observed is not None and observed.spec_hash == workspace.spec_hash(desired):
-            return observed
+        # The hash covers what we asked for; replicas are also checked, should someone scale it by hand.
+        if (
+            observed is not None
+            and observed.replicas == replicas
+            and observed.spec_hash == workspace.spec_hash(desired)
+        ):
+            return _Children(observed, applied_hash)
         pausing = observed is not None and observed.replicas > 0 and replicas == 0
         if pausing:
             self.event(
@@ -374,7 +395,7 @@ class Reconciler:
                 reason="Resuming",
                 message=f"Resuming: scaling the workspace back up (lifetime {lifetime}).",
             )
-        return live
+        return _Children(live, applied_hash)
 
     def _as_applied(self, key: Key, observed: StatefulSetView | None) -> StatefulSetView | None:
         """The StatefulSet as we last applied it while the watch shows an older one, or none (see
