@@ -43,6 +43,17 @@ __all__ = [
 
 
 _user: tuple[str, str | None] | None = None  # (kubeconfig, context) once use_kubeconfig() chose them
+# Seconds to connect, then to wait for an answer. The client's default is to wait forever: a connection
+# that died without a word would hold a reconcile (and its task) for good. A call that times out fails,
+# and the reconcile is retried.
+CALL_TIMEOUT = (10.0, 60.0)
+
+
+class _BoundedClient(client.ApiClient):  # type: ignore[misc]
+    """An ApiClient whose calls give up after CALL_TIMEOUT unless they ask for a timeout of their own."""
+
+    def call_api(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return super().call_api(*args, _request_timeout=_request_timeout or CALL_TIMEOUT, **kwargs)
 
 
 @cache
@@ -59,7 +70,7 @@ def api_client() -> client.ApiClient:
             # read KUBECONFIG now: the client library only looks at it when first imported
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
     cfg.connection_pool_maxsize = 64  # one per worker thread, so calls never queue for a socket
-    return client.ApiClient(cfg)
+    return _BoundedClient(cfg)
 
 
 def use_kubeconfig(path: str | None = None, context: str | None = None) -> str:
