@@ -89,7 +89,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.TASKS.source = lambda: metrics.HEALTH.in_loop(reconciler.phase_counts)
     reconciler.report_url = os.environ.get("TASKPOD_REPORT_URL") or None
     # Display names for tasks applied without one; Anthropic only when a key is mounted.
-    reconciler.naming_env = {k: v for k, v in os.environ.items() if k.startswith("ANTHROPIC_")}
+    reconciler.naming_env = {
+        k: v for k, v in os.environ.items() if k.startswith("ANTHROPIC_") or k == "TASKPOD_NAMING_TIMEOUT"
+    }
     if listen := os.environ.get("TASKPOD_REPORT_LISTEN"):
         host, _sep, port = listen.rpartition(":")
         runner = web.AppRunner(reports.app(kube.token_review, reconciler.accept_report), access_log=None)
