@@ -1,4 +1,5 @@
-"""CPU seconds and memory of a process (the operator), sampled from /proc while phases run."""
+"""CPU seconds and memory of a process (the operator), sampled from /proc while phases run; and the CPU
+seconds of every process the bench started, by name, to say where a phase's time went."""
 
 from __future__ import annotations
 
@@ -21,6 +22,49 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _name(cmdline: list[str]) -> str:
+    """kube-apiserver-v1.36.3 -> kube-apiserver; python -m taskpod -> taskpod."""
+    if "-m" in cmdline[:-1]:
+        return cmdline[cmdline.index("-m") + 1]
+    return Path(cmdline[0]).name.split("-v")[0] if cmdline else "?"
+
+
+def cpu_by_process(root: int | None = None) -> dict[str, float]:
+    """CPU seconds so far of `root` (this process by default) and every process below it, summed by name.
+    A process that ends between two readings takes its seconds with it."""
+    root = root or os.getpid()
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    seconds: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        names[pid] = _name(cmdline) if cmdline else "?"
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+    totals: dict[str, float] = {}
+    for pid, cpu in seconds.items():
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parents:
+            ancestor = parents[ancestor]
+        if ancestor == root:
+            name = "bench" if pid == root else names[pid]
+            totals[name] = totals.get(name, 0.0) + cpu
+    return totals
+
+
+def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each process used between two readings, the busiest first, leaving out the idle ones."""
+    used = {name: round(cpu - before.get(name, 0.0), 1) for name, cpu in after.items()}
+    return dict(sorted(((k, v) for k, v in used.items() if v >= 0.1), key=lambda kv: -kv[1]))
 
 
 @dataclass

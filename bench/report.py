@@ -87,6 +87,24 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {i['api_requests_per_minute']} "
             f"| {i['api_writes_per_minute']} | {i['operator_rss_mib']} | {s['p50']} / {s['p95']} |"
         )
+    cpu = [
+        "",
+        "CPU seconds by process in each phase (the operator's run, then the floor's): where the time went.",
+        "",
+        "| N | phase | run | CPU seconds by process |",
+        "|---|---|---|---|",
+    ]
+    for run in result["runs"]:
+        for phase in PHASES:
+            runs = [
+                ("operator", run["operator"]["phases"][phase]),
+                ("floor", (run.get("floor") or {}).get(phase)),
+            ]
+            for which, figures in runs:
+                if figures and "cpu_seconds_by_process" in figures:
+                    used = figures["cpu_seconds_by_process"]
+                    listed = ", ".join(f"{name} {seconds}" for name, seconds in used.items())
+                    cpu.append(f"| {run['n']} | {phase} | {which} | {sum(used.values()):.1f}: {listed} |")
     m, v = result["machine"], result["versions"]
     head = (
         f"Machine: {m['cpus']} CPUs, {m['memory_mib']} MiB, Linux {m['kernel']}, Python {m['python']}. "
@@ -94,7 +112,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"kube-apiserver {v['kube-apiserver']}, kwok {v['kwok']}. "
         "API requests are counted from the API server's audit log."
     )
-    return "\n".join([head, "", *rows, *idle]) + "\n"
+    return "\n".join([head, "", *rows, *idle, *cpu]) + "\n"
 
 
 def chart(result: dict[str, Any], path: Path) -> None:

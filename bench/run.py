@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import audit
+from bench import audit, procstat
 from bench.procstat import Sampler
 from bench.rest import Rest
 from localkube import binaries
@@ -250,11 +250,13 @@ async def operator_phases(
     async def phase(name: str, act: Any, done: Any, latencies: Any) -> None:
         sampler.start_phase()
         before = await metrics.read()
+        cpu0 = procstat.cpu_by_process()
         wall0, t0 = time.time(), time.monotonic()
         await act()
         t_end = await watcher.until(done, timeout, name)
         wall1 = time.time()
         usage = sampler.end_phase()
+        cpu = procstat.since(cpu0, procstat.cpu_by_process())
         requests = audit.count(cluster.audit_log, OPERATOR_USER, wall0, wall1)
         result["phases"][name] = {
             "all_seconds": round(t_end - t0, 2),
@@ -264,6 +266,7 @@ async def operator_phases(
             "api_requests": dict(sorted(requests.items())),
             "api_writes": audit.writes(requests),
             "reconciles": Reconciles.since(before, await metrics.read()),
+            "cpu_seconds_by_process": cpu,
         }
         figures = result["phases"][name]
         say(
@@ -475,6 +478,7 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
     try:
 
         async def timed(name: str, act: Any, done: Any) -> None:
+            cpu0 = procstat.cpu_by_process()
             wall0, t0 = time.time(), time.monotonic()
             await act()
             await until(done, name)
@@ -482,6 +486,7 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
             result[name] = {
                 "all_seconds": round(time.monotonic() - t0, 2),
                 "api_requests": dict(sorted(requests.items())),
+                "cpu_seconds_by_process": procstat.since(cpu0, procstat.cpu_by_process()),
             }
             say(f"N={n} floor {name}: {result[name]['all_seconds']}s")
 

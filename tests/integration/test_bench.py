@@ -36,6 +36,10 @@ def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) 
         assert op["api_writes"] > 0 and op["operator_peak_rss_mib"] > 0, phase
         assert op["reconciles"]["run"] >= 10, phase  # each task is reconciled at least once per phase
         assert run["floor"][phase]["all_seconds"] > 0 and phase in run["ratio"]
+        # Where the time went: the operator and the API server worked; the floor has no operator.
+        used = op["cpu_seconds_by_process"]
+        assert {"taskpod", "kube-apiserver"} <= set(used), used
+        assert "taskpod" not in run["floor"][phase]["cpu_seconds_by_process"]
     assert run["operator"]["single_pause"]["count"] == 2
     idle = run["operator"]["idle"]
     assert idle["seconds"] == 5 and 0 < idle["settled_after_seconds"] < 300  # ten tasks settle at once
@@ -43,4 +47,5 @@ def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) 
 
     markdown = report.with_suffix(".md").read_text()
     assert "| 10 | apply |" in markdown and "| 10 | resume |" in markdown
+    assert "| 10 | resume | floor |" in markdown
     assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
