@@ -113,8 +113,8 @@ def test_anthropic_names_the_task_in_the_background_and_only_once(
         task = phase_is(kube, namespace, "flaky", "Active")
         return bool(task and task["status"].get("prompt"))
 
-    # The answer is held back: the task goes on regardless, to Active with its prompt delivered. (It
-    # waited for Initializing, which lasts a moment here, and missed it in two runs of eight.)
+    # The answer is held back: the task goes on regardless, to Active with its prompt delivered. (It used
+    # to wait for Initializing, 1 to 2 s long here, and twice in eight runs never saw it: cause not found.)
     wait_for(working, 60, "the task at work", explain=status)
     assert anthropic.requests == [{"key": KEY, "model": "claude-test-1"}]
     assert display_name(kube, namespace, "flaky") is None
