@@ -12,9 +12,17 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(proc: Path) -> list[str]:
+    """/proc/PID/stat's fields after the command name (which may hold spaces): state, ppid, ..."""
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu(stat: list[str]) -> float:
+    return (int(stat[11]) + int(stat[12])) / TICKS  # utime + stime
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return _cpu(_stat(Path(f"/proc/{pid}")))
 
 
 def rss_mib(pid: int) -> float:
@@ -28,7 +36,7 @@ def _name(cmdline: list[str]) -> str:
     """kube-apiserver-v1.36.3 -> kube-apiserver; python -m taskpod -> taskpod."""
     if "-m" in cmdline[:-1]:
         return cmdline[cmdline.index("-m") + 1]
-    return Path(cmdline[0]).name.split("-v")[0] if cmdline else "?"
+    return Path(cmdline[0]).name.split("-v")[0] if cmdline else "?"  # empty: a kernel thread, a zombie
 
 
 def cpu_by_process(root: int | None = None) -> dict[str, float]:
@@ -42,14 +50,14 @@ def cpu_by_process(root: int | None = None) -> dict[str, float]:
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            stat = _stat(entry)
             cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
         except OSError:
             continue  # gone meanwhile
         pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        names[pid] = _name(cmdline) if cmdline else "?"
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+        parents[pid] = int(stat[1])
+        names[pid] = _name(cmdline)
+        seconds[pid] = _cpu(stat)
     totals: dict[str, float] = {}
     for pid, cpu in seconds.items():
         ancestor = pid

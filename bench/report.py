@@ -96,12 +96,12 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for run in result["runs"]:
         for phase in PHASES:
-            runs = [
+            sides = [
                 ("operator", run["operator"]["phases"][phase]),
-                ("floor", (run.get("floor") or {}).get(phase)),
+                ("floor", (run.get("floor") or {}).get(phase)),  # none with --no-floor
             ]
-            for which, figures in runs:
-                if figures and "cpu_seconds_by_process" in figures:
+            for which, figures in sides:
+                if figures:
                     used = figures["cpu_seconds_by_process"]
                     listed = ", ".join(f"{name} {seconds}" for name, seconds in used.items())
                     cpu.append(f"| {run['n']} | {phase} | {which} | {sum(used.values()):.1f}: {listed} |")

@@ -357,7 +357,7 @@ class Reconciler:
     ) -> _Children:
         """Bring the Service and StatefulSet in line with task and template; write only what differs."""
         desired_service = workspace.service(task, template)
-        if service_hash != (applied_hash := workspace.spec_hash(desired_service)):
+        if service_hash != (service_hash_wanted := workspace.spec_hash(desired_service)):
             await kube.apply(desired_service)
 
         key = (task.namespace, task.name)
@@ -371,7 +371,7 @@ class Reconciler:
             and observed.replicas == replicas
             and observed.spec_hash == workspace.spec_hash(desired)
         ):
-            return _Children(observed, applied_hash)
+            return _Children(observed, service_hash_wanted)
         pausing = observed is not None and observed.replicas > 0 and replicas == 0
         if pausing:
             self.event(
@@ -395,7 +395,7 @@ class Reconciler:
                 reason="Resuming",
                 message=f"Resuming: scaling the workspace back up (lifetime {lifetime}).",
             )
-        return _Children(live, applied_hash)
+        return _Children(live, service_hash_wanted)
 
     def _as_applied(self, key: Key, observed: StatefulSetView | None) -> StatefulSetView | None:
         """The StatefulSet as we last applied it while the watch shows an older one, or none (see
