@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from taskpod import metrics
-from taskpod.models import AgentStatus
+from taskpod.models import AgentStatus, storable
 
 
 class AgentUnavailable(Exception):
@@ -52,6 +52,11 @@ class StatusReport:
     agent_type: str
 
 
+def _why(exc: BaseException) -> str:
+    """An exception's kind and text (a timeout's text is often empty)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def direct_url(pod_ip: str, port: int) -> str:
     return f"http://{pod_ip}:{port}"
 
@@ -81,7 +86,7 @@ class AgentClient:
         try:
             response = await self.http.request(method, self.base_url + path, json=body, timeout=self.timeout)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
-            raise AgentUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise AgentUnavailable(f"{method} {path}: {_why(exc)}") from exc
         if response.status_code in (502, 503, 504):  # the pod proxy could not reach the agent
             raise AgentUnavailable(f"{method} {path}: HTTP {response.status_code}")
         try:
@@ -107,7 +112,7 @@ class AgentClient:
         data = await self._json("GET", "/messages")
         try:
             return [
-                AgentMessage(int(m["id"]), str(m["role"]), str(m["content"]), str(m["time"]))
+                AgentMessage(int(m["id"]), str(m["role"]), storable(str(m["content"])), str(m["time"]))
                 for m in data["messages"]
             ]
         except (KeyError, ValueError, TypeError) as exc:
@@ -119,7 +124,7 @@ class AgentClient:
         if not (isinstance(data, dict) and data.get("ok")):
             raise AgentError(f"POST /message: not accepted: {str(data)[:200]}")
 
-    async def events(self) -> AsyncIterator[AgentEvent]:
+    async def events(self) -> AsyncGenerator[AgentEvent, None]:
         """Follow /events: the current state first, then every change, until the stream ends."""
         try:
             async for event in self._events():
@@ -131,7 +136,7 @@ class AgentClient:
             metrics.AGENTAPI_ERRORS.labels(call="GET /events", kind="error").inc()
             raise
 
-    async def _events(self) -> AsyncIterator[AgentEvent]:
+    async def _events(self) -> AsyncGenerator[AgentEvent, None]:
         request = self.http.build_request(
             "GET", self.base_url + "/events", timeout=httpx.Timeout(self.timeout, read=None)
         )
@@ -139,7 +144,7 @@ class AgentClient:
             # Headers must come within the timeout; after that, a quiet stream is just an idle agent.
             response = await asyncio.wait_for(self.http.send(request, stream=True), self.timeout)
         except (httpx.TransportError, httpx.TimeoutException, TimeoutError) as exc:
-            raise AgentUnavailable(f"GET /events: {type(exc).__name__}: {exc}") from exc
+            raise AgentUnavailable(f"GET /events: {_why(exc)}") from exc
         try:
             if response.status_code != 200:
                 raise AgentError(f"GET /events: HTTP {response.status_code}")
@@ -157,6 +162,6 @@ class AgentClient:
                     yield AgentEvent(kind, data if isinstance(data, dict) else {"value": data})
                     kind, data_lines = "message", []
         except (httpx.TransportError, httpx.TimeoutException) as exc:
-            raise AgentUnavailable(f"GET /events: {type(exc).__name__}: {exc}") from exc
+            raise AgentUnavailable(f"GET /events: {_why(exc)}") from exc
         finally:
             await response.aclose()

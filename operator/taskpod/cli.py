@@ -53,20 +53,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _api_message(exc: kube.ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason or exc)
-
-
 @contextmanager
 def _explained(namespace: str) -> Iterator[None]:
     """Turn what can go wrong talking to the cluster into one sentence and an exit code."""
     try:
         yield
     except kube.ApiException as exc:
-        message = _api_message(exc)
+        message = kube.api_message(exc)
         if exc.status == 404 and "could not find the requested resource" in message:
             raise Failure(
                 "this cluster has no taskpod Task resource: install taskpod (helm install, or "
@@ -410,7 +403,11 @@ def describe(task: Task) -> str:
         rows.append(("Workspace", f"StatefulSet {s.workspace.stateful_set}, pod {pod}"))
     if s.log_snapshot is not None:
         snap = s.log_snapshot
-        rows.append(("Snapshot", f"{snap.messages} messages, {snap.bytes} bytes, taken {ago(snap.taken_at)}"))
+        # A pause with nothing new to keep leaves the earlier snapshot, so say when it is from.
+        when = (
+            f"the conversation as of {rfc3339(snap.taken_at)} ({ago(snap.taken_at)})" if snap.taken_at else ""
+        )
+        rows.append(("Snapshot", f"{snap.messages} messages, {snap.bytes} bytes: {when}".rstrip(": ")))
     return "\n".join(f"{k + ':':14} {v}" for k, v in rows)
 
 
@@ -544,7 +541,7 @@ def pause(namespace: str, name: str, no_wait: bool, timeout: float) -> None:
     task = _wait_phase(namespace, name, {Phase.PAUSED}, timeout, "Pausing...")
     snap = task.status.log_snapshot
     note = (
-        f"; snapshot of {snap.messages} messages taken {rfc3339(snap.taken_at)}"
+        f"; its snapshot holds {snap.messages} messages, the conversation as of {rfc3339(snap.taken_at)}"
         if snap and snap.taken_at
         else ""
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 from collections.abc import Callable
 from functools import cache
@@ -18,7 +19,7 @@ import httpx
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from taskpod.models import GROUP, VERSION
+from taskpod.models import GROUP, VERSION, storable
 from taskpod.workspace import FIELD_MANAGER
 
 APPLY = "application/apply-patch+yaml"
@@ -29,14 +30,18 @@ __all__ = [
     "agent_port",
     "agent_transport",
     "api_client",
+    "api_message",
     "apply",
     "create_task",
     "delete_task",
     "get_task",
     "list_objects",
+    "namespace_terminating",
     "patch_task_spec",
     "patch_task_status",
+    "pod_refusal",
     "read_configmap",
+    "scale_statefulset",
     "token_review",
     "use_kubeconfig",
 ]
@@ -91,31 +96,70 @@ def use_kubeconfig(path: str | None = None, context: str | None = None) -> str:
     return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
 
+# The API server reads an apply body as YAML. YAML refuses JSON's surrogate-pair escapes (\ud83d\ude80 for
+# one emoji), refuses DEL and the C1 controls raw, and folds its own line breaks (NEL, U+2028, U+2029)
+# raw inside a string, eating the spaces around them. So a body is written with every character raw
+# but those (and the byte-order mark and the two noncharacters), which get plain \u escapes.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+
+
+def apply_body(obj: Any) -> bytes:
+    """`obj` as a server-side apply body that the API server's YAML reader takes whatever its text."""
+    text = storable(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
+def api_message(exc: BaseException) -> str:
+    """What went wrong, in one line: the API server's own sentence for a failed call (never its
+    headers), else the exception's text, else its kind (a timeout has no text)."""
+    if isinstance(exc, ApiException):
+        try:
+            return str(json.loads(exc.body or "{}").get("message") or exc.reason or exc.status)
+        except (ValueError, AttributeError):
+            return str(exc.body or exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def namespace_terminating(exc: BaseException) -> bool:
+    """Whether a write failed because its namespace is being deleted (and its tasks with it)."""
+    return isinstance(exc, ApiException) and exc.status == 403 and "NamespaceTerminating" in str(exc.body)
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     return dict(api_client().sanitize_for_serialization(obj))
 
 
+# Where each kind we apply lives; the client's typed methods take a dict body only, and the body must be
+# our own bytes (see apply_body).
+_APPLY_PATHS = {
+    "StatefulSet": "/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}",
+    "Service": "/api/v1/namespaces/{namespace}/services/{name}",
+    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps/{name}",
+}
+
+
 def _apply_sync(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = obj["metadata"]
+    meta, path = obj["metadata"], _APPLY_PATHS.get(obj["kind"])
+    if path is None:
+        raise ValueError(f"cannot apply a {obj['kind']}")
+    api = api_client()
+    method, url, headers, _body, _post = api.param_serialize(
+        "PATCH",
+        path,
+        path_params={"namespace": meta["namespace"], "name": meta["name"]},
+        query_params=[("fieldManager", FIELD_MANAGER), ("force", True)],
+        header_params={"Content-Type": APPLY, "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, header_params=headers, body=apply_body(obj))
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(
+            http_resp=response, body=response.data.decode(errors="replace"), data=None
+        )
     # The answer as plain JSON: the client's models would cost 2-3 ms of CPU per StatefulSet to build,
     # then as much to turn back into a dict.
-    kw = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY, "_preload_content": False}
-    kind = obj["kind"]
-    if kind == "StatefulSet":
-        result = client.AppsV1Api(api_client()).patch_namespaced_stateful_set(
-            meta["name"], meta["namespace"], obj, **kw
-        )
-    elif kind == "Service":
-        result = client.CoreV1Api(api_client()).patch_namespaced_service(
-            meta["name"], meta["namespace"], obj, **kw
-        )
-    elif kind == "ConfigMap":
-        result = client.CoreV1Api(api_client()).patch_namespaced_config_map(
-            meta["name"], meta["namespace"], obj, **kw
-        )
-    else:
-        raise ValueError(f"cannot apply a {kind}")
-    return dict(json.loads(result.data))
+    return dict(json.loads(response.data))
 
 
 async def _custom(method: str, namespace: str, name: str, *body: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +172,39 @@ async def _custom(method: str, namespace: str, name: str, *body: dict[str, Any])
 async def apply(obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply: create or update to exactly `obj`, idempotently; returns the live object."""
     return await asyncio.to_thread(_apply_sync, obj)
+
+
+async def scale_statefulset(namespace: str, name: str, replicas: int) -> dict[str, Any]:
+    """Set a StatefulSet's replicas alone (a merge patch), leaving the rest as it is; returns it."""
+    api = client.AppsV1Api(api_client())
+    result = await asyncio.to_thread(
+        api.patch_namespaced_stateful_set,
+        name,
+        namespace,
+        {"spec": {"replicas": replicas}},
+        field_manager=FIELD_MANAGER,
+        _content_type=MERGE,
+        _preload_content=False,
+    )
+    return dict(json.loads(result.data))
+
+
+async def pod_refusal(pod: dict[str, Any]) -> str | None:
+    """Why the API server refuses to create `pod`, by a dry run that creates nothing; None if it would not."""
+    api = client.CoreV1Api(api_client())
+    try:
+        await asyncio.to_thread(
+            api.create_namespaced_pod,
+            pod["metadata"]["namespace"],
+            pod,
+            dry_run="All",
+            _preload_content=False,
+        )
+    except ApiException as exc:
+        if exc.status in (400, 403, 422) and not namespace_terminating(exc):
+            return api_message(exc)
+        raise
+    return None
 
 
 async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ tests/unit/test_models.py proves that every field, type, default and limit agree
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
@@ -20,6 +21,15 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_TEMPLATE = "default"
 DEFAULT_AGENT_PORT = 3284
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` as the API server can keep it: a lone surrogate (JSON's "\\ud83d" with no pair, which an
+    agent may send) is not Unicode the API server can store, so it becomes U+FFFD, as Go would make it."""
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def rfc3339(moment: dt.datetime) -> str:

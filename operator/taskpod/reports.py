@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from taskpod.models import AgentState
+from taskpod.models import AgentState, storable
 
 log = logging.getLogger("taskpod.reports")
 AUDIENCE = "taskpod"
@@ -65,11 +65,11 @@ def parse(body: Any, now: dt.datetime) -> AgentReport:
         state = AgentState(str(body.get("state")))
     except ValueError:
         raise ValueError(f"state must be one of {', '.join(s.value for s in AgentState)}") from None
-    message = " ".join(str(body.get("message") or "").split())[:MAX_MESSAGE]
+    message = storable(" ".join(str(body.get("message") or "").split())[:MAX_MESSAGE])
     uri = body.get("uri")
     if uri is not None and not isinstance(uri, str):
         raise ValueError("uri must be a string")
-    return AgentReport(state, message, uri or None, now)
+    return AgentReport(state, message, storable(uri) if uri else None, now)
 
 
 def _short(exc: Exception) -> str:

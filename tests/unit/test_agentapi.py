@@ -130,3 +130,16 @@ def test_prompt_is_delivered_exactly_once(
     assert run(deliver_prompt(client(agent), "Fix it")) == delivered
     assert agent.posts == posts
     assert sum(1 for m in agent.log if m["content"] == "Fix it") == in_log
+
+
+def test_a_lone_surrogate_from_the_agent_becomes_a_replacement_character() -> None:
+    """JSON can carry half an emoji ("\\ud83d"); the API server cannot store it, so it never leaves here."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = '{"id": 0, "role": "agent", "content": "half \\ud83d of a rocket", "time": "t"}'
+        body = '{"messages": [' + message + "]}"
+        return httpx.Response(200, content=body.encode(), headers={"content-type": "application/json"})
+
+    (message,) = run(client(handler).messages())
+    assert message.content == "half \ufffd of a rocket"
+    message.content.encode()  # valid UTF-8 now

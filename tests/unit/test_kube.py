@@ -1,4 +1,4 @@
-"""The operator's API calls never wait forever: a connection that stops answering fails the call."""
+"""The operator's API calls: they never wait forever, and what they apply reaches the API server whole."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 import urllib3
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taskpod import kube
+from taskpod.models import storable
 
 
 @pytest.fixture
@@ -46,3 +50,17 @@ def test_a_call_to_an_api_server_that_never_answers_gives_up(
     with pytest.raises(urllib3.exceptions.HTTPError):  # urllib3's ReadTimeoutError, or its retries' end
         asyncio.run(kube.get_task("team", "fix-login"))
     assert time.monotonic() - started < 30
+
+
+@given(st.text(st.one_of(st.characters(), st.characters(categories=["Cs"]))))
+def test_an_apply_body_reads_back_whole_as_yaml(text: str) -> None:
+    """The API server reads an apply body as YAML: any text must come back as sent (a lone surrogate, which
+    no UTF-8 text can hold, as U+FFFD). PyYAML stands in for its reader here; test_properties.py asks the
+    API server itself."""
+    body = kube.apply_body({"data": {"text": text}})
+    assert yaml.safe_load(body.decode()) == {"data": {"text": storable(text)}}
+
+
+def test_an_apply_body_escapes_what_yaml_would_refuse_or_fold() -> None:
+    body = kube.apply_body({"a": "🚀 \x7f\x85\u2028\ufeff"}).decode()
+    assert body == '{"a":"🚀 \\u007f\\u0085\\u2028\\ufeff"}'  # the emoji raw, not as a surrogate pair
