@@ -55,6 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long an agent may be silent before the phase is Unknown (default 30)",
     )
     parser.add_argument(
+        "--agent-probe-after",
+        type=float,
+        metavar="SECONDS",
+        default=float(os.environ.get("TASKPOD_AGENT_PROBE_AFTER_SECONDS", "60")),
+        help="ask an agent whose event stream has been quiet this long whether it still answers "
+        "(default 60; at most 20 such probes a second in all); env TASKPOD_AGENT_PROBE_AFTER_SECONDS",
+    )
+    parser.add_argument(
         "--report-listen",
         metavar="HOST:PORT",
         default=os.environ.get("TASKPOD_REPORT_LISTEN"),
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(chatty).setLevel(logging.WARNING)
     os.environ["TASKPOD_AGENT_TRANSPORT"] = args.agent_transport  # read by the startup handler
     os.environ["TASKPOD_AGENT_GRACE_SECONDS"] = str(args.agent_grace)
+    os.environ["TASKPOD_AGENT_PROBE_AFTER_SECONDS"] = str(args.agent_probe_after)
     for name, value in (
         ("TASKPOD_REPORT_LISTEN", args.report_listen),
         ("TASKPOD_REPORT_URL", args.report_url),

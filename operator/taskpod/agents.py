@@ -12,19 +12,31 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import httpx
 
-from taskpod.agentapi import AgentClient, AgentError, AgentMessage, AgentUnavailable, direct_url, proxy_url
+from taskpod.agentapi import (
+    AgentClient,
+    AgentError,
+    AgentEvent,
+    AgentMessage,
+    AgentUnavailable,
+    direct_url,
+    proxy_url,
+)
 from taskpod.lifecycle import AgentView
-from taskpod.models import AgentStatus
+from taskpod.models import AgentStatus, storable
 
 log = logging.getLogger("taskpod.agents")
 Key = tuple[str, str]
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+PROBE_AFTER = 60.0  # seconds of a quiet /events stream before its agent is asked how it is
+PROBE_RETRY = 5.0  # seconds between asking again an agent that did not answer
+PROBES_PER_SECOND = 20.0  # at most, over all quiet agents
 
 
 @dataclass(frozen=True)
@@ -67,8 +79,11 @@ def _now() -> dt.datetime:
 
 
 class Agents:
-    def __init__(self, transport: Transport, poke: Callable[[Key], None]) -> None:
+    def __init__(
+        self, transport: Transport, poke: Callable[[Key], None], probe_after: float = PROBE_AFTER
+    ) -> None:
         self.transport = transport
+        self.probe_after = probe_after
         self.poke = poke  # asks for a reconcile of that task
         self.views: dict[Key, AgentView] = {}
         self._followers: dict[Key, _Follower] = {}
@@ -123,21 +138,66 @@ class Agents:
         attempt = 0
         while True:
             try:
-                async for event in client.events():
+                async for event in self._events(key, client):
                     attempt = 0
                     self._heard(key, event.kind, event.data)
                 raise AgentUnavailable("the /events stream ended")
             except asyncio.CancelledError:
                 raise
             except (AgentUnavailable, AgentError) as exc:
-                view = self.views.get(key)
-                silent_since = view.silent_since if view and view.silent_since else _now()
-                self._update(key, healthy=False, reason=str(exc), silent_since=silent_since)
+                self._silent(key, str(exc))
             except Exception as exc:  # never let one agent's oddity kill its follower for good
                 log.exception("following the agent of %s/%s failed", *key)
-                self._update(key, healthy=False, reason=f"{type(exc).__name__}: {exc}", silent_since=_now())
+                self._silent(key, f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
+
+    async def _events(self, key: Key, client: AgentClient) -> AsyncGenerator[AgentEvent, None]:
+        """The agent's /events, until the stream ends. An open stream proves little: a wedged agent keeps
+        it open and answers nothing else. So when it has been quiet for a while, a GET /status (bounded
+        by the client's timeout) asks; an agent that does not answer is silent from then on (Unknown after
+        the grace period), and asked again sooner. Quiet agents are asked at most PROBES_PER_SECOND in
+        all, so a few thousand idle agents cost a few requests a second."""
+        stream = client.events()
+        pending = asyncio.ensure_future(_next(stream))
+        quiet = self._probe_after()
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=quiet)
+                if pending in done:
+                    try:
+                        yield pending.result()
+                    except StopAsyncIteration:
+                        return
+                    pending = asyncio.ensure_future(_next(stream))
+                    quiet = self._probe_after()
+                    continue
+                try:
+                    report = await client.status()
+                except (AgentUnavailable, AgentError) as exc:
+                    self._silent(key, f"{exc} (its event stream is open, but it answers nothing else)")
+                    quiet = PROBE_RETRY
+                else:
+                    self._heard(
+                        key, "status_change", {"status": report.status, "agent_type": report.agent_type}
+                    )
+                    quiet = self._probe_after()
+        finally:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+            await stream.aclose()
+
+    def _probe_after(self) -> float:
+        """Seconds of quiet before a stream's agent is asked how it is (jittered, so probes spread)."""
+        spread = max(self.probe_after, len(self._followers) / PROBES_PER_SECOND)
+        return spread * random.uniform(0.8, 1.2)
+
+    def _silent(self, key: Key, reason: str) -> None:
+        """The agent did not answer: unhealthy, silent since its first failure after the last success."""
+        view = self.views.get(key)
+        silent_since = view.silent_since if view and view.silent_since else _now()
+        self._update(key, healthy=False, reason=reason, silent_since=silent_since)
 
     def _heard(self, key: Key, kind: str, data: dict[str, Any]) -> None:
         view = self.views.get(key)
@@ -152,7 +212,7 @@ class Agents:
                     self.idle_pending.add(key)
             changes["agent_type"] = data.get("agent_type") or view.agent_type
         elif kind == "message_update" and data.get("role") == "agent":
-            changes["last_message"] = str(data.get("message", ""))
+            changes["last_message"] = storable(str(data.get("message", "")))
         self._update(key, **changes)
 
     async def stop_all(self) -> None:
@@ -161,6 +221,10 @@ class Agents:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # each closes its client
+
+
+async def _next(stream: AsyncGenerator[AgentEvent, None]) -> AgentEvent:
+    return await anext(stream)
 
 
 async def deliver_prompt(client: AgentClient, prompt: str) -> str | None:

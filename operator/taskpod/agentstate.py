@@ -37,10 +37,10 @@ def prompt_sha(prompt: str) -> str:
 
 def summary(text: str | None) -> str | None:
     """One short line from an agent message: its first non-empty line, trimmed."""
-    if not text:
-        return None
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
     line = " ".join(line.split())
+    if not line:
+        return None  # nothing but blanks: nothing to show
     return line if len(line) <= SUMMARY_CHARS else line[: SUMMARY_CHARS - 1] + "…"
 
 
@@ -102,10 +102,28 @@ def agent_status(agent: AgentView | None) -> dict[str, Any] | None:
     }
 
 
-def prompt_condition(prompt: str, delivered: PromptStatus | None) -> tuple[ConditionStatus, str, str]:
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """Why the prompt has not reached the agent yet although the agent was ready for it."""
+
+    attempts: int  # failed attempts in a row
+    reason: str
+    retry_in: float  # seconds until the next attempt
+
+
+def prompt_condition(
+    prompt: str, delivered: PromptStatus | None, failure: DeliveryFailure | None = None
+) -> tuple[ConditionStatus, str, str]:
     """PromptDelivered: True once the current spec.prompt reached the agent."""
     if delivered is not None and delivered.sha256 == prompt_sha(prompt):
         return ConditionStatus.TRUE, "Delivered", "The prompt was delivered to the agent."
+    if failure is not None:
+        times = "once" if failure.attempts == 1 else f"{failure.attempts} times"
+        return (
+            ConditionStatus.FALSE,
+            "DeliveryFailed",
+            f"The agent refused the prompt {times}; retrying in {failure.retry_in:.0f}s: {failure.reason}",
+        )
     if delivered is not None and delivered.sha256:
         return (
             ConditionStatus.FALSE,
@@ -134,6 +152,7 @@ def task_status(
     prompt: Mapping[str, Any] | None = None,
     snapshot: Mapping[str, Any] | None = None,
     report: Report | None = None,
+    delivery: DeliveryFailure | None = None,
 ) -> dict[str, Any]:
     """The whole status patch: the lifecycle's part plus the agent's state, health and prompt record."""
     status = lifecycle_status(task, obs, now)
@@ -154,8 +173,9 @@ def task_status(
         status["logSnapshot"] = dict(snapshot)
     recorded = PromptStatus.model_validate(prompt) if prompt else task.status.prompt
     conditions = [Condition.model_validate(c) for c in status["conditions"]]
-    conditions = set_condition(
-        conditions, PROMPT_DELIVERED, *prompt_condition(task.spec.prompt, recorded), obs.generation, now
-    )
+    delivered, reason, message = prompt_condition(task.spec.prompt, recorded, delivery)
+    conditions = set_condition(conditions, PROMPT_DELIVERED, delivered, reason, message, obs.generation, now)
     status["conditions"] = [c.dump() for c in conditions]
+    if reason == "DeliveryFailed" and verdict.phase is Phase.ACTIVE:
+        status["message"] = message  # errors first: the MESSAGE column says the prompt is stuck
     return status

@@ -18,11 +18,11 @@ import kopf
 from aiohttp import web
 from pydantic import ValidationError
 
-from taskpod import kube, metrics, reports
+from taskpod import agents, kube, metrics, reports
 from taskpod.agents import Agents, Transport
-from taskpod.lifecycle import SPEC_HASH_ANNOTATION, PodView, StatefulSetView
+from taskpod.lifecycle import SPEC_HASH_ANNOTATION, NodeView, PodView, StatefulSetView
 from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, TaskTemplate
-from taskpod.reconcile import Reconciler, Views
+from taskpod.reconcile import Key, Reconciler, Views
 from taskpod.workspace import MANAGED_BY, TASK_LABEL
 
 TASKS = (GROUP, VERSION, "tasks")
@@ -81,7 +81,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.idle_timeout = 0.1
     via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "direct") == "proxy"
     make_http, server = kube.agent_transport(via_proxy)
-    reconciler.agents = Agents(Transport(make_http, server), reconciler.poke)
+    probe_after = float(os.environ.get("TASKPOD_AGENT_PROBE_AFTER_SECONDS") or agents.PROBE_AFTER)
+    reconciler.agents = Agents(Transport(make_http, server), reconciler.poke, probe_after)
     grace = os.environ.get("TASKPOD_AGENT_GRACE_SECONDS")
     if grace:
         reconciler.agent_grace = dt.timedelta(seconds=float(grace))
@@ -163,8 +164,19 @@ async def services(
     return {(namespace, labels[TASK_LABEL]): annotations.get(SPEC_HASH_ANNOTATION)}
 
 
+@kopf.index("", "v1", "pods", labels=MANAGED)
+async def pods_by_node(namespace: str, labels: kopf.Labels, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    node = spec.get("nodeName")
+    return {node: (namespace, labels[TASK_LABEL])} if node else {}
+
+
+@kopf.index("", "v1", "nodes")
+async def nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {name: NodeView.parse(body)}
+
+
 def _views(kw: dict[str, Any]) -> Views:
-    return Views(kw["tasks"], kw["templates"], kw["statefulsets"], kw["pods"], kw["services"])
+    return Views(kw["tasks"], kw["templates"], kw["statefulsets"], kw["pods"], kw["services"], kw["nodes"])
 
 
 # -- what each change triggers -------------------------------------------------------------------
@@ -189,6 +201,14 @@ async def statefulset_changed(namespace: str, labels: kopf.Labels, event: kopf.R
     if event.get("type") == "DELETED":
         reconciler.statefulset_deleted(key)
     reconciler.enqueue(key, _views(kw))
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_changed(name: str, pods_by_node: kopf.Index[Any, Key], **kw: Any) -> None:
+    """A node's readiness decides its tasks' phase: reconcile them (one that reads the same node view
+    as before is skipped at once)."""
+    for key in list(pods_by_node.get(name, [])):
+        reconciler.enqueue(key, _views(kw))
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)

@@ -14,6 +14,7 @@ from typing import Any
 from taskpod.models import AgentStatus, Condition, ConditionStatus, Phase, Task, TaskTemplate
 
 LIFETIME_ANNOTATION = "taskpod.dev/lifetime"
+AGENT_PORT_NAME = "agentapi"  # the workspace container's port where AgentAPI listens
 SPEC_HASH_ANNOTATION = "taskpod.dev/spec-hash"
 READY = "Ready"
 PAUSED = "Paused"
@@ -51,11 +52,13 @@ class PodView:
     node_name: str | None = None
     pod_ip: str | None = None
     ready: bool = False
+    not_ready: str | None = None  # the Ready condition's reason and message while it is not True
     unschedulable: str | None = None  # the scheduler's message while PodScheduled is False
     waiting: tuple[ContainerProblem, ...] = ()
     reason: str | None = None
     message: str | None = None
     lifetime: int | None = None
+    agent_port: int | None = None  # the container port named "agentapi": where its agent listens
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> PodView:
@@ -76,12 +79,48 @@ class PodView:
             node_name=spec.get("nodeName"),
             pod_ip=status.get("podIP"),
             ready=conditions.get("Ready", {}).get("status") == "True",
+            not_ready=_why_not(conditions.get("Ready")),
             unschedulable=_unschedulable(scheduled),
             waiting=waiting,
             reason=status.get("reason"),
             message=status.get("message"),
             lifetime=int(lifetime) if lifetime and lifetime.isdigit() else None,
+            agent_port=_agent_port(spec),
         )
+
+
+def _why_not(condition: Mapping[str, Any] | None) -> str | None:
+    """A condition that is not True, as a user reads it in kubectl describe: its reason and message."""
+    if not condition or condition.get("status") == "True":
+        return None
+    return ": ".join(str(x) for x in (condition.get("reason"), condition.get("message")) if x) or None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node's Ready condition, as `kubectl get nodes` shows it."""
+
+    name: str
+    ready: bool
+    why_not: str | None = None  # reason and message while not Ready
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> NodeView:
+        conditions = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
+        ready = conditions.get("Ready")
+        return cls(
+            name=(body.get("metadata") or {}).get("name", ""),
+            ready=ready is not None and ready.get("status") == "True",
+            why_not=_why_not(ready) if ready is not None else "it has not reported its status",
+        )
+
+
+def _agent_port(spec: Mapping[str, Any]) -> int | None:
+    for container in spec.get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == AGENT_PORT_NAME and isinstance(port.get("containerPort"), int):
+                return int(port["containerPort"])
+    return None
 
 
 def _unschedulable(scheduled: Mapping[str, Any]) -> str | None:
@@ -100,23 +139,32 @@ class StatefulSetView:
     lifetime: int
     spec_hash: str | None
     storage: Mapping[str, Any]  # the (immutable) volume claim template's size and class
+    # Its controller has seen the current spec and still counts fewer pods than wanted: its pod
+    # creation may be refused (a FailedCreate Event), or the pod just went.
+    short: bool = False
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> StatefulSetView:
         meta, spec = body.get("metadata", {}), body.get("spec", {})
+        status = body.get("status") or {}
+        replicas = int(spec.get("replicas", 1))
         template_meta = (spec.get("template") or {}).get("metadata") or {}
         lifetime = (template_meta.get("annotations") or {}).get(LIFETIME_ANNOTATION, "0")
         claims = spec.get("volumeClaimTemplates") or [{}]
         claim_spec = claims[0].get("spec") or {}
         return cls(
             name=meta.get("name", ""),
-            replicas=int(spec.get("replicas", 1)),
+            replicas=replicas,
             lifetime=int(lifetime) if str(lifetime).isdigit() else 0,
             spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
             storage={
                 "size": ((claim_spec.get("resources") or {}).get("requests") or {}).get("storage"),
                 "storageClassName": claim_spec.get("storageClassName"),
             },
+            short=(
+                status.get("observedGeneration", 0) >= meta.get("generation", 1)
+                and int(status.get("replicas") or 0) < replicas
+            ),
         )
 
 
@@ -149,6 +197,7 @@ class Observation:
     pod: PodView | None
     workspace_error: str | None = None  # the API server refused the workspace we built (a template problem)
     agent: AgentView | None = None  # None: nothing heard from the agent of the current pod yet
+    node: NodeView | None = None  # the pod's node, where the operator may watch nodes
     now: dt.datetime | None = None
     agent_grace: dt.timedelta = AGENT_GRACE  # how long an agent may be silent before the phase is Unknown
 
@@ -194,10 +243,6 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
         return Verdict(
             Phase.PENDING, "PodPending", "Workspace is pending: waiting for its pod to be created."
         )
-    if pod.deleting:
-        return Verdict(
-            Phase.PENDING, "PodStopping", f"Workspace is pending: the previous pod {pod.name} is stopping."
-        )
     if pod.phase == "Failed":
         detail = ": ".join(x for x in (pod.reason, pod.message) if x) or "no reason given"
         return Verdict(Phase.ERROR, "PodFailed", f"Workspace pod {pod.name} failed: {detail.rstrip('.')}.")
@@ -208,6 +253,16 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
     if pod.phase == "Unknown":
         return Verdict(
             Phase.UNKNOWN, "NodeLost", f"Lost contact with node {pod.node_name} that runs the workspace."
+        )
+    node = obs.node
+    if node is not None and node.name == pod.node_name and not node.ready:
+        detail = f" ({node.why_not.rstrip('.')})" if node.why_not else ""
+        return Verdict(
+            Phase.UNKNOWN, "NodeNotReady", f"Node {node.name} that runs the workspace is not Ready{detail}."
+        )
+    if pod.deleting:
+        return Verdict(
+            Phase.PENDING, "PodStopping", f"Workspace is pending: the previous pod {pod.name} is stopping."
         )
     for problem in pod.waiting:
         if problem.reason in FATAL_WAITING:
@@ -230,6 +285,11 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
             "Workspace is starting: its containers are being created.",
         )
     if not pod.ready:
+        if agent_needed and obs.agent is not None and obs.agent.answered:  # it ran; its kubelet says no more
+            detail = f" ({pod.not_ready.rstrip('.')})" if pod.not_ready else ""
+            return Verdict(
+                Phase.INITIALIZING, "PodNotReady", f"Workspace pod {pod.name} is not Ready{detail}."
+            )
         return Verdict(Phase.INITIALIZING, "AgentStarting", "Agent is starting.")
     if not agent_needed:
         return Verdict(Phase.ACTIVE, "WorkspaceReady", "Workspace is ready.")

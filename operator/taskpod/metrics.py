@@ -38,7 +38,7 @@ RECONCILES_SKIPPED = Counter(
 )
 PROMPT_DELIVERIES = Counter(
     "taskpod_prompt_deliveries_total",
-    "Prompts handed to an agent: sent now, or found already in the agent's log (after a crash).",
+    "Prompt deliveries: sent now, found already in the agent's log (after a crash), or failed (retried).",
     ["outcome"],
 )
 SNAPSHOT_BYTES = Histogram(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from taskpod import agentstate, kube, lifecycle, metrics, naming, reports, snapshots, workspace
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
-from taskpod.lifecycle import AgentView, Observation, PodView, StatefulSetView
+from taskpod.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
 from taskpod.models import DEFAULT_TEMPLATE, AgentStatus, Phase, Task, TaskStatus, TaskTemplate
 
 log = logging.getLogger("taskpod")
@@ -39,6 +39,9 @@ STATUS_HOLD = 1.0  # seconds
 # apply (and tell of it) again: at N = 1,000, 18 tasks got a second WorkspaceCreated. So the StatefulSet
 # as applied stands in for the watch's older one, until the watch shows it or this long has passed.
 APPLIED_TRUST = 30.0  # seconds
+REFUSED_RETRY = 60.0  # seconds before a workspace the API server refused is applied again
+POD_CHECK = 10.0  # seconds between dry runs of a workspace pod that its controller does not make
+MAX_MESSAGE = 4096  # characters of an error kept in status.message
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class _Inputs:
     statefulset: StatefulSetView | None
     pod: PodView | None
     service: str | None
+    node: NodeView | None
     agent: AgentView | None
 
 
@@ -89,6 +93,7 @@ class Views:
     statefulsets: Index
     pods: Index
     services: Index
+    nodes: Index
 
 
 def _one(index: Index, key: Any) -> Any:
@@ -96,24 +101,22 @@ def _one(index: Index, key: Any) -> Any:
     return next(iter(values), None) if values else None
 
 
+def _node(views: Views, pod: PodView | None) -> NodeView | None:
+    return _one(views.nodes, pod.node_name) if pod is not None and pod.node_name else None
+
+
 def _target(
-    task: Task,
-    template: TaskTemplate | None,
-    sts: StatefulSetView | None,
-    pod: PodView | None,
-    even_if_paused: bool = False,
+    task: Task, sts: StatefulSetView | None, pod: PodView | None, even_if_paused: bool = False
 ) -> Target | None:
     """The agent to follow: the one in the running pod, unless the task is pausing. A pausing agent is
     being stopped: following it on made a reconcile of every reconnect as it went (at N = 1,000, 13 CPU-s
-    more in a pause)."""
+    more in a pause). The pod says where its agent listens, so neither needs the template."""
     if task.spec.paused and not even_if_paused:
         return None
-    if template is None or pod is None or pod.deleting or pod.phase != "Running":
-        return None
-    if not pod.pod_ip:
+    if pod is None or pod.deleting or pod.phase != "Running" or not pod.pod_ip or pod.agent_port is None:
         return None
     lifetime = pod.lifetime if pod.lifetime is not None else (sts.lifetime if sts else 0)
-    return Target(pod.uid, task.namespace, pod.name, pod.pod_ip, template.spec.agent.port, lifetime)
+    return Target(pod.uid, task.namespace, pod.name, pod.pod_ip, pod.agent_port, lifetime)
 
 
 def _now() -> dt.datetime:
@@ -134,6 +137,17 @@ class _Applied:
 
     view: StatefulSetView
     at: float
+
+
+@dataclass(frozen=True)
+class _DeliveryFailure:
+    attempts: int  # in a row
+    reason: str
+    delay: float  # seconds between the last attempt and the next
+    due: float  # monotonic time of the next attempt
+
+    def shown(self) -> agentstate.DeliveryFailure:
+        return agentstate.DeliveryFailure(self.attempts, self.reason, self.delay)
 
 
 @dataclass
@@ -165,6 +179,9 @@ class Reconciler:
     status_hold: float = STATUS_HOLD
     _holds: dict[Key, asyncio.TimerHandle | None] = field(default_factory=dict)  # held writes; None: due
     _applied: dict[Key, _Applied] = field(default_factory=dict)  # until the watch shows it
+    _delivery_failures: dict[Key, _DeliveryFailure] = field(default_factory=dict)  # the prompt's, in a row
+    # spec hash, loop time and answer of the last dry run of a workspace pod its controller did not make
+    _pod_refusals: dict[Key, tuple[str | None, float, str | None]] = field(default_factory=dict)
 
     def phase_counts(self) -> Counter[str]:
         """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
@@ -254,8 +271,13 @@ class Reconciler:
                     left = await self._reconcile(raw, views)
                 except Exception as exc:
                     self._seen.pop(key, None)
+                    if kube.namespace_terminating(exc):  # the task goes with it: nothing to retry or tell
+                        log.debug("namespace of %s/%s is being deleted; not reconciling it", *key)
+                        return
                     metrics.RECONCILE_ERRORS.inc()
-                    self._retry_later(key, raw, exc)
+                    if version := await self._retry_later(key, raw, exc):
+                        # Our own write of the failure, coming back, is no reason to retry before the timer.
+                        self._seen[key] = replace(inputs, status_version=version)
                 else:
                     self._retries.pop(key, None)
                     # As read before the reconcile (what changed meanwhile must run the next one), but
@@ -289,20 +311,34 @@ class Reconciler:
         workspace_error: str | None = None
         if isinstance(template_value, str):
             workspace_error = template_value
-        elif template is not None:
-            # The agent to snapshot if this reconcile pauses the task, followed or not (e.g. just restarted).
-            last_agent = _target(task, template, sts, pod, even_if_paused=True)
+        if task.spec.paused:
+            self._delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
+        observed = self._as_applied(key, sts)
+        pausing = task.spec.paused and observed is not None and observed.replicas > 0
+        if pausing:
+            self.event(
+                raw, type="Normal", reason="Pausing", message="Pausing: scaling the workspace to zero."
+            )
+            # The agent to snapshot, followed or not (e.g. just restarted).
+            await self._snapshot(task, raw, quiet=False, target=_target(task, sts, pod, even_if_paused=True))
+        if template is not None:
             try:
-                left = await self._ensure_children(task, template, sts, service, raw, last_agent)
+                left = await self._ensure_children(task, template, observed, service, raw)
                 sts, service = left.statefulset, left.service
             except kube.ApiException as exc:
-                if exc.status not in (400, 422):
+                if not _refused(exc) or kube.namespace_terminating(exc):
                     raise
-                workspace_error = f"The workspace cannot be applied: {_api_message(exc)}"
+                workspace_error = f"The workspace cannot be applied: {kube.api_message(exc)}"
+                self._requeue_after(key, REFUSED_RETRY)  # what refused it may go (a quota, a webhook)
+        if pausing and (template is None or workspace_error is not None):
+            # Pausing never depends on the template: what runs is scaled down as it is.
+            sts = await self._scale_to_zero(key)
+        if workspace_error is None and template is not None and sts is not None and sts.short and pod is None:
+            workspace_error = await self._pod_refusal(task, template, sts)
 
         agent = None
         if self.agents is not None:
-            target = _target(task, template, sts, pod)
+            target = _target(task, sts, pod)
             current = self._current_status(task, raw)
             workspace_status = current.get("workspace") or {}
             answered_before = bool(
@@ -327,6 +363,7 @@ class Reconciler:
             pod=pod,
             workspace_error=workspace_error,
             agent=agent,
+            node=_node(views, pod),
             now=now,
             agent_grace=self.agent_grace,
         )
@@ -353,15 +390,14 @@ class Reconciler:
         observed: StatefulSetView | None,
         service_hash: str | None,
         raw: Mapping[str, Any],
-        last_agent: Target | None = None,
     ) -> _Children:
-        """Bring the Service and StatefulSet in line with task and template; write only what differs."""
+        """Bring the Service and StatefulSet in line with task and template; write only what differs.
+        `observed`: the StatefulSet as the watch shows it, or as we last applied it (see _as_applied)."""
         desired_service = workspace.service(task, template)
         if service_hash != (service_hash_wanted := workspace.spec_hash(desired_service)):
             await kube.apply(desired_service)
 
         key = (task.namespace, task.name)
-        observed = self._as_applied(key, observed)
         replicas = workspace.desired_replicas(task)
         lifetime = workspace.next_lifetime(observed, replicas)
         desired = workspace.statefulset(task, template, replicas, lifetime, observed, self.report_url)
@@ -372,12 +408,6 @@ class Reconciler:
             and observed.spec_hash == workspace.spec_hash(desired)
         ):
             return _Children(observed, service_hash_wanted)
-        pausing = observed is not None and observed.replicas > 0 and replicas == 0
-        if pausing:
-            self.event(
-                raw, type="Normal", reason="Pausing", message="Pausing: scaling the workspace to zero."
-            )
-            await self._snapshot(task, raw, quiet=False, target=last_agent)
         self._applied.pop(key, None)  # should the apply fail, the watch alone says what is there
         live = StatefulSetView.parse(await kube.apply(desired))
         self._applied[key] = _Applied(live, asyncio.get_running_loop().time())
@@ -396,6 +426,26 @@ class Reconciler:
                 message=f"Resuming: scaling the workspace back up (lifetime {lifetime}).",
             )
         return _Children(live, service_hash_wanted)
+
+    async def _pod_refusal(self, task: Task, template: TaskTemplate, sts: StatefulSetView) -> str | None:
+        """Why the API server refuses the workspace's pod (Pod Security, a missing ServiceAccount, ...),
+        which only the StatefulSet controller hears: asked by a dry run, at most every POD_CHECK seconds."""
+        key = (task.namespace, task.name)
+        now = asyncio.get_running_loop().time()
+        known = self._pod_refusals.get(key)
+        if known is None or known[0] != sts.spec_hash or known[1] + POD_CHECK <= now:
+            desired = workspace.statefulset(task, template, sts.replicas, sts.lifetime, sts, self.report_url)
+            refusal = await kube.pod_refusal(workspace.first_pod(desired))
+            known = self._pod_refusals[key] = (sts.spec_hash, now, refusal)
+            self._requeue_after(key, POD_CHECK)  # still no pod then: ask again
+        return f"The API server refuses the workspace pod: {known[2]}" if known[2] else None
+
+    async def _scale_to_zero(self, key: Key) -> StatefulSetView:
+        """Scale the workspace down as it is, for a pause that cannot apply the workspace (no template,
+        or one the API server refuses); the next apply takes the field back."""
+        live = StatefulSetView.parse(await kube.scale_statefulset(*key, replicas=0))
+        self._applied[key] = _Applied(live, asyncio.get_running_loop().time())
+        return live
 
     def _as_applied(self, key: Key, observed: StatefulSetView | None) -> StatefulSetView | None:
         """The StatefulSet as we last applied it while the watch shows an older one, or none (see
@@ -416,6 +466,7 @@ class Reconciler:
 
     def _inputs(self, key: Key, raw: Mapping[str, Any], views: Views) -> _Inputs:
         meta = raw.get("metadata") or {}
+        pod = _one(views.pods, key)
         template = (raw.get("spec") or {}).get("template", DEFAULT_TEMPLATE)
         return _Inputs(
             uid=meta.get("uid", ""),
@@ -424,8 +475,9 @@ class Reconciler:
             status_version=self._status_version(key, raw),
             template=_one(views.templates, (key[0], template)),
             statefulset=_one(views.statefulsets, key),
-            pod=_one(views.pods, key),
+            pod=pod,
             service=_one(views.services, key),
+            node=_node(views, pod),
             agent=self.agents.views.get(key) if self.agents is not None else None,
         )
 
@@ -453,27 +505,49 @@ class Reconciler:
         return raw.get("status") or {}
 
     async def _deliver_prompt(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
-        """Hand the prompt to a stable agent, once: see agents.deliver_prompt for the exactly-once part."""
+        """Hand the prompt to a stable agent, once: see agents.deliver_prompt for the exactly-once part.
+        A refused or lost delivery is retried with back-off, and status says so meanwhile."""
         key = (task.namespace, task.name)
         current = self._current_status(task, raw)
         recorded = self._prompts.get(key) or current.get("prompt")
         client = self.agents.client(key) if self.agents else None
         if agentstate.was_delivered(task.spec.prompt, recorded) or client is None:
+            self._delivery_failures.pop(key, None)
             return
         if obs.agent is None or not obs.agent.healthy or obs.agent.status is not AgentStatus.STABLE:
             return
+        failed = self._delivery_failures.get(key)
+        if failed is not None and failed.due > time.monotonic():
+            return  # its retry timer runs the next attempt
         try:
             delivered = await deliver_prompt(client, task.spec.prompt)
+            reason = "the agent did not take it"
         except (AgentError, AgentUnavailable) as exc:
-            log.info("prompt for %s/%s not delivered yet: %s", *key, exc)
+            delivered, reason = None, str(exc)
+        if not delivered:
+            metrics.PROMPT_DELIVERIES.labels(outcome="failed").inc()
+            attempts = failed.attempts + 1 if failed is not None else 1
+            delay = RETRY_DELAYS[min(attempts - 1, len(RETRY_DELAYS) - 1)]
+            self._delivery_failures[key] = _DeliveryFailure(attempts, reason, delay, time.monotonic() + delay)
+            self._requeue_after(key, delay)
+            log.warning(
+                "prompt for %s/%s not delivered (attempt %d), retrying in %.0fs: %s",
+                *key,
+                attempts,
+                delay,
+                reason,
+            )
+            if attempts == 1:  # one Event per failure streak, not one per retry
+                message = f"The agent refused the prompt, retrying: {reason}"
+                self.event(raw, type="Warning", reason="PromptDeliveryFailed", message=message)
             return
-        if delivered:
-            metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
-            lifetime = obs.agent.lifetime
-            sha = agentstate.prompt_sha(task.spec.prompt)
-            self._prompts[key] = agentstate.prompt_record(sha, _now(), lifetime)
-            message = f"Delivered the prompt to the agent (lifetime {lifetime})."
-            self.event(raw, type="Normal", reason="PromptDelivered", message=message)
+        self._delivery_failures.pop(key, None)
+        metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
+        lifetime = obs.agent.lifetime
+        sha = agentstate.prompt_sha(task.spec.prompt)
+        self._prompts[key] = agentstate.prompt_record(sha, _now(), lifetime)
+        message = f"Delivered the prompt to the agent (lifetime {lifetime})."
+        self.event(raw, type="Normal", reason="PromptDelivered", message=message)
 
     async def _snapshot(
         self, task: Task, raw: Mapping[str, Any], *, quiet: bool, target: Target | None = None
@@ -507,7 +581,10 @@ class Reconciler:
         except (AgentError, AgentUnavailable, TimeoutError) as exc:
             metrics.SNAPSHOTS_SKIPPED.inc()
             if not quiet:
-                message = f"Could not read the agent's conversation ({exc}); the previous snapshot is kept."
+                why = (
+                    f"no answer within {SNAPSHOT_TIMEOUT:.0f}s" if isinstance(exc, TimeoutError) else str(exc)
+                )
+                message = f"Could not read the agent's conversation ({why}); the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
             return
         if not any(m.role == "user" for m in messages):
@@ -530,8 +607,15 @@ class Reconciler:
         task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
         key = (task.namespace, task.name)
         report = self._reports.get(key)
+        failure = self._delivery_failures.get(key)
         status = agentstate.task_status(
-            task, obs, _now(), self._prompts.get(key), self._snapshots.get(key), report
+            task,
+            obs,
+            _now(),
+            self._prompts.get(key),
+            self._snapshots.get(key),
+            report,
+            failure.shown() if failure is not None else None,
         )
         named = None
         if not status.get("displayName"):
@@ -630,21 +714,36 @@ class Reconciler:
             self._display_names[key] = await naming.display_name_for(prompt, self.naming_env)
         self.poke(key)
 
-    def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> None:
+    async def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> str | None:
+        """Retry a failed reconcile with back-off, and say so in an Event and, if it can be written, in
+        status: a task must never show nothing while it cannot progress. Returns the version written."""
+        if isinstance(exc, kube.ApiException) and exc.status == 404 and await _gone(key):
+            log.debug("task %s/%s is gone; nothing to retry", *key)  # the watch's DELETED forgets it
+            return None
         attempt = self._retries.get(key, 0)
         delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
         self._retries[key] = attempt + 1
+        why = kube.api_message(exc)
         log.warning(
-            "reconcile of %s/%s failed (attempt %d), retrying in %.0fs: %s", *key, attempt + 1, delay, exc
+            "reconcile of %s/%s failed (attempt %d), retrying in %.0fs: %s", *key, attempt + 1, delay, why
         )
         if attempt == 0:  # one Event per failure streak, not one per retry
             self.event(
-                raw,
-                type="Warning",
-                reason="ReconcileFailed",
-                message=f"Reconcile failed, retrying: {_api_message(exc)}",
+                raw, type="Warning", reason="ReconcileFailed", message=f"Reconcile failed, retrying: {why}"
             )
         self._requeue_after(key, delay)
+        status = raw.get("status") or {}
+        message = f"Reconcile failed (attempt {attempt + 1}), retrying in {delay:.0f}s: {why}"
+        try:
+            written = await kube.patch_task_status(
+                *key, {"phase": status.get("phase") or Phase.PENDING.value, "message": message[:MAX_MESSAGE]}
+            )
+        except Exception as failed:  # the API server is away, or the task is gone: the retry will tell
+            log.debug(
+                "could not write the failure of %s/%s to its status: %s", *key, kube.api_message(failed)
+            )
+            return None
+        return str(written["metadata"]["resourceVersion"])
 
     def _requeue_after(self, key: Key, delay: float) -> None:
         """Reconcile `key` again in `delay` seconds, unless one is due sooner already (a retry, or the end
@@ -676,6 +775,8 @@ class Reconciler:
             self._asked,
             self._seen,
             self._applied,
+            self._delivery_failures,
+            self._pod_refusals,
         ):
             memory.pop(key, None)
         if (naming_task := self._naming.pop(key, None)) is not None:
@@ -685,13 +786,21 @@ class Reconciler:
         self._end_hold(key)
 
 
-def _api_message(exc: Exception) -> str:
-    """The API server's own sentence for a failed call, else the exception text."""
-    import json
+async def _gone(key: Key) -> bool:
+    """Whether the task no longer exists (the watch may not have said so yet)."""
+    try:
+        await kube.get_task(*key)
+    except kube.ApiException as exc:
+        return bool(exc.status == 404)
+    except Exception:
+        return False
+    return False
 
-    if isinstance(exc, kube.ApiException) and exc.body:
-        try:
-            return str(json.loads(exc.body).get("message", exc.body))
-        except (ValueError, AttributeError):
-            return str(exc.body)
-    return str(exc)
+
+def _refused(exc: kube.ApiException) -> bool:
+    """Whether the API server refused what we asked for (it will again until the task or template
+    changes), rather than failing to answer. A server-side apply whose values cannot be typed (a storage
+    size `lots`) is refused with a 500 that says so."""
+    if exc.status in (400, 403, 404, 422):
+        return True
+    return exc.status == 500 and "failed to create typed patch object" in kube.api_message(exc)

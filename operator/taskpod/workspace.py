@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod.lifecycle import LIFETIME_ANNOTATION, SPEC_HASH_ANNOTATION, StatefulSetView
+from taskpod.lifecycle import AGENT_PORT_NAME, LIFETIME_ANNOTATION, SPEC_HASH_ANNOTATION, StatefulSetView
 from taskpod.models import API_VERSION, EnvVar, Task, TaskTemplate
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -20,7 +20,7 @@ TASK_LABEL = "taskpod.dev/task"
 FIELD_MANAGER = "taskpod"
 VOLUME = "workspace"
 CONTAINER = "agent"
-PORT_NAME = "agentapi"
+PORT_NAME = AGENT_PORT_NAME
 REPORT_AUDIENCE = "taskpod"
 REPORT_VOLUME = "taskpod-report"
 REPORT_DIR = "/var/run/taskpod"
@@ -220,3 +220,29 @@ def statefulset(
             },
         }
     )
+
+
+def first_pod(statefulset: dict[str, Any]) -> dict[str, Any]:
+    """The pod its StatefulSet controller would create first, as near as admission sees it: to ask the
+    API server (by a dry run) why it refuses the pod, which it tells only the controller."""
+    meta, spec = statefulset["metadata"], statefulset["spec"]
+    template = spec["template"]
+    claims = [
+        {
+            "name": c["metadata"]["name"],
+            "persistentVolumeClaim": {"claimName": f"{c['metadata']['name']}-{meta['name']}-0"},
+        }
+        for c in spec.get("volumeClaimTemplates") or []
+    ]
+    pod_spec = {**template["spec"], "hostname": f"{meta['name']}-0", "subdomain": spec.get("serviceName")}
+    pod_spec["volumes"] = [*claims, *(pod_spec.get("volumes") or [])]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **template.get("metadata", {}),
+            "name": f"{meta['name']}-0",
+            "namespace": meta["namespace"],
+        },
+        "spec": pod_spec,
+    }

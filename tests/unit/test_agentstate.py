@@ -110,7 +110,9 @@ def test_a_report_of_the_current_lifetime_wins_and_one_from_before_is_ignored() 
     [
         (None, None),
         ("", None),
+        (" \x85\u2028\t", None),  # blanks and line breaks only: nothing to show
         ("\n\n  Done:   all   tests pass \nDetails", "Done: all tests pass"),
+        ("🚀 shipped\x85then more", "🚀 shipped"),
         ("x" * 300, "x" * 119 + "…"),
     ],
 )

@@ -11,6 +11,7 @@ from taskpod.lifecycle import (
     FATAL_WAITING,
     AgentView,
     ContainerProblem,
+    NodeView,
     Observation,
     PodView,
     StatefulSetView,
@@ -42,6 +43,7 @@ def raw_pod(
     phase: str = "Running",
     *,
     ready: bool = True,
+    ready_reason: str | None = None,
     node: str | None = "kind-worker",
     scheduled: dict[str, Any] | None = None,
     waiting: dict[str, Any] | None = None,
@@ -51,7 +53,7 @@ def raw_pod(
     state = {"waiting": waiting} if waiting else {"running": {"startedAt": "2025-03-01T09:00:05Z"}}
     conditions = [
         {"type": "Initialized", "status": "True", "lastProbeTime": None},
-        {"type": "Ready", "status": str(ready), "lastProbeTime": None},
+        {"type": "Ready", "status": str(ready), "lastProbeTime": None, "reason": ready_reason},
         {"type": "PodScheduled", "status": "True", "lastProbeTime": None, **(scheduled or {})},
     ]
     return {
@@ -187,8 +189,29 @@ PHASES: dict[str, tuple[Observation, Phase, str, str]] = {
         observe(pod=pod("Pending", ready=False, waiting={"reason": "ContainerCreating"})),
         Phase.INITIALIZING, "ContainersStarting", "containers are being created",
     ),
-    "running, not ready": (observe(pod=pod(ready=False)), Phase.INITIALIZING, "AgentStarting", "Agent"),
+    "running, not ready, agent not heard yet": (
+        observe(pod=pod(ready=False), agent=None), Phase.INITIALIZING, "AgentStarting", "Agent"
+    ),
+    "running, not ready any more": (
+        observe(pod=pod(ready=False, ready_reason="ContainersNotReady")),
+        Phase.INITIALIZING, "PodNotReady", "task-fix-bug-0 is not Ready (ContainersNotReady)",
+    ),
     "running and ready": (observe(), Phase.ACTIVE, "WorkspaceReady", "ready"),
+    "node ready": (observe(node=NodeView("kind-worker", True)), Phase.ACTIVE, "WorkspaceReady", "ready"),
+    "its node is not ready": (
+        observe(node=NodeView("kind-worker", False, "NodeStatusUnknown: Kubelet stopped posting status")),
+        Phase.UNKNOWN, "NodeNotReady", "kind-worker that runs the workspace is not Ready (NodeStatusUnknown",
+    ),
+    "its node lost, the pod stuck deleting": (
+        observe(pod=pod(deleting=True), node=NodeView("kind-worker", False)),
+        Phase.UNKNOWN, "NodeNotReady", "kind-worker",
+    ),
+    "pausing on a lost node": (
+        observe(paused=True, node=NodeView("kind-worker", False)), Phase.UNKNOWN, "NodeNotReady", "worker"
+    ),
+    "another node not ready": (
+        observe(node=NodeView("kind-worker-2", False)), Phase.ACTIVE, "WorkspaceReady", "ready"
+    ),
 }  # fmt: skip
 
 

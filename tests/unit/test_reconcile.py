@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from taskpod import kube, naming, reconcile
 from taskpod.agentapi import AgentMessage
-from taskpod.lifecycle import AgentView, PodView, StatefulSetView
+from taskpod.lifecycle import AgentView, NodeView, PodView, StatefulSetView
 from taskpod.models import AgentStatus, TaskTemplate
 from taskpod.reconcile import Reconciler, Views, _now
 
@@ -121,7 +122,13 @@ def views(task: dict[str, Any], api: FakeApi) -> Views:
     sts = workspace.statefulset(parsed, template, 1, 1, None)
     service = workspace.service(parsed, template)
     pod = PodView(
-        name=f"{NAME}-0", phase="Running", node_name="n0", pod_ip="127.1.0.5", ready=True, lifetime=1
+        name=f"{NAME}-0",
+        phase="Running",
+        node_name="n0",
+        pod_ip="127.1.0.5",
+        ready=True,
+        lifetime=1,
+        agent_port=3284,
     )
     return Views(
         tasks=FakeIndex({KEY: task}),
@@ -129,6 +136,7 @@ def views(task: dict[str, Any], api: FakeApi) -> Views:
         statefulsets=FakeIndex({KEY: StatefulSetView.parse(sts)}),
         pods=FakeIndex({KEY: pod}),
         services=FakeIndex({KEY: workspace.spec_hash(service)}),
+        nodes=FakeIndex({"n0": NodeView("n0", ready=True)}),
     )
 
 
@@ -279,9 +287,12 @@ def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytes
         await reconciler.stop()
 
     asyncio.run(scenario())
-    assert calls == 2 and api.status_patches[0]["phase"] == "Active"
+    failure, recovered = api.status_patches
+    assert failure["phase"] == "Pending"  # a first reconcile that fails still leaves a status that says why
+    assert failure["message"] == "Reconcile failed (attempt 1), retrying in 0s: etcd is sad"
+    assert calls == 3 and recovered["phase"] == "Active"
     assert events == ["PromptDelivered", "ReconcileFailed", "WorkspaceReady"]
-    assert api.status_patches[0]["prompt"]["sha256"]  # the delivery made before the failure is recorded
+    assert recovered["prompt"]["sha256"]  # the delivery made before the failure is recorded
     assert reconciler.agents.agent.sent == ["Fix the flaky login test"]  # type: ignore[union-attr]
 
 
@@ -440,7 +451,7 @@ def test_a_step_within_a_phase_waits_for_the_next_then_is_written(api: FakeApi) 
     assert asyncio.run(scenario()) == [
         ("Active", "Workspace is ready."),
         ("Initializing", starting),
-        ("Initializing", "Agent is starting."),
+        ("Initializing", "Workspace pod fix-login-0 is not Ready."),  # its agent answered before
         ("Active", "Workspace is ready."),
     ]
 
@@ -601,3 +612,38 @@ def test_our_own_apply_coming_back_runs_no_reconcile_but_a_change_by_someone_els
         assert len(ensured) == 2 and [a["spec"]["replicas"] for a in _created(api)] == [0, 0]
 
     asyncio.run(scenario())
+
+
+def _failure(status: int, message: str, cause: str = "") -> kube.ApiException:
+    exc = kube.ApiException(status=status, reason="x")
+    causes = [{"reason": cause}] if cause else []
+    exc.body = json.dumps({"kind": "Status", "message": message, "details": {"causes": causes}})
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("failure", "refused", "terminating"),
+    [
+        (
+            _failure(422, 'StatefulSet.apps "x" is invalid: spec.template.annotations: Invalid value'),
+            True,
+            False,
+        ),
+        (_failure(403, 'statefulsets.apps "x" is forbidden: exceeded quota: q'), True, False),
+        (
+            _failure(500, "failed to create typed patch object (/x): .spec.replicas: expected numeric"),
+            True,
+            False,
+        ),
+        (_failure(500, "etcdserver: request timed out"), False, False),
+        (_failure(503, "the server is currently unable to handle the request"), False, False),
+        (_failure(403, "unable to create new content in namespace x", "NamespaceTerminating"), True, True),
+    ],
+    ids=["invalid", "quota", "untyped value", "etcd timeout", "unavailable", "namespace terminating"],
+)
+def test_a_refusal_is_told_from_a_failure_to_answer(
+    failure: kube.ApiException, refused: bool, terminating: bool
+) -> None:
+    """A refusal is the task's Error until the task or template changes; a failure to answer is retried."""
+    assert reconcile._refused(failure) is refused
+    assert kube.namespace_terminating(failure) is terminating
