@@ -130,8 +130,40 @@ class LocalCluster:
         return State.load(self.directory)
 
     def running(self) -> bool:
+        """Every component it started runs: usable as it is."""
         state = self.state()
         return bool(state and state.processes and all(_alive(p) for p in state.processes.values()))
+
+    def alive(self) -> bool:
+        """Some component it started still runs: not usable perhaps, but not gone, so its routes and
+        files are still its own (one component stopped or restarted by a test is not a dead cluster)."""
+        state = self.state()
+        return bool(state and any(_alive(p) for p in state.processes.values()))
+
+    # -- one component at a time (what the fault tests do to a live cluster) -------------------
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component, as a crash would; its record stays, for start() to bring it back."""
+        state = self.state()
+        assert state is not None, f"no cluster in {self.directory}"
+        proc = state.processes[name]
+        if _alive(proc):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        while _alive(proc):
+            time.sleep(0.05)
+
+    def start(self, name: str) -> None:
+        """Start a killed component again with the command it ran before; for the API server, wait
+        until it is ready."""
+        state = self.state()
+        assert state is not None, f"no cluster in {self.directory}"
+        proc = state.processes[name]
+        if _alive(proc):
+            return
+        self._spawn(state, name, proc.cmd)
+        if name == "kube-apiserver":
+            self._wait(state, name, lambda: _ready(state, self.directory / "pki"), timeout=90)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -164,7 +196,7 @@ class LocalCluster:
         ports = _free_ports(
             ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
         )
-        podnet.prune(lambda d: LocalCluster(d).running() or podnet.recently_started(d))
+        podnet.prune(in_use)
         cidrs, routes = podnet.choose(pod_network, nodes, owner=self.directory)
         state = State(
             directory=str(self.directory),
@@ -284,15 +316,7 @@ class LocalCluster:
                 *self._audit_flags(),
             ],
         )
-        admin = certs["admin"]
-
-        def ready() -> bool:
-            tls = ssl.create_default_context(cafile=str(certs["ca"].cert))
-            tls.load_cert_chain(str(admin.cert), str(admin.key))
-            with httpx.Client(verify=tls) as c:
-                return c.get(f"{state.server}/readyz", timeout=3).text == "ok"
-
-        self._wait(state, "kube-apiserver", ready, timeout=90)
+        self._wait(state, "kube-apiserver", lambda: _ready(state, d), timeout=90)
 
     def _register_nodes(self, state: State) -> None:
         """Create the fake Nodes (kwok manages but never creates them) and the default StorageClass."""
@@ -509,6 +533,20 @@ class LocalCluster:
         state.save()
         if not quiet:
             _say(f"stopped the control plane in {self.directory}")
+
+
+def in_use(directory: Path) -> bool:
+    """Whether the cluster in `directory` may still use what it made (its pod routes): some component
+    of it runs, or it is starting."""
+    return LocalCluster(directory).alive() or podnet.recently_started(directory)
+
+
+def _ready(state: State, pki_dir: Path) -> bool:
+    """The API server answers /readyz to the admin."""
+    tls = ssl.create_default_context(cafile=str(pki_dir / "localkube-ca.crt"))
+    tls.load_cert_chain(str(pki_dir / "admin.crt"), str(pki_dir / "admin.key"))
+    with httpx.Client(verify=tls) as c:
+        return c.get(f"{state.server}/readyz", timeout=3).text == "ok"
 
 
 def _client(kubeconfig: Path) -> Any:
