@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -214,3 +215,150 @@ def test_kubectl_explains_and_lists_tasks(kube: Kube, crds: list[str], namespace
     everything = kubectl(kube, "get", "taskpod", "-n", namespace)
     assert "task.taskpod.dev/fix-flaky-login" in everything
     assert "tasktemplate.taskpod.dev/default" in everything
+
+
+# -- The template's Pod-like fields, typed with Kubernetes' own schemas (hack/crdschema.py) ----------
+
+IMAGE = "example.invalid/workspace:1"
+
+
+def pod(**fields: Any) -> dict[str, Any]:
+    return {"image": IMAGE, **fields}
+
+
+def kubectl_refuses(kube: Kube, namespace: str, manifest: dict[str, Any]) -> str:
+    """Apply `manifest` with kubectl as a user would (field validation Strict), which must fail: its error."""
+    with pytest.raises(AssertionError) as err:
+        kubectl(kube, "apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ({"storage": {"size": "lots"}}, "spec.storage.size in body should match '^(\\+|-)?"),
+        (
+            {"pod": pod(resources={"requests": {"cpu": "lots"}})},
+            'spec.pod.resources.requests.cpu: Invalid value: "lots"',
+        ),
+        (
+            {"pod": pod(resources={"limits": {"memory": "1 GiB"}})},
+            'spec.pod.resources.limits.memory: Invalid value: "1 GiB"',
+        ),
+        (
+            {"pod": pod(securityContext={"runAsUser": "root"})},
+            "spec.pod.securityContext.runAsUser in body must be of type integer",
+        ),
+        (
+            {"pod": pod(podSecurityContext={"fsGroup": "x"})},
+            "spec.pod.podSecurityContext.fsGroup in body must be of type integer",
+        ),
+        (
+            {
+                "pod": pod(
+                    tolerations=[{"key": "dedicated", "effect": "NoExecute", "tolerationSeconds": "300"}]
+                )
+            },
+            "spec.pod.tolerations[0].tolerationSeconds in body must be of type integer",
+        ),
+        (
+            {
+                "pod": pod(
+                    env=[{"name": "TOKEN", "valueFrom": {"secretKeyRf": {"name": "agent", "key": "t"}}}]
+                )
+            },
+            'unknown field "spec.pod.env[0].valueFrom.secretKeyRf"',
+        ),
+        (
+            {"pod": pod(securityContext={"capabilities": {"drop": ["ALL"]}, "runAsNonRot": True})},
+            'unknown field "spec.pod.securityContext.runAsNonRot"',
+        ),
+        (
+            {"pod": pod(env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "agent"}}}])},
+            "spec.pod.env[0].valueFrom.secretKeyRef.key: Required value",
+        ),
+    ],
+    ids=[
+        "storage-size-not-a-quantity",
+        "cpu-request-not-a-quantity",
+        "memory-limit-with-a-space",
+        "run-as-user-not-an-integer",
+        "fs-group-not-an-integer",
+        "toleration-seconds-not-an-integer",
+        "value-from-unknown-key",
+        "security-context-unknown-key",
+        "secret-key-ref-without-key",
+    ],
+)
+def test_kubectl_refuses_a_template_whose_pod_fields_kubernetes_would_refuse(
+    kube: Kube, crds: list[str], namespace: str, spec: dict[str, Any], complaint: str
+) -> None:
+    error = kubectl_refuses(kube, namespace, template("bad", **spec))
+    assert complaint in error, error
+    with pytest.raises(ApiException) as err:
+        client.CustomObjectsApi(kube.api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "tasktemplates", "bad"
+        )
+    assert err.value.status == 404
+
+
+def test_a_template_using_every_pod_field_is_accepted_and_reads_back_unchanged(
+    kube: Kube, crds: list[str], namespace: str
+) -> None:
+    spec = {
+        "pod": pod(
+            env=[
+                {"name": "MODE", "value": "review"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "agent-secrets", "key": "token"}}},
+                {
+                    "name": "CPUS",
+                    "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}},
+                },
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ],
+            resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2, "memory": "4Gi"}},
+            securityContext={
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": False,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            podSecurityContext={
+                "fsGroup": 1000,
+                "fsGroupChangePolicy": "OnRootMismatch",
+                "supplementalGroups": [2000],
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/agent.json"},
+            },
+            tolerations=[
+                {"key": "dedicated", "operator": "Equal", "value": "agents", "effect": "NoSchedule"},
+                {
+                    "key": "node.kubernetes.io/unreachable",
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 300,
+                },
+                {"operator": "Exists", "effect": ""},  # valid in a Pod: every effect
+            ],
+        ),
+        "storage": {"size": "20Gi"},
+    }
+    out = kubectl(kube, "apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(template("full", **spec)))
+    assert "tasktemplate.taskpod.dev/full created" in out
+
+    api = client.CustomObjectsApi(kube.api)
+    stored = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "tasktemplates", "full")["spec"]
+    assert stored["pod"] == spec["pod"]
+    assert stored["storage"] == {"size": "20Gi", "mountPath": "/workspace"}
+
+
+def test_kubectl_explains_the_pod_fields_kubernetes_defines(kube: Kube, crds: list[str]) -> None:
+    explain = "tasktemplate.spec.pod.securityContext.runAsUser"
+    explained = wait_for(
+        lambda: "FIELD: runAsUser <integer>" in kubectl(kube, "explain", explain),
+        30,
+        "kubectl explain to show the TaskTemplate's securityContext",
+    )
+    assert explained
+    assert "The UID to run the entrypoint" in " ".join(kubectl(kube, "explain", explain).split())

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from crdschema import QUANTITY_PATTERN
 from pydantic import BaseModel, ValidationError
 
 from taskpod.models import Task, TaskSpec, TaskStatus, TaskTemplateSpec
@@ -42,6 +43,14 @@ def _kind(crd: dict[str, Any]) -> str:
     return str(crd.get("type"))
 
 
+def _free_form(model: dict[str, Any]) -> bool:
+    return (
+        model.get("type") == "object"
+        and "properties" not in model
+        and model.get("additionalProperties", True) is True
+    )
+
+
 def compare(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], path: str) -> list[str]:
     model = _resolve(model, defs)
     problems: list[str] = []
@@ -52,12 +61,16 @@ def compare(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], pa
     if crd.get("enum") != model.get("enum"):
         problems.append(f"{path}: enum {crd.get('enum')} vs {model.get('enum')}")
     for limit in LIMITS:
+        if limit == "pattern" and crd.get(limit) == QUANTITY_PATTERN and limit not in model:
+            continue  # the model passes a quantity through as int | str; the API server checked its form
         if crd.get(limit) != model.get(limit):
             problems.append(f"{path}: {limit} {crd.get(limit)} vs {model.get(limit)}")
     if "default" in crd and crd["default"] != {} and crd["default"] != model.get("default"):
         problems.append(f"{path}: default {crd['default']!r} vs {model.get('default')!r}")
     if crd.get("type") == "array":
         problems += compare(crd["items"], model["items"], defs, f"{path}[]")
+    elif crd.get("type") == "object" and _free_form(model):
+        pass  # the model passes it through as a dict (a Kubernetes type the CRD spells out, say)
     elif crd.get("type") == "object" and "properties" in crd:
         props = model.get("properties", {})
         if set(crd["properties"]) != set(props):
@@ -101,6 +114,22 @@ def test_the_comparison_catches_a_disagreement() -> None:
         "x.a: maxLength 5 vs None",
         "x: required ['a'] vs []",
     }
+
+
+def test_a_model_may_pass_a_typed_object_through_as_a_dict() -> None:
+    crd = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}},
+    }
+
+    class PassThrough(BaseModel):
+        a: dict[str, Any] | None = None
+
+    class Mistyped(BaseModel):
+        a: dict[str, str] | None = None
+
+    assert compare(crd, PassThrough.model_json_schema(), {}, "x") == []
+    assert compare(crd, Mistyped.model_json_schema(), {}, "x") == ["x.a: fields ['b'] vs []"]
 
 
 def test_every_crd_field_has_a_description() -> None:
