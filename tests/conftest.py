@@ -15,24 +15,46 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
+from localkube.cluster import LocalCluster
 from tests.support import ROOT, Kube, Operator, create_namespace, delete_namespace, install_crds
+
+# Property-based tests: a few dozen examples in `make test`, many more in `make properties`. Each
+# example goes through the API server and the operator, hence no deadline; the fixtures (a namespace,
+# the operator) are shared by the examples of a test on purpose.
+_PROPERTIES = settings(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+settings.register_profile("ci", _PROPERTIES, max_examples=25)
+settings.register_profile("long", _PROPERTIES, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | None]:
+    """The local control plane under test, for tests that stop and start its components; None on a
+    cluster that is not one (TASKPOD_KUBECONFIG naming any other)."""
     existing = os.environ.get("TASKPOD_KUBECONFIG")
     if existing:
-        yield Kube.connect(Path(existing), local=False)
+        directory = Path(existing).resolve().parent
+        yield LocalCluster(directory) if (directory / "state.json").exists() else None
         return
-    from localkube.cluster import LocalCluster
-
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
     cluster.up(tie_to_parent=True)  # tied: a killed test run takes its control plane with it
     try:
-        yield Kube.connect(cluster.kubeconfig, local=True)
+        yield cluster
     finally:
         cluster.down()
+
+
+@pytest.fixture(scope="session")
+def kube(local_cluster: LocalCluster | None) -> Kube:
+    existing = os.environ.get("TASKPOD_KUBECONFIG")
+    if existing:
+        return Kube.connect(Path(existing), local=False)
+    assert local_cluster is not None
+    return Kube.connect(local_cluster.kubeconfig, local=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 T = TypeVar("T")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+SIM = "sim.taskpod.dev/agent"  # the pod annotation that scripts the simulated agent (hack/agentsim)
 
 
 @dataclass
@@ -230,7 +233,9 @@ def create_template(
     *,
     image: str = "example.invalid/agent:1",
     annotations: dict[str, str] | None = None,
+    **pod: Any,
 ) -> dict[str, Any]:
+    """A TaskTemplate; `pod` adds fields of spec.pod (env, serviceAccountName, ...)."""
     body = {
         "apiVersion": "taskpod.dev/v1alpha1",
         "kind": "TaskTemplate",
@@ -238,7 +243,7 @@ def create_template(
         "spec": {
             "displayName": "Test agent",
             "agent": {"type": "custom"},
-            "pod": {"image": image, "annotations": annotations or {}},
+            "pod": {"image": image, "annotations": annotations or {}, **pod},
             "storage": {"size": "1Gi"},
         },
     }
@@ -337,3 +342,51 @@ class PhaseRecorder:
     def stop(self) -> list[str]:
         self._stop.set()
         return self.phases
+
+
+# -- the simulated agent of a task (hack/agentsim), reached at its pod IP -------------------------
+
+
+def agent_url(kube: Kube, namespace: str, name: str) -> str:
+    pod = kube.core.read_namespaced_pod(f"{name}-0", namespace)
+    return f"http://{pod.status.pod_ip}:3284"
+
+
+def agent_messages(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    return list(httpx.get(agent_url(kube, namespace, name) + "/messages", timeout=5).json()["messages"])
+
+
+def sim_config(kube: Kube, namespace: str, name: str, **config: Any) -> None:
+    httpx.post(agent_url(kube, namespace, name) + "/_sim/config", json=config, timeout=5).raise_for_status()
+
+
+def template_with(kube: Kube, namespace: str, pod: dict[str, Any] | None = None, **agent: Any) -> None:
+    """The "default" TaskTemplate, its agent scripted by `agent` (hack/agentsim), with `pod` fields."""
+    create_template(kube, namespace, annotations={SIM: json.dumps(agent)}, **(pod or {}))
+
+
+def delivered(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    """The task, once the prompt in its current spec has reached the agent."""
+    task = get_task(kube, namespace, name)
+    status = task.get("status", {})
+    cond = [c for c in status.get("conditions", []) if c["type"] == "PromptDelivered"]
+    caught_up = status.get("observedGeneration") == task["metadata"]["generation"]
+    return task if caught_up and cond and cond[0]["status"] == "True" else None
+
+
+def prompts_in(messages: list[dict[str, Any]], prompt: str) -> int:
+    return sum(1 for m in messages if m["role"] == "user" and m["content"].strip() == prompt)
+
+
+def pod_token(kube: Kube, namespace: str, pod_name: str) -> str:
+    """The token the kubelet would mount in the pod for the audience "taskpod" (we play the kubelet)."""
+    pod = kube.core.read_namespaced_pod(pod_name, namespace)
+    request = {
+        "spec": {
+            "audiences": ["taskpod"],
+            "expirationSeconds": 3600,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod.metadata.uid},
+        }
+    }
+    sa = pod.spec.service_account_name or "default"
+    return str(kube.core.create_namespaced_service_account_token(sa, namespace, request).status.token)

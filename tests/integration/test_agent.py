@@ -23,18 +23,23 @@ from taskpod.agentstate import prompt_sha
 from tests.support import (
     Kube,
     Operator,
+    agent_messages,
+    agent_url,
     condition,
     create_task,
-    create_template,
+    delivered,
     free_port,
     get_task,
     patch_task,
     phase_is,
+    pod_token,
+    prompts_in,
+    sim_config,
+    template_with,
     wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
-SIM = "sim.taskpod.dev/agent"
 
 
 @pytest.fixture(autouse=True)
@@ -44,36 +49,6 @@ def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
     if not kube.proxyable_pods():  # loopback pod IPs: the API server won't proxy to them
         monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
     taskkube.api_client.cache_clear()
-
-
-def agent_url(kube: Kube, namespace: str, name: str) -> str:
-    pod = kube.core.read_namespaced_pod(f"{name}-0", namespace)
-    return f"http://{pod.status.pod_ip}:3284"
-
-
-def agent_messages(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
-    return list(httpx.get(agent_url(kube, namespace, name) + "/messages", timeout=5).json()["messages"])
-
-
-def sim_config(kube: Kube, namespace: str, name: str, **config: Any) -> None:
-    httpx.post(agent_url(kube, namespace, name) + "/_sim/config", json=config, timeout=5).raise_for_status()
-
-
-def template_with(kube: Kube, namespace: str, **agent: Any) -> None:
-    create_template(kube, namespace, annotations={SIM: json.dumps(agent)})
-
-
-def delivered(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    """The task, once the prompt in its current spec has reached the agent."""
-    task = get_task(kube, namespace, name)
-    status = task.get("status", {})
-    cond = [c for c in status.get("conditions", []) if c["type"] == "PromptDelivered"]
-    caught_up = status.get("observedGeneration") == task["metadata"]["generation"]
-    return task if caught_up and cond and cond[0]["status"] == "True" else None
-
-
-def prompts_in(messages: list[dict[str, Any]], prompt: str) -> int:
-    return sum(1 for m in messages if m["role"] == "user" and m["content"].strip() == prompt)
 
 
 def test_prompt_arrives_once_after_the_agent_answers(
@@ -297,20 +272,6 @@ def test_a_misbehaving_agent_is_unknown_and_recovers(
     sim_config(kube, namespace, "odd", **{fault: []})
     wait_for(partial(phase_is, kube, namespace, "odd", "Active"), 60, "Active again once the agent answers")
     assert prompts_in(agent_messages(kube, namespace, "odd"), "Do the thing") == 1
-
-
-def pod_token(kube: Kube, namespace: str, pod_name: str) -> str:
-    """The token the kubelet would mount in the pod for the audience "taskpod" (we play the kubelet)."""
-    pod = kube.core.read_namespaced_pod(pod_name, namespace)
-    request = {
-        "spec": {
-            "audiences": ["taskpod"],
-            "expirationSeconds": 3600,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod.metadata.uid},
-        }
-    }
-    sa = pod.spec.service_account_name or "default"
-    return str(kube.core.create_namespaced_service_account_token(sa, namespace, request).status.token)
 
 
 def test_the_agent_reports_complete_and_it_stands(

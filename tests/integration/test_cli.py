@@ -15,6 +15,7 @@ import yaml
 from rich.cells import cell_len
 
 from tests.support import (
+    SIM,
     Kube,
     Operator,
     create_task,
@@ -25,7 +26,6 @@ from tests.support import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
-SIM = "sim.taskpod.dev/agent"
 BIN = Path(sys.executable).parent  # where the venv installed kubectl-task
 
 
@@ -115,7 +115,9 @@ def test_a_task_through_its_life_from_the_command_line(
     )
 
     paused = ok(kubectl_task(kube, "pause", name, *n))
-    assert re.search(rf"task {name} paused; snapshot of \d+ messages taken ", paused.out), paused
+    assert re.search(
+        rf"task {name} paused; its snapshot holds \d+ messages, the conversation as of ", paused.out
+    ), paused
     snap = ok(kubectl_task(kube, "logs", name, *n))
     assert f"Snapshot of task {name}, taken " in snap.err
     assert "Also run the signup test" in snap.out

@@ -14,20 +14,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_agent import (
-    agent_messages,
-    delivered,
-    prompts_in,
-    sim_config,
-    template_with,
-)
 from tests.support import (
     Kube,
     Operator,
+    agent_messages,
     create_task,
+    delivered,
     free_port,
     patch_task,
     phase_is,
+    prompts_in,
+    sim_config,
+    template_with,
     wait_for,
 )
 

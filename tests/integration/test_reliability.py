@@ -1,0 +1,333 @@
+"""What an hour of adversarial use broke, each as a user met it: a task that could not be paused, a prompt
+silently never delivered, a task with no status, a refused pod that never showed, a wedged agent and a
+lost node that went unnoticed, and noise in the operator's log."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.support import (
+    Kube,
+    Operator,
+    agent_messages,
+    condition,
+    create_task,
+    delivered,
+    get_task,
+    kubectl,
+    patch_task,
+    phase_is,
+    prompts_in,
+    sim_config,
+    tasks_api,
+    template_with,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
+
+
+def events_of(kube: Kube, namespace: str, name: str) -> list[Any]:
+    return list(
+        kube.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    )
+
+
+def replicas(kube: Kube, namespace: str, name: str) -> int:
+    return int(kube.apps.read_namespaced_stateful_set(name, namespace).spec.replicas)
+
+
+def snapshot_text(kube: Kube, namespace: str, name: str) -> str:
+    return str(kube.core.read_namespaced_config_map(f"{name}-snapshot", namespace).data["snapshot.json"])
+
+
+def pause(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    """Pause as a user does, and wait for Paused."""
+    kubectl(kube, "patch", "task", name, "-n", namespace, "--type", "merge", "-p", '{"spec":{"paused":true}}')
+    return wait_for(partial(phase_is, kube, namespace, name, "Paused"), 60, f"{name} Paused")
+
+
+# -- 1. a 4-byte character anywhere ------------------------------------------------------------------
+
+
+def test_emoji_in_the_prompt_env_and_replies_apply_and_pause(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    prompt = "Fix the login test 🚀 please"
+    template_with(
+        kube, namespace, pod={"env": [{"name": "GREETING", "value": "hi 🚀"}]}, reply="Done 🎉: {prompt}"
+    )
+    create_task(
+        kube,
+        namespace,
+        "rocket",
+        prompt=prompt,
+        displayName="Login 🚀",
+        env=[{"name": "MOOD", "value": "\U0001d518\U0001d52b\U0001d526 ✨"}],
+    )
+    wait_for(partial(delivered, kube, namespace, "rocket"), 60, "the prompt delivered")
+    env = {
+        e.name: e.value
+        for e in kube.apps.read_namespaced_stateful_set("rocket", namespace)
+        .spec.template.spec.containers[0]
+        .env
+    }
+    assert (env["GREETING"], env["MOOD"]) == ("hi 🚀", "\U0001d518\U0001d52b\U0001d526 ✨")
+    assert prompts_in(agent_messages(kube, namespace, "rocket"), prompt) == 1
+
+    task = pause(kube, namespace, "rocket")
+    assert replicas(kube, namespace, "rocket") == 0
+    assert task["status"]["displayName"] == "Login 🚀"
+    kept = json.loads(snapshot_text(kube, namespace, "rocket"))["data"]["messages"]
+    assert [m["content"] for m in kept if m["role"] == "user"] == [prompt]
+    assert f"Done 🎉: {prompt}" in [m["content"] for m in kept]
+
+
+# -- 2. a prompt the agent refuses a few times -------------------------------------------------------
+
+
+def test_a_refused_prompt_is_retried_with_back_off_and_visible_meanwhile(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace, fail={"/message": 3})
+    create_task(kube, namespace, "refused", prompt="Upgrade the ORM")
+
+    def failing() -> dict[str, Any] | None:
+        task = get_task(kube, namespace, "refused")
+        cond = [c for c in task.get("status", {}).get("conditions", []) if c["type"] == "PromptDelivered"]
+        return task if cond and cond[0]["reason"] == "DeliveryFailed" else None
+
+    task = wait_for(failing, 60, "PromptDelivered False with reason DeliveryFailed")
+    said = condition(task, "PromptDelivered")["message"]
+    assert said.startswith("The agent refused the prompt") and "retrying in" in said, said
+    assert task["status"]["message"] == said  # the MESSAGE column shows it too
+    assert any(
+        e.reason == "PromptDeliveryFailed" and e.type == "Warning"
+        for e in events_of(kube, namespace, "refused")
+    )
+    # No unrelated event is needed: the retries alone deliver it, once.
+    wait_for(partial(delivered, kube, namespace, "refused"), 60, "delivered after the refusals")
+    assert prompts_in(agent_messages(kube, namespace, "refused"), "Upgrade the ORM") == 1
+    assert "not delivered (attempt 1)" in operator.tail(200)
+
+
+# -- 3. pausing without the template -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_a_task_whose_template_is_gone_still_pauses(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, how: str
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "orphan", prompt="Keep going")
+    wait_for(partial(delivered, kube, namespace, "orphan"), 60, "delivered")
+    if how == "renamed":
+        patch_task(kube, namespace, "orphan", {"template": "nope"})
+    else:
+        tasks_api(kube).delete_namespaced_custom_object(
+            "taskpod.dev", "v1alpha1", namespace, "tasktemplates", "default"
+        )
+    wait_for(partial(phase_is, kube, namespace, "orphan", "Error"), 60, "Error: template not found")
+
+    task = pause(kube, namespace, "orphan")
+    assert replicas(kube, namespace, "orphan") == 0
+    assert task["status"]["logSnapshot"]["messages"] >= 2  # the conversation was kept first
+    assert "Keep going" in snapshot_text(kube, namespace, "orphan")
+
+
+# -- 4. what the API server refuses reaches the task -------------------------------------------------
+
+
+def test_a_workspace_refused_by_a_quota_is_an_error_with_an_event_and_heals(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    quota = {"metadata": {"name": "no-statefulsets"}, "spec": {"hard": {"count/statefulsets.apps": "0"}}}
+    kube.core.create_namespaced_resource_quota(namespace, quota)
+    wait_for(
+        lambda: kube.core.read_namespaced_resource_quota("no-statefulsets", namespace).status.hard,
+        30,
+        "quota",
+    )
+    template_with(kube, namespace)
+    create_task(kube, namespace, "quota")
+    task = wait_for(partial(phase_is, kube, namespace, "quota", "Error"), 60, "Error")
+    assert "exceeded quota" in task["status"]["message"], task["status"]
+    assert condition(task, "Ready")["reason"] == "InvalidWorkspace"
+    assert any(
+        e.type == "Warning" and "exceeded quota" in e.message for e in events_of(kube, namespace, "quota")
+    )
+
+    kube.core.delete_namespaced_resource_quota("no-statefulsets", namespace)
+    wait_for(partial(delivered, kube, namespace, "quota"), 400, "Active and delivered once the quota is gone")
+
+
+# -- 5. a pod the API server refuses -----------------------------------------------------------------
+
+
+def test_a_pod_that_breaks_pod_security_is_an_error_in_the_api_servers_words(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    kube.core.patch_namespace(
+        namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    template_with(kube, namespace)
+    create_task(kube, namespace, "privileged")
+    task = wait_for(partial(phase_is, kube, namespace, "privileged", "Error"), 60, "Error")
+    message = task["status"]["message"]
+    assert message.startswith("The API server refuses the workspace pod:") and "PodSecurity" in message, (
+        message
+    )
+    assert any(
+        e.type == "Warning" and "PodSecurity" in e.message for e in events_of(kube, namespace, "privileged")
+    )
+
+
+def test_a_missing_service_account_is_an_error_that_heals_when_it_appears(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace, pod={"serviceAccountName": "agent"})
+    create_task(kube, namespace, "lonely", prompt="Hello")
+    task = wait_for(partial(phase_is, kube, namespace, "lonely", "Error"), 60, "Error")
+    assert 'serviceaccount "agent" not found' in task["status"]["message"], task["status"]
+
+    kube.core.create_namespaced_service_account(namespace, {"metadata": {"name": "agent"}})
+    wait_for(partial(delivered, kube, namespace, "lonely"), 120, "Active once the ServiceAccount exists")
+
+
+# -- 6. a wedged agent whose event stream stays open -------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["hang", "fail", "garbage"])
+def test_a_wedged_agent_with_an_open_stream_is_unknown_then_recovers(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, fault: str
+) -> None:
+    operator.start("--agent-grace", "3", "--agent-probe-after", "2")
+    template_with(kube, namespace)
+    create_task(kube, namespace, "wedged", prompt="Do the thing")
+    wait_for(partial(delivered, kube, namespace, "wedged"), 60, "delivered")
+
+    sim_config(kube, namespace, "wedged", **{fault: ["*"]})  # the open /events stream is left as it is
+    task = wait_for(partial(phase_is, kube, namespace, "wedged", "Unknown"), 60, "Unknown")
+    assert "answers nothing else" in task["status"]["message"], task["status"]
+    assert task["status"]["agent"]["healthy"] is False
+
+    sim_config(kube, namespace, "wedged", **{fault: []})
+    wait_for(partial(phase_is, kube, namespace, "wedged", "Active"), 60, "Active again")
+    assert prompts_in(agent_messages(kube, namespace, "wedged"), "Do the thing") == 1
+
+
+# -- 7. a lost node ----------------------------------------------------------------------------------
+
+NODE = "kwok-node-0"
+MANAGED = "kwok.x-k8s.io/node"
+
+
+@pytest.fixture
+def lose_node(kube: Kube) -> Iterator[Any]:
+    """A function that takes the node away as a dead kubelet does: kwok stops playing it, and its Ready
+    condition turns Unknown, as the node lifecycle controller writes it. Restored afterwards."""
+
+    def lose() -> None:
+        kube.core.patch_node(NODE, {"metadata": {"annotations": {MANAGED: "lost"}}})
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        ready = {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+        kube.core.patch_node_status(NODE, {"status": {"conditions": [ready]}})
+
+    yield lose
+    kube.core.patch_node(NODE, {"metadata": {"annotations": {MANAGED: "fake"}}})
+
+    def ready() -> bool:
+        node = kube.core.read_node(NODE)
+        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+
+    wait_for(ready, 60, "the node Ready again")
+
+
+def test_a_lost_node_makes_its_tasks_unknown_and_a_pause_still_scales_down(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, lose_node: Any
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "stranded", prompt="Work on")
+    wait_for(partial(delivered, kube, namespace, "stranded"), 60, "delivered")
+
+    lose_node()
+    task = wait_for(partial(phase_is, kube, namespace, "stranded", "Unknown"), 60, "Unknown")
+    assert task["status"]["message"].startswith(f"Node {NODE} that runs the workspace is not Ready"), task[
+        "status"
+    ]
+    assert "Kubelet stopped posting node status" in task["status"]["message"]
+
+    patch_task(kube, namespace, "stranded", {"paused": True})
+    wait_for(lambda: replicas(kube, namespace, "stranded") == 0, 30, "the workspace scaled down")
+    kube.core.patch_node(NODE, {"metadata": {"annotations": {MANAGED: "fake"}}})  # kwok plays it again
+    task = wait_for(partial(phase_is, kube, namespace, "stranded", "Paused"), 60, "Paused")
+    assert task["status"]["logSnapshot"]["messages"] >= 2
+
+
+def test_a_node_that_comes_back_brings_its_tasks_back(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, lose_node: Any
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "returning", prompt="Work on")
+    wait_for(partial(delivered, kube, namespace, "returning"), 60, "delivered")
+    lose_node()
+    wait_for(partial(phase_is, kube, namespace, "returning", "Unknown"), 60, "Unknown")
+    kube.core.patch_node(NODE, {"metadata": {"annotations": {MANAGED: "fake"}}})  # kwok plays it again
+    wait_for(partial(phase_is, kube, namespace, "returning", "Active"), 60, "Active once the node is Ready")
+
+
+# -- 8. noise ----------------------------------------------------------------------------------------
+
+
+def test_a_snapshot_skipped_says_why(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "quiet", prompt="Do it")
+    wait_for(partial(delivered, kube, namespace, "quiet"), 60, "delivered")
+    sim_config(kube, namespace, "quiet", hang=["/messages"])
+    pause(kube, namespace, "quiet")
+    (skipped,) = [e for e in events_of(kube, namespace, "quiet") if e.reason == "SnapshotSkipped"]
+    assert "(no answer within 5s)" in skipped.message, skipped.message
+
+
+def test_deleting_a_namespace_of_tasks_logs_no_errors(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace)
+    for i in range(20):
+        create_task(kube, namespace, f"t{i}", prompt=f"Task {i}")
+    for i in range(20):
+        wait_for(partial(delivered, kube, namespace, f"t{i}"), 120, f"t{i} delivered")
+    mark = len(operator.log.read_text().splitlines())
+    kube.core.delete_namespace(namespace)
+
+    def gone() -> bool:
+        try:
+            kube.core.read_namespace(namespace)
+        except ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(gone, 120, "the namespace gone")
+    time.sleep(2)
+    said = operator.log.read_text().splitlines()[mark:]
+    loud = [
+        line for line in said if " ERROR " in line or "Traceback" in line or "HTTP response headers" in line
+    ]
+    assert not loud, "\n".join(loud)
+    assert not [line for line in said if "Failed to post an event" in line], "\n".join(said)
