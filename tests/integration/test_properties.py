@@ -1,0 +1,304 @@
+"""Property-based tests through the real API server: an adversary's inputs, not the author's.
+
+Hypothesis makes Tasks, TaskTemplates and agent conversations out of any Unicode (4-byte characters,
+control characters, lone surrogates), maximum lengths and any field values, applies them to the control
+plane, and pauses and resumes them. The property, for every input: the API server refuses it naming the
+field, or the task ends in a phase with a message; and a pause always scales the workspace down.
+
+`make test` runs a bounded number of examples (profile "ci"); `make properties` runs many more
+(HYPOTHESIS_PROFILE=long). A failure prints the smallest input that shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
+from kubernetes.client.exceptions import ApiException
+
+from taskpod import kube as taskkube
+from taskpod.agentstate import summary
+from taskpod.models import storable
+from tests.support import (
+    SIM,
+    Kube,
+    Operator,
+    agent_messages,
+    agent_url,
+    delivered,
+    get_task,
+    patch_task,
+    sim_config,
+    tasks_api,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
+GROUP = ("taskpod.dev", "v1alpha1")
+PHASES = {"Pending", "Initializing", "Active", "Paused", "Error", "Unknown"}
+SETTLED = {"Active", "Paused", "Error", "Unknown"}
+_serial = itertools.count()
+
+# -- what an adversary types -------------------------------------------------------------------------
+
+# Any character, lone surrogates included now and then: the Python client sends them as JSON escapes
+# that the API server turns into U+FFFD.
+CHARACTERS = st.one_of(st.characters(), st.characters(categories=["Cs"]))
+ANY_TEXT = st.text(CHARACTERS, max_size=80)
+ASTRAL = st.characters(min_codepoint=0x10000)  # 4-byte characters in UTF-8: emoji and the like
+LONG = st.builds(
+    lambda ch, n: ch * n, st.one_of(st.characters(), ASTRAL), st.sampled_from([1, 64, 65, 65536, 65537])
+)
+# Valid-looking inputs are drawn more often than junk, so that most examples reach the operator.
+PROMPTS = st.one_of(
+    ANY_TEXT.filter(str.strip), st.text(ASTRAL, min_size=1, max_size=20), LONG, ANY_TEXT, st.just("   ")
+)
+ENV_NAMES = st.one_of(
+    st.from_regex(r"\A[A-Z_][A-Z0-9_]{0,20}\Z"), st.from_regex(r"\A[ -<>-~]{1,20}\Z"), ANY_TEXT
+)
+ENV = st.lists(
+    st.fixed_dictionaries({"name": ENV_NAMES}, optional={"value": st.one_of(ANY_TEXT, LONG)}), max_size=3
+)
+TEMPLATE_NAMES = st.one_of(st.just("default"), st.sampled_from(["missing", "Not.A_Name", "a" * 254]))
+VALID_NAMES = st.from_regex(r"\A[a-z][a-z0-9-]{0,50}[a-z0-9]\Z")
+TASK_NAMES = st.one_of(
+    VALID_NAMES, VALID_NAMES, VALID_NAMES, st.from_regex(r"\A[a-z][a-z0-9-]{50,60}\Z"), ANY_TEXT
+)
+TASK_SPECS = st.fixed_dictionaries(
+    {"prompt": PROMPTS},
+    optional={
+        "displayName": st.one_of(ANY_TEXT, LONG),
+        "env": ENV,
+        "template": st.one_of(st.just("default"), st.just("default"), TEMPLATE_NAMES),
+        "paused": st.booleans(),
+    },
+)
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), ANY_TEXT),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(ANY_TEXT, inner, max_size=3)),
+    max_leaves=6,
+)
+QUANTITIES = st.one_of(
+    st.sampled_from(["1Gi", "500m", "2", "0", "lots", "1 GiB", "-1", "1e3", ""]), ANY_TEXT, st.integers()
+)
+OBJECTS = partial(st.dictionaries, values=JSON_VALUES, max_size=2)  # keys known or not, values of any type
+RESOURCES = st.fixed_dictionaries(
+    {},
+    optional={
+        "requests": st.dictionaries(st.sampled_from(["cpu", "memory", "bad key!"]), QUANTITIES, max_size=2),
+        "limits": st.dictionaries(st.sampled_from(["cpu", "memory"]), QUANTITIES, max_size=2),
+    },
+)
+POD = st.fixed_dictionaries(
+    {"image": st.one_of(st.just("agent:1"), ANY_TEXT)},
+    optional={
+        "imagePullPolicy": st.sampled_from(["Always", "Never", "IfNotPresent", "Sometimes"]),
+        "command": st.lists(ANY_TEXT, max_size=2),
+        "env": ENV,
+        "resources": RESOURCES,
+        "securityContext": OBJECTS(st.sampled_from(["runAsUser", "runAsNonRoot", "capabilities", "made-up"])),
+        "podSecurityContext": OBJECTS(st.sampled_from(["fsGroup", "runAsGroup", "x"])),
+        "serviceAccountName": st.one_of(st.just("default"), ANY_TEXT),
+        "annotations": st.dictionaries(ANY_TEXT, ANY_TEXT, max_size=2),
+        "labels": st.dictionaries(st.one_of(st.just("taskpod.dev/task"), ANY_TEXT), ANY_TEXT, max_size=2),
+        "nodeSelector": st.dictionaries(ANY_TEXT, ANY_TEXT, max_size=1),
+        "tolerations": st.lists(OBJECTS(st.sampled_from(["key", "operator", "effect", "x"])), max_size=2),
+    },
+)
+STORAGE = st.fixed_dictionaries(
+    {},
+    optional={
+        "size": QUANTITIES,
+        "storageClassName": st.one_of(st.just("standard"), ANY_TEXT),
+        "mountPath": st.one_of(st.just("/workspace"), ANY_TEXT),
+    },
+)
+AGENT = st.fixed_dictionaries({}, optional={"type": ANY_TEXT, "port": st.integers(-1, 70000)})
+TEMPLATE_SPECS = st.fixed_dictionaries(
+    {"pod": POD}, optional={"displayName": ANY_TEXT, "agent": AGENT, "storage": STORAGE}
+)
+
+
+# -- what the property checks ------------------------------------------------------------------------
+
+
+def unique(name: str) -> str:
+    """A name no earlier example used, keeping the drawn name's length and, for a valid one, validity."""
+    tag = f"p{next(_serial):03d}"
+    return tag + name[len(tag) :] if re.fullmatch(r"[a-z][a-z0-9-]*", name) and len(name) > len(tag) else name
+
+
+def refused_naming_a_field(exc: ApiException) -> str:
+    """The API server's refusal, which must say which field is wrong."""
+    assert exc.status in (400, 422), f"not a refusal of the input: {exc.status} {exc.body}"
+    message = taskkube.api_message(exc)
+    assert re.search(r"\b(spec|metadata)(\.|\[|\b)", message), f"the refusal names no field: {message}"
+    # "<nil>" is how the API server names no field, e.g. for a validation rule without a fieldPath; it
+    # adds one such line of its own, that some rules were not checked, which is fine.
+    assert not re.search(r"<nil>: Invalid value: (?!null: some validation rules)", message), message
+    return message
+
+
+def create(kube: Kube, namespace: str, plural: str, name: str, spec: dict[str, Any]) -> bool:
+    """Create the object; False when the API server refuses it (having checked that it names the field)."""
+    kind = "Task" if plural == "tasks" else "TaskTemplate"
+    body = {"apiVersion": "/".join(GROUP), "kind": kind, "metadata": {"name": name}, "spec": spec}
+    try:
+        tasks_api(kube).create_namespaced_custom_object(*GROUP, namespace, plural, body)
+    except ApiException as exc:
+        why = refused_naming_a_field(exc)
+        if currently_in_test_context():
+            event(f"{kind} refused: {why.split(' is invalid: ')[-1][:40]}")
+        return False
+    if currently_in_test_context():
+        event(f"{kind} created")
+    return True
+
+
+def told(kube: Kube, namespace: str, name: str, phases: set[str] = PHASES) -> dict[str, Any] | None:
+    """The task once its status has a phase (one of `phases`) and a message for its current spec."""
+    task = get_task(kube, namespace, name)
+    status = task.get("status") or {}
+    current = status.get("observedGeneration") == task["metadata"]["generation"]
+    return task if current and status.get("phase") in phases and status.get("message") else None
+
+
+def workspace_replicas(kube: Kube, namespace: str, name: str) -> int | None:
+    try:
+        return int(kube.apps.read_namespaced_stateful_set(name, namespace).spec.replicas)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def live_through_pause_and_resume(kube: Kube, namespace: str, name: str) -> None:
+    """The task has a phase and a message; a pause scales its workspace down and ends Paused; a resume
+    gives it a phase and a message again."""
+    explain = partial(get_task, kube, namespace, name)
+    wait_for(
+        partial(told, kube, namespace, name, SETTLED | {"Pending", "Initializing"}),
+        60,
+        "a phase",
+        explain=explain,
+    )
+    patch_task(kube, namespace, name, {"paused": True})
+    wait_for(partial(told, kube, namespace, name, {"Paused"}), 60, "Paused", explain=explain)
+    assert workspace_replicas(kube, namespace, name) in (None, 0), "a paused task's workspace still runs"
+    patch_task(kube, namespace, name, {"paused": False})
+    wait_for(partial(told, kube, namespace, name), 60, "a phase after resume", explain=explain)
+    tasks_api(kube).delete_namespaced_custom_object(*GROUP, namespace, "tasks", name)
+
+
+@pytest.fixture
+def sim_template(kube: Kube, namespace: str) -> None:
+    body = {"pod": {"image": "agent:1", "annotations": {SIM: json.dumps({"work_seconds": 0.1})}}}
+    assert create(kube, namespace, "tasktemplates", "default", body)
+
+
+# -- the properties ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def as_operator(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """taskpod.kube talks to the cluster under test."""
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    taskkube.api_client.cache_clear()
+
+
+@given(text=st.text(CHARACTERS, max_size=300))
+def test_any_text_survives_a_server_side_apply(
+    kube: Kube, namespace: str, as_operator: None, text: str
+) -> None:
+    """What the operator applies (workspaces, snapshots) comes back as it went, whatever the text."""
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "any-text", "namespace": namespace, "annotations": {"note": text}},
+        "data": {"text": text},
+    }
+    applied = asyncio.run(taskkube.apply(configmap))
+    assert applied["data"].get("text", "") == storable(text)
+    assert applied["metadata"]["annotations"].get("note", "") == storable(text)
+
+
+@given(name=TASK_NAMES, spec=TASK_SPECS)
+def test_any_task_is_refused_by_name_or_gets_a_phase_and_pauses(
+    kube: Kube,
+    namespace: str,
+    simulator: object,
+    operator: Operator,
+    sim_template: None,
+    name: str,
+    spec: dict[str, Any],
+) -> None:
+    name = unique(name)
+    if create(kube, namespace, "tasks", name, spec):
+        live_through_pause_and_resume(kube, namespace, name)
+
+
+@given(template=TEMPLATE_SPECS, prompt=PROMPTS)
+def test_any_template_is_refused_by_name_or_its_task_gets_a_phase_and_pauses(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, template: dict[str, Any], prompt: str
+) -> None:
+    name = unique("tpl-task")
+    template["pod"].setdefault("annotations", {})[SIM] = json.dumps({"work_seconds": 0.1})
+    if not create(kube, namespace, "tasktemplates", name, template):
+        return
+    if create(kube, namespace, "tasks", name, {"prompt": prompt, "template": name}):
+        live_through_pause_and_resume(kube, namespace, name)
+
+
+@given(greeting=ANY_TEXT, reply=st.one_of(ANY_TEXT, LONG), said=ANY_TEXT)
+def test_any_conversation_is_followed_and_kept_by_a_pause(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, greeting: str, reply: str, said: str
+) -> None:
+    """Whatever the agent says, the task follows it and a pause keeps it. (AgentAPI, in Go, sends no lone
+    surrogate; tests/unit/test_agentapi.py covers an agent that does.)"""
+    name = unique("talk-task")
+    behaviour = {"greeting": storable(greeting), "work_seconds": 0.1}
+    template = {"pod": {"image": "agent:1", "annotations": {SIM: json.dumps(behaviour)}}}
+    assert create(kube, namespace, "tasktemplates", name, template)
+    assert create(kube, namespace, "tasks", name, {"prompt": "Say something", "template": name})
+    explain = partial(get_task, kube, namespace, name)
+    wait_for(partial(delivered, kube, namespace, name), 60, "delivered", explain=explain)
+    # A reply of any size (more than a pod annotation holds), to a second message, then a word of its own.
+    sim_config(kube, namespace, name, reply=storable(reply))
+    wait_for(lambda: len(agent_messages(kube, namespace, name)) >= 3, 30, "the prompt answered")
+    url = agent_url(kube, namespace, name)
+    httpx.post(f"{url}/message", json={"content": "Again", "type": "user"}, timeout=5).raise_for_status()
+    wait_for(lambda: len(agent_messages(kube, namespace, name)) >= 5, 30, "the second message answered")
+    sim_config(kube, namespace, name, append_messages=[{"role": "agent", "content": storable(said)}])
+    if (words := summary(storable(said))) is not None:
+        shown = partial(told, kube, namespace, name, {"Active"})
+        wait_for(
+            lambda: (t := shown()) and t["status"]["state"]["message"] == words,
+            30,
+            "followed",
+            explain=explain,
+        )
+    conversation = [m["content"] for m in agent_messages(kube, namespace, name)]
+    patch_task(kube, namespace, name, {"paused": True})
+    task = wait_for(partial(told, kube, namespace, name, {"Paused"}), 60, "Paused", explain=explain)
+    assert workspace_replicas(kube, namespace, name) == 0
+    kept = json.loads(
+        kube.core.read_namespaced_config_map(f"{name}-snapshot", namespace).data["snapshot.json"]
+    )
+    texts = [m["content"] for m in kept["data"]["messages"]]
+    assert task["status"]["logSnapshot"]["messages"] == len(texts)
+    # The newest messages, whole, unless one alone is over 56 KiB (then its tail, after a marker).
+    for original, kept_text in zip(conversation[-len(texts) :], texts, strict=True):
+        if kept_text.startswith("[taskpod: message truncated"):
+            assert original.endswith(kept_text.split("]\n", 1)[1])
+        else:
+            assert kept_text == original
+    tasks_api(kube).delete_namespaced_custom_object(*GROUP, namespace, "tasks", name)
