@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
 from taskpod import metrics
 from taskpod.models import AgentStatus, storable
@@ -148,19 +149,16 @@ class AgentClient:
         try:
             if response.status_code != 200:
                 raise AgentError(f"GET /events: HTTP {response.status_code}")
-            kind, data_lines = "message", []
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:"):
-                    data_lines.append(line[5:].strip())
-                elif line == "" and data_lines:
-                    try:
-                        data = json.loads("\n".join(data_lines))
-                    except ValueError as exc:
-                        raise AgentError(f"/events: not JSON: {data_lines[0][:100]}") from exc
-                    yield AgentEvent(kind, data if isinstance(data, dict) else {"value": data})
-                    kind, data_lines = "message", []
+            # httpx-sse splits lines where SSE does (CR, LF, CRLF); httpx's own aiter_lines also splits at
+            # NEL and U+2028, which an agent's JSON may carry raw, and cut such an event in two.
+            async for sse in EventSource(response).aiter_sse():
+                try:
+                    data = json.loads(sse.data)
+                except ValueError as exc:
+                    raise AgentError(f"/events: not JSON: {sse.data[:100]}") from exc
+                yield AgentEvent(sse.event, data if isinstance(data, dict) else {"value": data})
+        except SSEError as exc:
+            raise AgentError(f"GET /events: {exc}") from exc
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise AgentUnavailable(f"GET /events: {_why(exc)}") from exc
         finally:

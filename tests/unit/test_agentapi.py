@@ -70,9 +70,10 @@ def test_a_refused_connection_is_unavailable() -> None:
 
 
 def test_events_are_parsed_from_the_sse_stream() -> None:
+    # JSON may carry NEL and U+2028 raw (Go's leaves NEL so): only CR and LF end an SSE line.
     body = (
         'event: status_change\ndata: {"status":"stable","agent_type":"claude"}\n\n'
-        'event: message_update\ndata: {"id":1,"role":"agent","message":"Hi","time":"t"}\n\n'
+        'event: message_update\ndata: {"id":1,"role":"agent","message":"Hi\x85there\u2028","time":"t"}\n\n'
     )
 
     async def collect() -> list[tuple[str, dict[str, Any]]]:
@@ -83,7 +84,7 @@ def test_events_are_parsed_from_the_sse_stream() -> None:
 
     assert run(collect()) == [
         ("status_change", {"status": "stable", "agent_type": "claude"}),
-        ("message_update", {"id": 1, "role": "agent", "message": "Hi", "time": "t"}),
+        ("message_update", {"id": 1, "role": "agent", "message": "Hi\x85there\u2028", "time": "t"}),
     ]
 
 
