@@ -39,6 +39,7 @@ STATUS_HOLD = 1.0  # seconds
 # apply (and tell of it) again: at N = 1,000, 18 tasks got a second WorkspaceCreated. So the StatefulSet
 # as applied stands in for the watch's older one, until the watch shows it or this long has passed.
 APPLIED_TRUST = 30.0  # seconds
+IDLE_SNAPSHOT_RETRY = 10.0  # seconds before an idle agent's unread conversation is read again
 REFUSED_RETRY = 60.0  # seconds before a workspace the API server refused is applied again
 POD_CHECK = 10.0  # seconds between dry runs of a workspace pod that its controller does not make
 MAX_MESSAGE = 4096  # characters of an error kept in status.message
@@ -154,7 +155,7 @@ class _DeliveryFailure:
 class Reconciler:
     event: EventSink
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    _retries: dict[Key, int] = field(default_factory=dict)
+    _retries: dict[Key, tuple[int, float]] = field(default_factory=dict)  # failures in a row, next retry
     _timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
     _written: dict[Key, _Written] = field(default_factory=dict)
     agents: Agents | None = None
@@ -321,6 +322,8 @@ class Reconciler:
             )
             # The agent to snapshot, followed or not (e.g. just restarted).
             await self._snapshot(task, raw, quiet=False, target=_target(task, sts, pod, even_if_paused=True))
+        elif task.spec.paused and observed is not None and observed.replicas == 0:
+            await self._recover_snapshot_record(task, raw)
         if template is not None:
             try:
                 left = await self._ensure_children(task, template, observed, service, raw)
@@ -378,8 +381,10 @@ class Reconciler:
                 self.agents.idle_pending.discard(key)
                 # Idle before the prompt went in (a greeting, or the moment it is delivered): nothing
                 # worth keeping yet, and the agent is about to work on it.
-                if had_prompt:
-                    await self._snapshot(task, raw, quiet=True)
+                if had_prompt and not await self._snapshot(task, raw, quiet=True):
+                    # The conversation could not be read: try again while the agent stays idle.
+                    self.agents.idle_pending.add(key)
+                    self._requeue_after(key, IDLE_SNAPSHOT_RETRY)
         await self._write_status(task, raw, obs)
         return _Children(sts, service)
 
@@ -426,6 +431,21 @@ class Reconciler:
                 message=f"Resuming: scaling the workspace back up (lifetime {lifetime}).",
             )
         return _Children(live, service_hash_wanted)
+
+    async def _recover_snapshot_record(self, task: Task, raw: Mapping[str, Any]) -> None:
+        """A workspace already scaled to zero while status still says the task runs: the operator
+        stopped between the pause's scale-down and its status write. Its snapshot is in the ConfigMap,
+        not in status: read it back (a rare GET), so that status tells the conversation as kept."""
+        key = (task.namespace, task.name)
+        paused = [
+            c for c in self._current_status(task, raw).get("conditions") or [] if c.get("type") == "Paused"
+        ]
+        if key in self._snapshots or (paused and paused[0].get("reason") != "Running"):
+            return
+        configmap = await kube.read_configmap(task.namespace, snapshots.configmap_name(task.name))
+        entry = snapshots.status_entry_of(configmap) if configmap is not None else None
+        if entry is not None:
+            self._snapshots[key] = entry
 
     async def _pod_refusal(self, task: Task, template: TaskTemplate, sts: StatefulSetView) -> str | None:
         """Why the API server refuses the workspace's pod (Pod Security, a missing ServiceAccount, ...),
@@ -551,55 +571,56 @@ class Reconciler:
 
     async def _snapshot(
         self, task: Task, raw: Mapping[str, Any], *, quiet: bool, target: Target | None = None
-    ) -> None:
-        """Keep the agent's recent conversation in a ConfigMap; never hang, never fail the caller."""
+    ) -> bool:
+        """Keep the agent's recent conversation in a ConfigMap; never hang, never fail the caller.
+        Returns whether the conversation could be read."""
         key = (task.namespace, task.name)
         if self.agents is None:
-            return
+            return False
         client = self.agents.client(key)
         if client is None and target is not None:  # not followed (e.g. just restarted): a client for once
             once = self.agents.transport.client(target)
             try:
-                await self._snapshot_from(task, raw, once, quiet=quiet)
+                return await self._snapshot_from(task, raw, once, quiet=quiet)
             finally:
                 await once.aclose()
-            return
         if client is None:
             if not quiet:
                 message = "No running agent to read the conversation from; the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
-            return
-        await self._snapshot_from(task, raw, client, quiet=quiet)
+            return False
+        return await self._snapshot_from(task, raw, client, quiet=quiet)
 
     async def _snapshot_from(
         self, task: Task, raw: Mapping[str, Any], client: AgentClient, *, quiet: bool
-    ) -> None:
+    ) -> bool:
         key = (task.namespace, task.name)
         started = time.monotonic()
         try:
             messages = await asyncio.wait_for(client.messages(), SNAPSHOT_TIMEOUT)
         except (AgentError, AgentUnavailable, TimeoutError) as exc:
             metrics.SNAPSHOTS_SKIPPED.inc()
-            if not quiet:
-                why = (
-                    f"no answer within {SNAPSHOT_TIMEOUT:.0f}s" if isinstance(exc, TimeoutError) else str(exc)
-                )
+            why = f"no answer within {SNAPSHOT_TIMEOUT:.0f}s" if isinstance(exc, TimeoutError) else str(exc)
+            if quiet:
+                log.info("could not read the conversation of %s/%s (%s); trying again", *key, why)
+            else:
                 message = f"Could not read the agent's conversation ({why}); the previous snapshot is kept."
                 self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
-            return
+            return False
         if not any(m.role == "user" for m in messages):
             # Nothing said to the agent yet: a fresh agent, at most its greeting (e.g. just resumed without
             # its old conversation). Not worth keeping, and it must not replace the conversation we kept.
-            return
+            return True
         snap = snapshots.shape([m.dump() for m in messages])
         if self._snapshot_digests.get(key) == snap.digest:
-            return  # nothing new since the last one
+            return True  # nothing new since the last one
         taken = _now()
         await kube.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
         self._snapshot_digests[key] = snap.digest
         self._snapshots[key] = snapshots.status_entry(task, snap, taken)
+        return True
 
     async def _write_status(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
         current = self._current_status(task, raw)
@@ -720,9 +741,14 @@ class Reconciler:
         if isinstance(exc, kube.ApiException) and exc.status == 404 and await _gone(key):
             log.debug("task %s/%s is gone; nothing to retry", *key)  # the watch's DELETED forgets it
             return None
-        attempt = self._retries.get(key, 0)
+        now = asyncio.get_running_loop().time()
+        attempt, due = self._retries.get(key, (0, 0.0))
+        if now < due:
+            # Failed again before its retry, run by some watch event (an API server away fails every
+            # one at once): the back-off grows with time, not with how many events came meanwhile.
+            return None
         delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-        self._retries[key] = attempt + 1
+        self._retries[key] = (attempt + 1, now + delay)
         why = kube.api_message(exc)
         log.warning(
             "reconcile of %s/%s failed (attempt %d), retrying in %.0fs: %s", *key, attempt + 1, delay, why

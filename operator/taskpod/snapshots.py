@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -22,6 +23,7 @@ MAX_BYTES = 64 * 1024
 KEEP_TAIL_BYTES = 56 * 1024
 DATA_KEY = "snapshot.json"
 TAKEN_AT_ANNOTATION = "taskpod.dev/taken-at"
+TRUNCATED_ANNOTATION = "taskpod.dev/truncated"
 
 
 def truncation_marker(original_bytes: int) -> str:
@@ -85,7 +87,10 @@ def configmap(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[str
             "name": configmap_name(task.name),
             "namespace": task.namespace,
             "labels": labels(task.name),
-            "annotations": {TAKEN_AT_ANNOTATION: rfc3339(taken_at)},
+            "annotations": {
+                TAKEN_AT_ANNOTATION: rfc3339(taken_at),
+                TRUNCATED_ANNOTATION: str(snapshot.truncated).lower(),
+            },
             "ownerReferences": [owner_reference(task)],
         },
         "data": {DATA_KEY: snapshot.text},
@@ -100,4 +105,25 @@ def status_entry(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[
         "messages": len(snapshot.messages),
         "bytes": snapshot.size,
         "truncated": snapshot.truncated,
+    }
+
+
+def status_entry_of(configmap: Mapping[str, Any]) -> dict[str, Any] | None:
+    """status.logSnapshot for a snapshot ConfigMap as read back (None if it holds none): for a pause whose
+    status was never written, the operator having stopped in between."""
+    meta = configmap.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    text = (configmap.get("data") or {}).get(DATA_KEY)
+    if not text or TAKEN_AT_ANNOTATION not in annotations:
+        return None
+    try:
+        messages = json.loads(text)["data"]["messages"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return {
+        "configMap": meta.get("name"),
+        "takenAt": annotations[TAKEN_AT_ANNOTATION],
+        "messages": len(messages),
+        "bytes": len(text.encode()),
+        "truncated": annotations.get(TRUNCATED_ANNOTATION) == "true",
     }

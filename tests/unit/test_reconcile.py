@@ -296,6 +296,29 @@ def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytes
     assert reconciler.agents.agent.sent == ["Fix the flaky login test"]  # type: ignore[union-attr]
 
 
+def test_failures_before_the_retry_do_not_grow_the_back_off(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An API server away fails every reconcile that watch events run meanwhile: the back-off must grow
+    with time, not with the number of events (it was at 60 s within a second of an outage)."""
+
+    async def away(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise kube.ApiException(status=503, reason="Service Unavailable")
+
+    monkeypatch.setattr(kube, "patch_task_status", away)
+    reconciler = reconciler_with([])
+
+    async def scenario() -> None:
+        v = views(task_body("5"), api)
+        for _ in range(4):  # four watch events within the first retry's second
+            await reconciler.reconcile(KEY, v)
+        await reconciler.stop()
+
+    asyncio.run(scenario())
+    failures = [r.getMessage() for r in caplog.records if "reconcile of" in r.getMessage()]
+    assert len(failures) == 1 and "(attempt 1), retrying in 1s" in failures[0], failures
+
+
 GREETING = AgentMessage(0, "agent", "Hello! What shall we do?", "2026-11-29T10:00:00Z")
 
 

@@ -12,9 +12,11 @@ from taskpod.snapshots import (
     KEEP_TAIL_BYTES,
     MAX_BYTES,
     MAX_MESSAGES,
+    TAKEN_AT_ANNOTATION,
     configmap,
     shape,
     status_entry,
+    status_entry_of,
 )
 
 
@@ -76,3 +78,24 @@ def test_configmap_and_status_describe_the_same_snapshot() -> None:
         "bytes": snap.size,
         "truncated": True,
     }
+    # Read back from the ConfigMap alone (a pause whose status write an operator crash skipped).
+    assert status_entry_of(cm) == status_entry(task, snap, taken)
+
+
+TAKEN = {"annotations": {TAKEN_AT_ANNOTATION: "2026-11-28T12:00:00Z"}}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"metadata": {"annotations": {TAKEN_AT_ANNOTATION: "2026-11-28T12:00:00Z"}}, "data": {}},
+        {
+            "metadata": {"annotations": {TAKEN_AT_ANNOTATION: "2026-11-28T12:00:00Z"}},
+            "data": {DATA_KEY: "[1"},
+        },
+        {"metadata": {"name": "x"}, "data": {DATA_KEY: '{"data": {"messages": []}}'}},
+    ],
+    ids=["no data", "not json", "no taken-at"],
+)
+def test_a_configmap_without_a_snapshot_gives_no_status(broken: dict[str, Any]) -> None:
+    assert status_entry_of(broken) is None
