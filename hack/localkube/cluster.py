@@ -89,7 +89,14 @@ def _start_time(pid: int) -> str | None:
 
 
 def _alive(proc: Process) -> bool:
-    return _start_time(proc.pid) == proc.started
+    """Our process still runs: the pid is not reused by another, and it is not a zombie (one this
+    process started and has not reaped yet)."""
+    if _start_time(proc.pid) != proc.started:
+        return False
+    with contextlib.suppress(ChildProcessError):  # ours, and exited: reap it now
+        if os.waitpid(proc.pid, os.WNOHANG)[0] == proc.pid:
+            return False
+    return True
 
 
 def _free_ports(names: list[str]) -> dict[str, int]:
@@ -164,6 +171,19 @@ class LocalCluster:
         self._spawn(state, name, proc.cmd)
         if name == "kube-apiserver":
             self._wait(state, name, lambda: _ready(state, self.directory / "pki"), timeout=90)
+
+    def revive(self) -> list[str]:
+        """Start again every component that has exited, as a kubelet would restart a static pod
+        (kube-scheduler exits when its cache turns inconsistent, which an API server restart can cause);
+        returns their names."""
+        state = self.state()
+        assert state is not None, f"no cluster in {self.directory}"
+        dead = [
+            name for name in COMPONENT_ORDER if name in state.processes and not _alive(state.processes[name])
+        ]
+        for name in dead:
+            self.start(name)
+        return dead
 
     # -- start ---------------------------------------------------------------------------------
 

@@ -84,3 +84,13 @@ def test_a_second_cluster_keeps_the_routes_of_a_live_one_with_a_component_down(
     monkeypatch.setattr(podnet, "_ip", lambda *args: removed.append(args[3]))
 
     assert podnet.prune(cluster.in_use) == removed == ["198.18.2.0/24"]
+
+
+def test_a_component_that_exited_but_is_not_reaped_yet_is_not_alive(tmp_path: Path) -> None:
+    """A component this process started again (LocalCluster.start) is its child: once it exits, it stays
+    a zombie until reaped, and must not pass for alive (kill() waited for it forever)."""
+    child = subprocess.Popen(["sleep", "0.2"])
+    local = state_with(tmp_path / "a", {"kube-apiserver": child.pid}, age=3600)
+    assert local.alive()
+    time.sleep(0.5)  # exited: a zombie now
+    assert not local.alive()
