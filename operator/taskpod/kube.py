@@ -201,6 +201,8 @@ async def pod_refusal(pod: dict[str, Any]) -> str | None:
             _preload_content=False,
         )
     except ApiException as exc:
+        if exc.status == 409:  # it exists: the watch has not shown it yet
+            return None
         if exc.status in (400, 403, 422) and not namespace_terminating(exc):
             return api_message(exc)
         raise
