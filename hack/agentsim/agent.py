@@ -43,10 +43,14 @@ Behaviour (a JSON object: the pod annotation `sim.taskpod.dev/agent`, or /_sim/c
                       as AgentAPI re-sends the last agent message while the screen changes (1)
   post_delay_seconds  POST /message answers this late, after accepting the message (0)
   fail_after_accept   POST /message accepts the message (kept, worked on), then answers 500 anyway (false)
-  fail, hang, garbage faults on AgentAPI paths ("/status", ..., or "*" for all): a list of paths (always)
-                      or {path: count} (the next `count` requests). fail: HTTP 500 problem+json; hang: never
-                      answers; garbage: HTTP 200 with a body that is not valid JSON (broken SSE data on
-                      /events). Precedence: hang, fail, garbage.
+  hang, drop, fail,   faults on AgentAPI paths ("/status", ..., or "*" for all): a list of paths (always)
+  garbage, slow       or {path: count} (the next `count` requests). hang: never answers; drop: closes the
+                      connection with no answer, as when the agent process dies mid-request; fail: HTTP 500
+                      problem+json; garbage: HTTP 200 with a body that is not valid JSON (broken SSE data on
+                      /events); slow: answered as usual, but only after slow_seconds (on /events, the stream
+                      starts that late). Precedence: hang, drop, fail, garbage, slow; a request meets one
+                      fault, and only that one's count is used.
+  slow_seconds        how late a `slow` request is answered (3)
   down                true: stop listening (connection refused; open streams end) until the agent is
                       started again; a number: for that many seconds, then listen again (false)
   allowed_hosts       Host header names accepted, as agentapi's --allowed-hosts; others get 400 (["*"]:
@@ -74,7 +78,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from . import control, wire
-from .behaviour import Behaviour, take_fault
+from .behaviour import Behaviour
 
 log = logging.getLogger("agentsim.agent")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -228,7 +232,7 @@ class ScriptedAgent:
             return
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.state_file.with_name(self.state_file.name + ".tmp")
-        temporary.write_text(json.dumps({"version": 1, "messages": self.messages}, ensure_ascii=False))
+        temporary.write_text(json.dumps({"version": 1, "messages": self.messages}))  # ASCII: any text fits
         temporary.replace(self.state_file)  # atomic: a stop mid-write never leaves half a file
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
@@ -314,12 +318,19 @@ class ScriptedAgent:
         if not behaviour.host_allowed(request.host):
             return wire.bad_host(behaviour.allowed_hosts)
         try:
-            if take_fault(behaviour.hang, request.path):
+            fault = behaviour.fault_for(request.path)
+            if fault == "hang":
                 await asyncio.Event().wait()  # until the agent goes and its connections are cut
-            if take_fault(behaviour.fail, request.path):
+            if fault == "drop":
+                # Closed unanswered, as a dying process's socket is; nothing can be written after it.
+                request.protocol.force_close()
+                return web.Response()
+            if fault == "fail":
                 return wire.unexpected(request, f"scripted failure of {request.method} {request.path}")
-            if take_fault(behaviour.garbage, request.path):
+            if fault == "garbage":
                 return wire.garbage(request.path)
+            if fault == "slow":
+                await asyncio.sleep(behaviour.slow_seconds)
             return await handler(request)
         except web.HTTPNotFound:
             return wire.not_found()

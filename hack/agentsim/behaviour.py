@@ -21,7 +21,7 @@ UPSTREAM_HOSTS = ["localhost", "127.0.0.1", "::1"]  # agentapi's own default, fo
 # A fault maps a path ("*" for every AgentAPI path) to the number of requests it still affects;
 # None affects every request until the fault is changed.
 Faults = dict[str, int | None]
-FAULT_KINDS = ("fail", "hang", "garbage")
+FAULT_KINDS = ("hang", "drop", "fail", "garbage", "slow")  # in precedence order: a request meets one
 
 
 class BehaviourError(ValueError):
@@ -42,6 +42,9 @@ class Behaviour:
     fail: Faults = field(default_factory=dict)
     hang: Faults = field(default_factory=dict)
     garbage: Faults = field(default_factory=dict)
+    drop: Faults = field(default_factory=dict)
+    slow: Faults = field(default_factory=dict)
+    slow_seconds: float = 3.0
     down: bool | float = False
     allowed_hosts: list[str] = field(default_factory=lambda: list(DEFAULT_HOSTS))
     log_limit: int = 5000
@@ -66,6 +69,10 @@ class Behaviour:
         """The answer to the user's `turn`-th message (from 1): a list has one per turn, the last repeats."""
         template = self.reply if isinstance(self.reply, str) else self.reply[min(turn, len(self.reply)) - 1]
         return template.replace("{prompt}", prompt).replace("{turn}", str(turn))
+
+    def fault_for(self, path: str) -> str | None:
+        """The fault a request to `path` meets: the first kind in FAULT_KINDS that applies, used up by one."""
+        return next((kind for kind in FAULT_KINDS if take_fault(getattr(self, kind), path)), None)
 
     def host_allowed(self, host: str) -> bool:
         """agentapi's Host check: the hostname (port ignored, case-insensitive) must be in the list."""
@@ -181,6 +188,9 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "fail": _faults,
     "hang": _faults,
     "garbage": _faults,
+    "drop": _faults,
+    "slow": _faults,
+    "slow_seconds": _seconds,
     "down": _down,
     "allowed_hosts": _hosts,
     "log_limit": _count,

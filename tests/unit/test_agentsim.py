@@ -236,6 +236,55 @@ async def test_garbage_is_not_json_even_on_the_event_stream() -> None:
             json.loads(data[6:])
 
 
+async def test_drop_closes_the_connection_unanswered_then_heals() -> None:
+    async with running(drop={"/messages": 2}) as (agent, http):
+        for _ in range(2):
+            with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+                await http.get("/messages")
+        assert (await http.get("/messages")).status_code == 200
+        assert [r["path"] for r in agent.requests] == ["/messages"] * 3  # a dropped request is logged
+        await http.post("/_sim/config", json={"drop": ["/events"]})
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with http.stream("GET", "/events"):
+                pass
+        assert agent.listening and (await http.get("/status")).status_code == 200  # only that connection
+
+
+async def test_slow_answers_as_usual_but_late_even_the_event_stream() -> None:
+    events: Events = []
+    async with running(slow={"/status": 1, "/events": 1}, slow_seconds=0.4) as (_, http):
+        started = time.monotonic()
+        assert (await http.get("/status")).json()["status"] == "stable"
+        assert time.monotonic() - started >= 0.4
+        started = time.monotonic()
+        assert (await http.get("/status")).status_code == 200
+        assert time.monotonic() - started < 0.3  # healed after one request
+        started = time.monotonic()
+        follower = asyncio.create_task(follow(http, events))
+        await until(lambda: _true(len(events) == 2))
+        assert time.monotonic() - started >= 0.4
+        follower.cancel()
+    assert [n for n, _ in events] == ["message_update", "status_change"]
+
+
+async def test_a_request_meets_one_fault_in_order_hang_drop_fail_garbage_slow() -> None:
+    kinds = ("hang", "drop", "fail", "garbage", "slow")
+    faults: dict[str, Any] = {kind: {"/status": 1} for kind in kinds}
+    async with running(**faults, slow_seconds=0.3) as (_, http):
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get("/status", timeout=0.5)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get("/status")
+        assert (await http.get("/status")).status_code == 500
+        with pytest.raises(ValueError):
+            (await http.get("/status")).json()
+        started = time.monotonic()
+        assert (await http.get("/status")).json()["status"] == "stable"
+        assert time.monotonic() - started >= 0.3
+        config = (await http.get("/_sim/config")).json()
+        assert [config[kind] for kind in kinds] == [{}] * 5  # each used up by exactly one request
+
+
 async def test_500_after_accepting_keeps_and_works_on_the_message() -> None:
     async with running(fail_after_accept=True, post_delay_seconds=0.2, work_seconds=0.1) as (_, http):
         started = time.monotonic()
@@ -353,13 +402,19 @@ def test_behaviour_is_parsed_strictly() -> None:
     assert Behaviour.parse(None) == Behaviour() == Behaviour.parse("")
     parsed = Behaviour.parse('{"work_seconds": 2, "fail": ["/status"], "hang": {"/events": 3}, "down": 1}')
     assert parsed.work_seconds == 2.0 and parsed.fail == {"/status": None} and parsed.hang == {"/events": 3}
-    assert parsed.down == 1.0
+    assert parsed.down == 1.0 and parsed.slow_seconds == 3.0
+    slow = Behaviour.parse('{"slow": ["/events"], "slow_seconds": 0.5, "drop": {"/message": 2}}')
+    assert (slow.slow, slow.slow_seconds, slow.drop) == ({"/events": None}, 0.5, {"/message": 2})
     for bad in (
         '{"wrok_seconds": 1}',
         '{"work_seconds": -1}',
         '{"work_seconds": true}',
         '{"fail": "/status"}',
         '{"fail": ["status"]}',
+        '{"drop": "/status"}',
+        '{"slow": {"/status": 0}}',
+        '{"slow_seconds": -1}',
+        '{"slow_seconds": "3"}',
         '{"reply": []}',
         '{"reply_steps": 0}',
         '{"allowed_hosts": []}',
