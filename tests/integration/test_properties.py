@@ -267,31 +267,31 @@ def test_any_template_is_refused_by_name_or_its_task_gets_a_phase_and_pauses(
 def test_any_conversation_is_followed_and_kept_by_a_pause(
     kube: Kube, namespace: str, simulator: object, operator: Operator, greeting: str, reply: str, said: str
 ) -> None:
-    """Whatever the agent says, the task follows it and a pause keeps it. (AgentAPI, in Go, sends no lone
-    surrogate; tests/unit/test_agentapi.py covers an agent that does.)"""
+    """Whatever the agent says, the task follows it and a pause keeps it: lone surrogates included, which
+    AgentAPI (in Go) never sends but an agent's JSON can carry; they are kept as U+FFFD."""
     name = unique("talk-task")
-    behaviour = {"greeting": storable(greeting), "work_seconds": 0.1}
+    behaviour = {"greeting": greeting, "work_seconds": 0.1}
     template = {"pod": {"image": "agent:1", "annotations": {SIM: json.dumps(behaviour)}}}
     assert create(kube, namespace, "tasktemplates", name, template)
     assert create(kube, namespace, "tasks", name, {"prompt": "Say something", "template": name})
     explain = partial(get_task, kube, namespace, name)
     wait_for(partial(delivered, kube, namespace, name), 60, "delivered", explain=explain)
     # A reply of any size (more than a pod annotation holds), to a second message, then a word of its own.
-    sim_config(kube, namespace, name, reply=storable(reply))
+    sim_config(kube, namespace, name, reply=reply)
     wait_for(lambda: len(agent_messages(kube, namespace, name)) >= 3, 30, "the prompt answered")
     url = agent_url(kube, namespace, name)
     httpx.post(f"{url}/message", json={"content": "Again", "type": "user"}, timeout=5).raise_for_status()
     wait_for(lambda: len(agent_messages(kube, namespace, name)) >= 5, 30, "the second message answered")
-    sim_config(kube, namespace, name, append_messages=[{"role": "agent", "content": storable(said)}])
-    if (words := summary(storable(said))) is not None:
+    sim_config(kube, namespace, name, append_messages=[{"role": "agent", "content": said}])
+    if words := summary(storable(said)):  # the STATE's message: its first line, if it has one
         shown = partial(told, kube, namespace, name, {"Active"})
         wait_for(
-            lambda: (t := shown()) and t["status"]["state"]["message"] == words,
+            lambda: (t := shown()) and t["status"].get("state", {}).get("message") == words,
             30,
-            "followed",
+            "the task to show what the agent said",
             explain=explain,
         )
-    conversation = [m["content"] for m in agent_messages(kube, namespace, name)]
+    conversation = [storable(m["content"]) for m in agent_messages(kube, namespace, name)]
     patch_task(kube, namespace, name, {"paused": True})
     task = wait_for(partial(told, kube, namespace, name, {"Paused"}), 60, "Paused", explain=explain)
     assert workspace_replicas(kube, namespace, name) == 0
