@@ -357,7 +357,10 @@ def agent_messages(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]
 
 
 def sim_config(kube: Kube, namespace: str, name: str, **config: Any) -> None:
-    httpx.post(agent_url(kube, namespace, name) + "/_sim/config", json=config, timeout=5).raise_for_status()
+    """Change the simulated agent's behaviour (json.dumps: any text, a lone surrogate too, as an escape)."""
+    url = agent_url(kube, namespace, name) + "/_sim/config"
+    body = json.dumps(config).encode()
+    httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=5).raise_for_status()
 
 
 def template_with(kube: Kube, namespace: str, pod: dict[str, Any] | None = None, **agent: Any) -> None:
