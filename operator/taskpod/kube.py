@@ -33,6 +33,7 @@ __all__ = [
     "api_message",
     "apply",
     "create_task",
+    "delete_pod",
     "delete_task",
     "get_task",
     "list_objects",
@@ -207,6 +208,18 @@ async def pod_refusal(pod: dict[str, Any]) -> str | None:
             return api_message(exc)
         raise
     return None
+
+
+async def delete_pod(namespace: str, name: str, uid: str) -> None:
+    """Delete this pod (its uid: not a successor of the same name); gone already is fine."""
+    api = client.CoreV1Api(api_client())
+    try:
+        await asyncio.to_thread(
+            api.delete_namespaced_pod, name, namespace, body={"preconditions": {"uid": uid}}
+        )
+    except ApiException as exc:
+        if exc.status not in (404, 409):
+            raise
 
 
 async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

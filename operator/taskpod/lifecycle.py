@@ -14,6 +14,7 @@ from typing import Any
 from taskpod.models import AgentStatus, Condition, ConditionStatus, Phase, Task, TaskTemplate
 
 LIFETIME_ANNOTATION = "taskpod.dev/lifetime"
+REVISION_LABEL = "controller-revision-hash"  # the StatefulSet revision a pod was made from
 AGENT_PORT_NAME = "agentapi"  # the workspace container's port where AgentAPI listens
 SPEC_HASH_ANNOTATION = "taskpod.dev/spec-hash"
 READY = "Ready"
@@ -59,6 +60,8 @@ class PodView:
     message: str | None = None
     lifetime: int | None = None
     agent_port: int | None = None  # the container port named "agentapi": where its agent listens
+    owner_uid: str | None = None  # its controller's (the StatefulSet's) uid
+    revision: str | None = None  # the StatefulSet revision it was made from
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> PodView:
@@ -86,7 +89,14 @@ class PodView:
             message=status.get("message"),
             lifetime=int(lifetime) if lifetime and lifetime.isdigit() else None,
             agent_port=_agent_port(spec),
+            owner_uid=_controller_uid(meta),
+            revision=(meta.get("labels") or {}).get(REVISION_LABEL),
         )
+
+
+def _controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (its owner with controller: true)."""
+    return next((o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
 
 
 def _why_not(condition: Mapping[str, Any] | None) -> str | None:
@@ -142,6 +152,9 @@ class StatefulSetView:
     # Its controller has seen the current spec and still counts fewer pods than wanted: its pod
     # creation may be refused (a FailedCreate Event), or the pod just went.
     short: bool = False
+    uid: str | None = None
+    owner_uid: str | None = None  # its controller's (the Task's) uid
+    update_revision: str | None = None  # the revision its controller makes pods from now
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> StatefulSetView:
@@ -165,6 +178,9 @@ class StatefulSetView:
                 status.get("observedGeneration", 0) >= meta.get("generation", 1)
                 and int(status.get("replicas") or 0) < replicas
             ),
+            uid=meta.get("uid"),
+            owner_uid=_controller_uid(meta),
+            update_revision=status.get("updateRevision"),
         )
 
 
@@ -198,6 +214,7 @@ class Observation:
     workspace_error: str | None = None  # the API server refused the workspace we built (a template problem)
     agent: AgentView | None = None  # None: nothing heard from the agent of the current pod yet
     node: NodeView | None = None  # the pod's node, where the operator may watch nodes
+    leftover: str | None = None  # what a deleted task of the same name left, not removed yet
     now: dt.datetime | None = None
     agent_grace: dt.timedelta = AGENT_GRACE  # how long an agent may be silent before the phase is Unknown
 
@@ -237,6 +254,12 @@ def derive_phase(obs: Observation) -> Verdict:
 
 def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
     sts, pod = obs.statefulset, obs.pod
+    if obs.leftover is not None:
+        return Verdict(
+            Phase.PENDING,
+            "PreviousWorkspace",
+            f"Workspace is pending: the {obs.leftover} of a deleted task of the same name is being removed.",
+        )
     if sts is None:
         return Verdict(Phase.PENDING, "WorkspaceCreating", "Workspace is being created.")
     if pod is None:

@@ -41,6 +41,7 @@ STATUS_HOLD = 1.0  # seconds
 APPLIED_TRUST = 30.0  # seconds
 IDLE_SNAPSHOT_RETRY = 10.0  # seconds before an idle agent's unread conversation is read again
 REFUSED_RETRY = 60.0  # seconds before a workspace the API server refused is applied again
+LEFTOVER_RECHECK = 5.0  # seconds between looks at a deleted task's workspace that garbage collection removes
 POD_CHECK = 10.0  # seconds between dry runs of a workspace pod that its controller does not make
 MAX_MESSAGE = 4096  # characters of an error kept in status.message
 
@@ -183,6 +184,7 @@ class Reconciler:
     _delivery_failures: dict[Key, _DeliveryFailure] = field(default_factory=dict)  # the prompt's, in a row
     # spec hash, loop time and answer of the last dry run of a workspace pod its controller did not make
     _pod_refusals: dict[Key, tuple[str | None, float, str | None]] = field(default_factory=dict)
+    _restarted: dict[Key, str] = field(default_factory=dict)  # uid of the pod last deleted as stuck
 
     def phase_counts(self) -> Counter[str]:
         """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
@@ -315,6 +317,10 @@ class Reconciler:
         if task.spec.paused:
             self._delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
         observed = self._as_applied(key, sts)
+        if (leftover := _leftover(task, observed, pod)) is not None:
+            # Never applied over (its files, its conversation): it goes by garbage collection.
+            sts = observed = pod = None
+            self._requeue_after(key, LEFTOVER_RECHECK)
         pausing = task.spec.paused and observed is not None and observed.replicas > 0
         if pausing:
             self.event(
@@ -324,7 +330,7 @@ class Reconciler:
             await self._snapshot(task, raw, quiet=False, target=_target(task, sts, pod, even_if_paused=True))
         elif task.spec.paused and observed is not None and observed.replicas == 0:
             await self._recover_snapshot_record(task, raw)
-        if template is not None:
+        if template is not None and leftover is None:
             try:
                 left = await self._ensure_children(task, template, observed, service, raw)
                 sts, service = left.statefulset, left.service
@@ -338,6 +344,8 @@ class Reconciler:
             sts = await self._scale_to_zero(key)
         if workspace_error is None and template is not None and sts is not None and sts.short and pod is None:
             workspace_error = await self._pod_refusal(task, template, sts)
+        if sts is not None and pod is not None and _stuck_at_an_older_revision(sts, pod):
+            await self._restart(raw, pod)
 
         agent = None
         if self.agents is not None:
@@ -367,6 +375,7 @@ class Reconciler:
             workspace_error=workspace_error,
             agent=agent,
             node=_node(views, pod),
+            leftover=leftover,
             now=now,
             agent_grace=self.agent_grace,
         )
@@ -443,7 +452,7 @@ class Reconciler:
         if key in self._snapshots or (paused and paused[0].get("reason") != "Running"):
             return
         configmap = await kube.read_configmap(task.namespace, snapshots.configmap_name(task.name))
-        entry = snapshots.status_entry_of(configmap) if configmap is not None else None
+        entry = snapshots.status_entry_of(configmap, task.metadata.uid) if configmap is not None else None
         if entry is not None:
             self._snapshots[key] = entry
 
@@ -459,6 +468,20 @@ class Reconciler:
             known = self._pod_refusals[key] = (sts.spec_hash, now, refusal)
             self._requeue_after(key, POD_CHECK)  # still no pod then: ask again
         return f"The API server refuses the workspace pod: {known[2]}" if known[2] else None
+
+    async def _restart(self, raw: Mapping[str, Any], pod: PodView) -> None:
+        """Delete a workspace pod that its StatefulSet controller will not replace by itself, once."""
+        meta = raw.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if self._restarted.get(key) == pod.uid:
+            return  # asked already; the watch has not shown it go yet
+        self._restarted[key] = pod.uid
+        await kube.delete_pod(key[0], pod.name, pod.uid)
+        message = (
+            f"Deleted pod {pod.name}, which never became ready at an older revision of the workspace: "
+            "its StatefulSet controller does not replace such a pod by itself."
+        )
+        self.event(raw, type="Normal", reason="PodReplaced", message=message)
 
     async def _scale_to_zero(self, key: Key) -> StatefulSetView:
         """Scale the workspace down as it is, for a pause that cannot apply the workspace (no template,
@@ -803,6 +826,7 @@ class Reconciler:
             self._applied,
             self._delivery_failures,
             self._pod_refusals,
+            self._restarted,
         ):
             memory.pop(key, None)
         if (naming_task := self._naming.pop(key, None)) is not None:
@@ -810,6 +834,24 @@ class Reconciler:
         if (timer := self._timers.pop(key, None)) is not None:
             timer.cancel()
         self._end_hold(key)
+
+
+def _leftover(task: Task, sts: StatefulSetView | None, pod: PodView | None) -> str | None:
+    """What a deleted task of the same name left, that garbage collection has not removed yet: applying
+    over it would make it this task's, files and conversation included."""
+    if sts is not None and sts.owner_uid is not None and sts.owner_uid != task.metadata.uid:
+        return f"StatefulSet {sts.name}"
+    if pod is not None and pod.owner_uid is not None and (sts is None or pod.owner_uid != sts.uid):
+        return f"pod {pod.name}"
+    return None
+
+
+def _stuck_at_an_older_revision(sts: StatefulSetView, pod: PodView) -> bool:
+    """A pod of an older revision that cannot start (a bad image, a crash loop): with OrderedReady, its
+    StatefulSet controller waits for it to be ready before replacing it, which it never will be."""
+    older = sts.update_revision is not None and pod.revision not in (None, sts.update_revision)
+    failing = pod.phase == "Failed" or any(p.reason in lifecycle.FATAL_WAITING for p in pod.waiting)
+    return older and failing and not pod.ready and not pod.deleting
 
 
 async def _gone(key: Key) -> bool:

@@ -108,13 +108,15 @@ def status_entry(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[
     }
 
 
-def status_entry_of(configmap: Mapping[str, Any]) -> dict[str, Any] | None:
-    """status.logSnapshot for a snapshot ConfigMap as read back (None if it holds none): for a pause whose
-    status was never written, the operator having stopped in between."""
+def status_entry_of(configmap: Mapping[str, Any], task_uid: str) -> dict[str, Any] | None:
+    """status.logSnapshot for a snapshot ConfigMap as read back, if it is the task's (not a deleted task's
+    of the same name) and holds one: for a pause whose status was never written, the operator having
+    stopped in between."""
     meta = configmap.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     text = (configmap.get("data") or {}).get(DATA_KEY)
-    if not text or TAKEN_AT_ANNOTATION not in annotations:
+    owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+    if not text or TAKEN_AT_ANNOTATION not in annotations or task_uid not in owners:
         return None
     try:
         messages = json.loads(text)["data"]["messages"]

@@ -108,7 +108,9 @@ async def logs(namespace: str, name: str) -> Logs:
 
 async def _snapshot_logs(task: Task) -> Logs:
     cm = await kube.read_configmap(task.namespace, configmap_name(task.name))
-    if cm is None or DATA_KEY not in (cm.get("data") or {}):
+    owners = {o.get("uid") for o in ((cm or {}).get("metadata") or {}).get("ownerReferences") or []}
+    if cm is None or DATA_KEY not in (cm.get("data") or {}) or task.metadata.uid not in owners:
+        # None yet; or a deleted task's of the same name, not yet removed: never another task's words.
         return Logs([], snapshot=True)
     envelope = json.loads(cm["data"][DATA_KEY])
     taken = task.status.log_snapshot.taken_at if task.status.log_snapshot else None

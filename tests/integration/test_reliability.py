@@ -4,6 +4,7 @@ lost node that went unnoticed, and noise in the operator's log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from localkube.cluster import LocalCluster
+from taskpod import kube as taskkube
+from taskpod import tasks as taskops
 from tests.support import (
     Kube,
     Operator,
@@ -32,6 +36,28 @@ from tests.support import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
+GROUP = ("taskpod.dev", "v1alpha1")
+
+
+@pytest.fixture(autouse=True)
+def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """taskpod.tasks (what kubectl task runs) acts with the kubeconfig of the cluster under test."""
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    if not kube.proxyable_pods():
+        monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
+    taskkube.api_client.cache_clear()
+
+
+def patch_template(kube: Kube, namespace: str, spec: dict[str, Any], name: str = "default") -> None:
+    tasks_api(kube).patch_namespaced_custom_object(
+        "taskpod.dev",
+        "v1alpha1",
+        namespace,
+        "tasktemplates",
+        name,
+        {"spec": spec},
+        _content_type="application/merge-patch+json",
+    )
 
 
 def events_of(kube: Kube, namespace: str, name: str) -> list[Any]:
@@ -331,3 +357,59 @@ def test_deleting_a_namespace_of_tasks_logs_no_errors(
     ]
     assert not loud, "\n".join(loud)
     assert not [line for line in said if "Failed to post an event" in line], "\n".join(said)
+
+
+# -- found by the soak -------------------------------------------------------------------------------
+
+
+def test_a_task_created_again_under_a_deleted_ones_name_gets_a_workspace_of_its_own(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, local_cluster: LocalCluster | None
+) -> None:
+    """Made again before garbage collection took the deleted task's workspace: applying over it made it
+    the new task's, files and conversation included (found by the soak). Garbage collection is held off
+    here (the controller manager stopped), so the race always goes that way."""
+    if local_cluster is None:
+        pytest.skip("stops the controller manager of the local control plane")
+    template_with(kube, namespace)
+    create_task(kube, namespace, "again", prompt="The first task's secret plan")
+    wait_for(partial(delivered, kube, namespace, "again"), 60, "the first delivered")
+    pause(kube, namespace, "again")  # a snapshot ConfigMap too
+    statefulset = partial(kube.apps.read_namespaced_stateful_set, "again", namespace)
+    claim = partial(kube.core.read_namespaced_persistent_volume_claim, "workspace-again-0", namespace)
+    old = {"statefulset": statefulset().metadata.uid, "claim": claim().metadata.uid}
+    local_cluster.kill("kube-controller-manager")
+    try:
+        tasks_api(kube).delete_namespaced_custom_object(*GROUP, namespace, "tasks", "again")
+        new_uid = create_task(kube, namespace, "again", prompt="A second, unrelated task")["metadata"]["uid"]
+        task = wait_for(partial(phase_is, kube, namespace, "again", "Pending"), 30, "Pending")
+        assert "of a deleted task of the same name is being removed" in task["status"]["message"]
+        time.sleep(3)  # time enough to take over what is not its own
+        assert statefulset().metadata.owner_references[0].uid != new_uid
+    finally:
+        local_cluster.start("kube-controller-manager")
+
+    wait_for(partial(delivered, kube, namespace, "again"), 120, "the second delivered")
+    sts = statefulset()
+    assert sts.metadata.uid != old["statefulset"] and sts.metadata.owner_references[0].uid == new_uid
+    assert claim().metadata.uid != old["claim"], "the deleted task's files"
+    said = [m["content"] for m in agent_messages(kube, namespace, "again")]
+    assert not any("secret plan" in m for m in said), said
+    pause(kube, namespace, "again")
+    assert "secret plan" not in snapshot_text(kube, namespace, "again")
+    kept = asyncio.run(taskops.logs(namespace, "again")).messages
+    assert [m["content"] for m in kept if m["role"] == "user"] == ["A second, unrelated task"]
+
+
+def test_a_pod_stuck_at_a_bad_template_is_replaced_once_the_template_is_fixed(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    template_with(kube, namespace)
+    create_task(kube, namespace, "rollout", prompt="Keep working")
+    wait_for(partial(delivered, kube, namespace, "rollout"), 60, "delivered")
+    broken = {"sim.taskpod.dev/container-waiting": "ImagePullBackOff"}  # kwok's kubelet cannot pull
+    patch_template(kube, namespace, {"pod": {"annotations": broken}})
+    wait_for(partial(phase_is, kube, namespace, "rollout", "Error"), 60, "Error with the broken template")
+
+    patch_template(kube, namespace, {"pod": {"annotations": {"sim.taskpod.dev/container-waiting": None}}})
+    wait_for(partial(phase_is, kube, namespace, "rollout", "Active"), 60, "Active once the template is fixed")
+    assert any(e.reason == "PodReplaced" for e in events_of(kube, namespace, "rollout"))

@@ -15,8 +15,8 @@ import pytest
 
 from taskpod import kube, naming, reconcile
 from taskpod.agentapi import AgentMessage
-from taskpod.lifecycle import AgentView, NodeView, PodView, StatefulSetView
-from taskpod.models import AgentStatus, TaskTemplate
+from taskpod.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
+from taskpod.models import AgentStatus, Task, TaskTemplate
 from taskpod.reconcile import Reconciler, Views, _now
 
 NS, NAME = "team", "fix-login"
@@ -670,3 +670,55 @@ def test_a_refusal_is_told_from_a_failure_to_answer(
     """A refusal is the task's Error until the task or template changes; a failure to answer is retried."""
     assert reconcile._refused(failure) is refused
     assert kube.namespace_terminating(failure) is terminating
+
+
+def _sts(uid: str = "s1", owner: str | None = "u1", revision: str | None = "r2") -> StatefulSetView:
+    return StatefulSetView(NAME, 1, 1, "h", {}, uid=uid, owner_uid=owner, update_revision=revision)
+
+
+def _pod(owner: str | None = "s1", revision: str | None = "r2", **kw: Any) -> PodView:
+    return PodView(
+        f"{NAME}-0", kw.pop("phase", "Running"), uid="p1", owner_uid=owner, revision=revision, **kw
+    )
+
+
+TASK = Task.model_validate(
+    {"metadata": {"name": NAME, "namespace": NS, "uid": "u1"}, "spec": {"prompt": "p"}}
+)
+
+
+@pytest.mark.parametrize(
+    ("sts", "pod", "leftover"),
+    [
+        (_sts(), _pod(), None),
+        (None, None, None),
+        (_sts(owner="u0"), _pod(owner="s0"), f"StatefulSet {NAME}"),  # a deleted task's, same name
+        (None, _pod(owner="s0"), f"pod {NAME}-0"),  # its StatefulSet gone, its pod not yet
+        (_sts(), _pod(owner="s0"), f"pod {NAME}-0"),  # ours made, the old pod still going
+        (_sts(owner=None), _pod(owner=None), None),  # no owner said: nothing to tell apart
+    ],
+    ids=["ours", "nothing", "old statefulset", "old pod alone", "old pod beside ours", "unowned"],
+)
+def test_a_deleted_tasks_workspace_is_never_taken_for_ours(
+    sts: StatefulSetView | None, pod: PodView | None, leftover: str | None
+) -> None:
+    assert reconcile._leftover(TASK, sts, pod) == leftover
+
+
+BACKOFF = (ContainerProblem("agent", "ImagePullBackOff", "not found"),)
+
+
+@pytest.mark.parametrize(
+    ("pod", "stuck"),
+    [
+        (_pod(revision="r1", phase="Pending", waiting=BACKOFF), True),
+        (_pod(revision="r1", phase="Failed"), True),
+        (_pod(revision="r2", phase="Pending", waiting=BACKOFF), False),  # the current revision: Error
+        (_pod(revision="r1", ready=True), False),  # rolls by itself
+        (_pod(revision="r1", phase="Pending"), False),  # still starting
+        (_pod(revision="r1", phase="Failed", deleting=True), False),  # going already
+    ],
+    ids=["older, cannot pull", "older, failed", "current", "older, ready", "older, starting", "deleting"],
+)
+def test_a_pod_stuck_at_an_older_revision_is_replaced(pod: PodView, stuck: bool) -> None:
+    assert reconcile._stuck_at_an_older_revision(_sts(), pod) is stuck

@@ -79,10 +79,11 @@ def test_configmap_and_status_describe_the_same_snapshot() -> None:
         "truncated": True,
     }
     # Read back from the ConfigMap alone (a pause whose status write an operator crash skipped).
-    assert status_entry_of(cm) == status_entry(task, snap, taken)
+    assert status_entry_of(cm, "u1") == status_entry(task, snap, taken)
+    assert status_entry_of(cm, "u2") is None  # a deleted task's of the same name
 
 
-TAKEN = {"annotations": {TAKEN_AT_ANNOTATION: "2026-11-28T12:00:00Z"}}
+TAKEN = {"annotations": {TAKEN_AT_ANNOTATION: "2026-11-28T12:00:00Z"}, "ownerReferences": [{"uid": "u1"}]}
 
 
 @pytest.mark.parametrize(
@@ -98,4 +99,4 @@ TAKEN = {"annotations": {TAKEN_AT_ANNOTATION: "2026-11-28T12:00:00Z"}}
     ids=["no data", "not json", "no taken-at"],
 )
 def test_a_configmap_without_a_snapshot_gives_no_status(broken: dict[str, Any]) -> None:
-    assert status_entry_of(broken) is None
+    assert status_entry_of(broken, "u1") is None

@@ -57,7 +57,9 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     async def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
         envelope = {"format": "agentapi", "data": {"messages": KEPT}}
-        return {"data": {DATA_KEY: json.dumps(envelope)}} if name == "fix-login-snapshot" else None
+        if name != "fix-login-snapshot":
+            return None
+        return {"metadata": {"ownerReferences": [{"uid": "u1"}]}, "data": {DATA_KEY: json.dumps(envelope)}}
 
     monkeypatch.setattr(kube, "get_task", get_task)
     monkeypatch.setattr(kube, "read_configmap", read_configmap)
@@ -128,3 +130,12 @@ def test_following_rides_out_a_status_that_lags_its_pod_and_ends_when_the_task_l
 
     assert asyncio.run(follow()) == []
     assert reads == []  # it looked until the task was Paused
+
+
+def test_a_snapshot_left_by_a_deleted_task_of_the_same_name_is_not_shown(cluster: dict[str, Any]) -> None:
+    body = task_body(paused=True)
+    body["metadata"]["uid"] = "u2"  # created again under the name: the ConfigMap is still u1's
+    body["status"] = {"phase": "Pending"}
+    cluster["task"] = body
+    logs = asyncio.run(tasks.logs("team", "fix-login"))
+    assert logs.snapshot and logs.messages == []
