@@ -52,6 +52,7 @@ class Placement:
     task: str
     behaviour: str | None  # the annotation's JSON
     agent_type: str | None  # from the container's `--type` argument, if any
+    volume: str = ""  # what the workspace volume lives as long as: the pod's controller (uid)
 
     @property
     def key(self) -> Key:
@@ -83,7 +84,14 @@ def placement(pod: Pod) -> Placement | None:
         task=labels.get(TASK_LABEL) or re.sub(r"-\d+$", "", meta["name"]),
         behaviour=(meta.get("annotations") or {}).get(BEHAVIOUR_ANNOTATION),
         agent_type=_type_argument([*(owner or {}).get("command", []), *(owner or {}).get("args", [])]),
+        volume=next((o.get("uid", "") for o in meta.get("ownerReferences") or [] if o.get("controller")), ""),
     )
+
+
+def state_file(state_dir: Path, where: Placement) -> Path:
+    """Where an agent keeps its conversation, as agentapi --state-file on the workspace volume would: the
+    same across the pod's restarts, a new one for a new volume (a task made again under an old name)."""
+    return state_dir / where.namespace / where.task / f"{where.volume or 'unowned'}.json"
 
 
 def _absence(kind: str, pod: Pod) -> str:
@@ -201,7 +209,7 @@ class Simulator:
         except BehaviourError as exc:
             log.error("not starting the agent of %s: bad %s annotation: %s", where, BEHAVIOUR_ANNOTATION, exc)
             return
-        state = self.state_dir / where.namespace / f"{where.task}.json" if self.state_dir else None
+        state = state_file(self.state_dir, where) if self.state_dir else None
         agent = ScriptedAgent(
             where.ip, where.port, behaviour, state_file=state, name=f"{where.namespace}/{where.pod}"
         )

@@ -126,7 +126,8 @@ def test_the_simulator_plays_the_pod_and_a_scale_down_kills_it(
     # Scaled to zero (a paused task): the pod goes, and with it the agent.
     kube.apps.patch_namespaced_stateful_set_scale("ws", namespace, {"spec": {"replicas": 0}})
     wait_for(lambda: refused(url), 60, "the agent to stop answering after the scale-down")
-    assert (tmp_path / "state" / namespace / "ws.json").exists()
+    owner = kube.apps.read_namespaced_stateful_set("ws", namespace).metadata.uid  # the volume's lifetime
+    assert (tmp_path / "state" / namespace / "ws" / f"{owner}.json").exists()
 
     # Scaled up again (resumed): a new pod, a new agent, the same conversation.
     kube.apps.patch_namespaced_stateful_set_scale("ws", namespace, {"spec": {"replicas": 1}})

@@ -20,7 +20,7 @@ import pytest
 
 from agentsim.agent import ScriptedAgent
 from agentsim.behaviour import UPSTREAM_HOSTS, Behaviour, BehaviourError
-from agentsim.simulator import Placement, placement
+from agentsim.simulator import Placement, placement, state_file
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -475,3 +475,15 @@ def test_a_running_pod_is_placed_at_its_ip_and_agentapi_port() -> None:
     assert placement(_pod(metadata__deletionTimestamp="2026-01-01T00:00:00Z")) is None
     assert placement(_pod(status__phase="Pending")) is None
     assert placement(_pod(status__podIP=None)) is None
+
+
+def test_an_agent_keeps_its_conversation_per_workspace_volume(tmp_path: Path) -> None:
+    """Across pod restarts (the same StatefulSet) one file; a task made again under an old name (a new
+    StatefulSet, a new volume) starts afresh, as agentapi's state file on its volume would."""
+    owned = {"uid": "s1", "controller": True, "kind": "StatefulSet"}
+    first = placement(_pod(metadata__ownerReferences=[owned]))
+    restarted = placement(_pod(metadata__ownerReferences=[owned], metadata__uid="u2"))
+    again = placement(_pod(metadata__ownerReferences=[{**owned, "uid": "s2"}]))
+    assert first is not None and restarted is not None and again is not None
+    assert state_file(tmp_path, first) == state_file(tmp_path, restarted) == tmp_path / "team-a/login/s1.json"
+    assert state_file(tmp_path, again) != state_file(tmp_path, first)
