@@ -10,6 +10,10 @@ POD_NETWORK ?= auto
 PYTEST_ARGS ?=
 BENCH_SIZES ?= 100,1000,5000
 BENCH_ARGS ?=
+SOAK_MINUTES ?= 30
+SOAK_TASKS ?= 36
+SOAK_SEED ?=
+SOAK_ARGS ?=
 # make images: the three images of images/*/Dockerfile (the build context is the repository root).
 CONTAINER_ENGINE ?= docker
 REGISTRY ?= ghcr.io/taskpod-dev
@@ -17,7 +21,7 @@ VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGES := operator workspace agent-sim
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)
 
-.PHONY: help demo simulator venv binaries test unit integration bench lint fmt cluster cluster-down clean \
+.PHONY: help demo simulator venv binaries test unit integration properties bench soak lint fmt cluster cluster-down clean \
 	images images-push
 
 help: ## list the targets
@@ -44,8 +48,16 @@ binaries: venv ## build the upstream binaries into the cache (first time: severa
 test: binaries ## run every test (unit and integration; starts a local control plane)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+properties: binaries ## the property-based tests at length: 500 examples a property (make test runs 25)
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/integration/test_properties.py --timeout 14400 \
+		--hypothesis-show-statistics $(PYTEST_ARGS)
+
 bench: binaries ## the benchmark: N tasks applied, paused, resumed and idle vs the floor (bench/README.md)
 	$(BIN)/python -m bench --sizes $(BENCH_SIZES) $(BENCH_ARGS)
+
+soak: binaries ## random operations and faults on SOAK_TASKS tasks for SOAK_MINUTES, then invariants checked
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --tasks $(SOAK_TASKS) \
+		$(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(SOAK_ARGS)
 
 unit: venv ## run the unit tests only (seconds, no cluster)
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
