@@ -18,7 +18,15 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from localkube.cluster import LocalCluster
-from tests.support import ROOT, Kube, Operator, create_namespace, delete_namespace, install_crds
+from tests.support import (
+    ROOT,
+    Kube,
+    Operator,
+    act_as_user,
+    create_namespace,
+    delete_namespace,
+    install_crds,
+)
 
 # Property-based tests: a few dozen examples in `make test`, many more in `make properties`. Each
 # example goes through the API server and the operator, hence no deadline; the fixtures (a namespace,
@@ -110,6 +118,12 @@ def simulator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     yield directory
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """taskpod.kube and taskpod.tasks act as the user of the cluster under test (see act_as_user)."""
+    act_as_user(kube, monkeypatch)
 
 
 @pytest.fixture(autouse=True)

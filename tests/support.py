@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -145,6 +146,18 @@ class Operator:
         return (
             "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
         )
+
+
+def act_as_user(kube: Kube, patch: pytest.MonkeyPatch) -> None:
+    """taskpod.kube and taskpod.tasks (what `kubectl task` runs) act with the cluster under test's
+    kubeconfig, and reach agents as a user's kubectl does (directly when its pod IPs are loopback ones,
+    which the API server won't proxy to)."""
+    from taskpod import kube as taskkube
+
+    patch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    if not kube.proxyable_pods():
+        patch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
+    taskkube.api_client.cache_clear()
 
 
 def kubectl(

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from taskpod import kube as taskkube
 from taskpod import tasks as taskops
 from taskpod.agentstate import prompt_sha
 from tests.support import (
@@ -39,16 +38,7 @@ from tests.support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
-
-
-@pytest.fixture(autouse=True)
-def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
-    """taskpod.tasks runs as the user does, with the kubeconfig of the cluster under test."""
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-    if not kube.proxyable_pods():  # loopback pod IPs: the API server won't proxy to them
-        monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
-    taskkube.api_client.cache_clear()
+pytestmark = [pytest.mark.integration, pytest.mark.local_pods, pytest.mark.usefixtures("user_credentials")]
 
 
 def test_prompt_arrives_once_after_the_agent_answers(

@@ -62,6 +62,7 @@ from tests.support import (
     SIM,
     Kube,
     Operator,
+    act_as_user,
     agent_messages,
     agent_url,
     create_namespace,
@@ -621,10 +622,7 @@ def roomy(kube: Kube) -> Kube:
 def user_credentials(kube: Kube) -> Iterator[None]:
     """taskpod.tasks (what `kubectl task send` runs) uses the kubeconfig of the cluster under test."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KUBECONFIG", str(kube.kubeconfig))
-        if not kube.proxyable_pods():  # loopback pod IPs: the API server won't proxy to them
-            patch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
-        taskkube.api_client.cache_clear()
+        act_as_user(kube, patch)
         yield
     taskkube.api_client.cache_clear()
 

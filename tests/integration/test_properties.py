@@ -213,16 +213,9 @@ def sim_template(kube: Kube, namespace: str) -> None:
 # -- the properties ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def as_operator(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
-    """taskpod.kube talks to the cluster under test."""
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-    taskkube.api_client.cache_clear()
-
-
 @given(text=st.text(CHARACTERS, max_size=300))
 def test_any_text_survives_a_server_side_apply(
-    kube: Kube, namespace: str, as_operator: None, text: str
+    kube: Kube, namespace: str, user_credentials: None, text: str
 ) -> None:
     """What the operator applies (workspaces, snapshots) comes back as it went, whatever the text."""
     configmap = {

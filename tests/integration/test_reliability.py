@@ -15,7 +15,6 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from localkube.cluster import LocalCluster
-from taskpod import kube as taskkube
 from taskpod import tasks as taskops
 from tests.support import (
     Kube,
@@ -35,17 +34,8 @@ from tests.support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.local_pods]
+pytestmark = [pytest.mark.integration, pytest.mark.local_pods, pytest.mark.usefixtures("user_credentials")]
 GROUP = ("taskpod.dev", "v1alpha1")
-
-
-@pytest.fixture(autouse=True)
-def _user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
-    """taskpod.tasks (what kubectl task runs) acts with the kubeconfig of the cluster under test."""
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-    if not kube.proxyable_pods():
-        monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
-    taskkube.api_client.cache_clear()
 
 
 def patch_template(kube: Kube, namespace: str, spec: dict[str, Any], name: str = "default") -> None:
