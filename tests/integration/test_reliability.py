@@ -97,13 +97,18 @@ def test_emoji_in_the_prompt_env_and_replies_apply_and_pause(
     }
     assert (env["GREETING"], env["MOOD"]) == ("hi 🚀", "\U0001d518\U0001d52b\U0001d526 ✨")
     assert prompts_in(agent_messages(kube, namespace, "rocket"), prompt) == 1
+    reply = f"Done 🎉: {prompt}"
+    # The agent answers a moment after it takes the prompt; the snapshot keeps what was said by the pause.
+    wait_for(
+        lambda: reply in [m["content"] for m in agent_messages(kube, namespace, "rocket")], 30, "the reply"
+    )
 
     task = pause(kube, namespace, "rocket")
     assert replicas(kube, namespace, "rocket") == 0
     assert task["status"]["displayName"] == "Login 🚀"
     kept = json.loads(snapshot_text(kube, namespace, "rocket"))["data"]["messages"]
     assert [m["content"] for m in kept if m["role"] == "user"] == [prompt]
-    assert f"Done 🎉: {prompt}" in [m["content"] for m in kept]
+    assert reply in [m["content"] for m in kept]
 
 
 # -- 2. a prompt the agent refuses a few times -------------------------------------------------------
