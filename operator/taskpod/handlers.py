@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -18,11 +17,12 @@ import kopf
 from aiohttp import web
 from pydantic import ValidationError
 
-from taskpod import agents, kube, metrics, reports
+from taskpod import kube, metrics, reports
 from taskpod.agents import Agents, Transport
 from taskpod.lifecycle import SPEC_HASH_ANNOTATION, NodeView, PodView, StatefulSetView
 from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, TaskTemplate
 from taskpod.reconcile import Key, Reconciler, Views
+from taskpod.settings import Settings
 from taskpod.workspace import MANAGED_BY, TASK_LABEL
 
 TASKS = (GROUP, VERSION, "tasks")
@@ -36,8 +36,16 @@ def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
     kopf.event(body, type=type, reason=reason, message=message[:1024])
 
 
-reconciler = Reconciler(event=_post_event)
-_servers: list[web.AppRunner] = []  # the report endpoint, when enabled
+def memo_for(settings: Settings) -> kopf.Memo:
+    """What every handler gets as `memo` (Kopf gives each object a shallow copy of it): the settings,
+    this process's one Reconciler, and the report endpoint's server once it runs."""
+    reconciler = Reconciler(
+        event=_post_event,
+        agent_grace=dt.timedelta(seconds=settings.agent_grace_seconds),
+        report_url=settings.report_url,
+        naming_env=settings.naming,
+    )
+    return kopf.Memo(settings=settings, reconciler=reconciler, servers=[])
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -56,7 +64,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "taskpod.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskpod.dev")
     settings.persistence.diffbase_storage = NoDiffBase()
@@ -72,6 +80,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # min(32, CPUs + 4) threads, so 6 API calls in flight on a 2-CPU node.
     settings.execution.max_workers = RECONCILE_WORKERS
     asyncio.get_running_loop().set_default_executor(settings.execution.executor)
+    reconciler: Reconciler = memo.reconciler
     reconciler.workers = RECONCILE_WORKERS  # reconciles at a time: as many as threads for their calls
     # Kopf posts each object's Events from a worker of its own, on an HTTP pool without a limit: a burst
     # of tasks opened a TLS connection per poster, each with a 256 KiB read buffer, kept alive after.
@@ -79,34 +88,25 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # for its object's next Event, so a short linger keeps the throughput at hundreds a second.
     settings.posting.worker_limit = 32
     settings.posting.idle_timeout = 0.1
-    via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "direct") == "proxy"
-    make_http, server = kube.agent_transport(via_proxy)
-    probe_after = float(os.environ.get("TASKPOD_AGENT_PROBE_AFTER_SECONDS") or agents.PROBE_AFTER)
-    reconciler.agents = Agents(Transport(make_http, server), reconciler.poke, probe_after)
-    grace = os.environ.get("TASKPOD_AGENT_GRACE_SECONDS")
-    if grace:
-        reconciler.agent_grace = dt.timedelta(seconds=float(grace))
+    ours: Settings = memo.settings
+    make_http, server = kube.agent_transport(ours.agent_transport == "proxy")
+    reconciler.agents = Agents(Transport(make_http, server), reconciler.poke, ours.agent_probe_after_seconds)
     metrics.HEALTH.loop = asyncio.get_running_loop()  # /healthz asks this loop to answer
     metrics.TASKS.source = lambda: metrics.HEALTH.in_loop(reconciler.phase_counts)
-    reconciler.report_url = os.environ.get("TASKPOD_REPORT_URL") or None
-    # Display names for tasks applied without one; Anthropic only when a key is mounted.
-    reconciler.naming_env = {
-        k: v for k, v in os.environ.items() if k.startswith("ANTHROPIC_") or k == "TASKPOD_NAMING_TIMEOUT"
-    }
-    if listen := os.environ.get("TASKPOD_REPORT_LISTEN"):
-        host, _sep, port = listen.rpartition(":")
+    if (listen := ours.report_host_port) is not None:
         runner = web.AppRunner(reports.app(kube.token_review, reconciler.accept_report), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
-        _servers.append(runner)
+        await web.TCPSite(runner, *listen).start()
+        memo.servers.append(runner)
 
 
 @kopf.on.cleanup()
-async def stop_following(**_: Any) -> None:
+async def stop_following(memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
     await reconciler.stop()
     if reconciler.agents is not None:
         await reconciler.agents.stop_all()
-    for runner in _servers:
+    for runner in memo.servers:
         await runner.cleanup()
 
 
@@ -175,6 +175,10 @@ async def nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {name: NodeView.parse(body)}
 
 
+def _reconciler(kw: dict[str, Any]) -> Reconciler:
+    return cast(Reconciler, kw["memo"].reconciler)
+
+
 def _views(kw: dict[str, Any]) -> Views:
     return Views(kw["tasks"], kw["templates"], kw["statefulsets"], kw["pods"], kw["services"], kw["nodes"])
 
@@ -184,7 +188,7 @@ def _views(kw: dict[str, Any]) -> Views:
 
 @kopf.on.event(*TASKS)
 async def task_changed(namespace: str, name: str, **kw: Any) -> None:
-    reconciler.enqueue((namespace, name), _views(kw))
+    _reconciler(kw).enqueue((namespace, name), _views(kw))
 
 
 @kopf.on.event(*TEMPLATES)
@@ -192,15 +196,15 @@ async def template_changed(
     namespace: str, name: str, tasks_by_template: kopf.Index[Any, str], **kw: Any
 ) -> None:
     for task in list(tasks_by_template.get((namespace, name), [])):
-        reconciler.enqueue((namespace, task), _views(kw))
+        _reconciler(kw).enqueue((namespace, task), _views(kw))
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
 async def statefulset_changed(namespace: str, labels: kopf.Labels, event: kopf.RawEvent, **kw: Any) -> None:
     key = (namespace, labels[TASK_LABEL])
     if event.get("type") == "DELETED":
-        reconciler.statefulset_deleted(key)
-    reconciler.enqueue(key, _views(kw))
+        _reconciler(kw).statefulset_deleted(key)
+    _reconciler(kw).enqueue(key, _views(kw))
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -208,10 +212,10 @@ async def node_changed(name: str, pods_by_node: kopf.Index[Any, Key], **kw: Any)
     """A node's readiness decides its tasks' phase: reconcile them (one that reads the same node view
     as before is skipped at once)."""
     for key in list(pods_by_node.get(name, [])):
-        reconciler.enqueue(key, _views(kw))
+        _reconciler(kw).enqueue(key, _views(kw))
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 async def child_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:
-    reconciler.enqueue((namespace, labels[TASK_LABEL]), _views(kw))
+    _reconciler(kw).enqueue((namespace, labels[TASK_LABEL]), _views(kw))

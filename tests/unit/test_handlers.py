@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from taskpod import handlers
+from taskpod.settings import Settings
 
 
 def test_the_tasks_index_keeps_what_a_reconcile_reads_and_drops_the_bulk() -> None:
@@ -41,9 +42,10 @@ def test_as_many_api_calls_run_at_once_as_there_are_reconcile_workers() -> None:
 
     async def scenario() -> None:
         configure: Any = handlers.configure  # a Kopf startup handler, called as Kopf would
-        await configure(settings=kopf.OperatorSettings())
+        memo = handlers.memo_for(Settings())
+        await configure(settings=kopf.OperatorSettings(), memo=memo)
         together = threading.Barrier(handlers.RECONCILE_WORKERS, timeout=5)  # all must be waiting at once
         await asyncio.gather(*(asyncio.to_thread(together.wait) for _ in range(handlers.RECONCILE_WORKERS)))
-        await handlers.reconciler.stop()
+        await memo.reconciler.stop()
 
     asyncio.run(scenario())

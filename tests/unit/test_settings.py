@@ -1,0 +1,76 @@
+"""The operator's configuration, as a user gives it: flags, the chart's TASKPOD_* variables, defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskpod.__main__ import parse_args
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("TASKPOD_", "ANTHROPIC_")):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_watch_every_namespace_directly() -> None:
+    settings = parse_args([])
+    assert settings.cluster_wide and settings.namespaces == ()
+    assert settings.agent_transport == "direct"
+    assert (settings.agent_grace_seconds, settings.agent_probe_after_seconds) == (30.0, 60.0)
+    assert not settings.leader_election and settings.lease_name == "taskpod-operator"
+    assert settings.report_host_port is None and settings.naming == {}
+
+
+def test_the_charts_variables_configure_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "TASKPOD_NAMESPACES": "team-a, team-b,",
+        "TASKPOD_AGENT_TRANSPORT": "proxy",
+        "TASKPOD_AGENT_GRACE_SECONDS": "45",
+        "TASKPOD_LEADER_ELECTION": "true",
+        "TASKPOD_REPORT_LISTEN": "0.0.0.0:8081",
+        "ANTHROPIC_API_KEY": "sk-test",
+        "TASKPOD_NAMING_TIMEOUT": "3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = parse_args([])
+    assert settings.namespaces == ("team-a", "team-b") and not settings.cluster_wide
+    assert settings.agent_transport == "proxy" and settings.agent_grace_seconds == 45.0
+    assert settings.leader_election and settings.report_host_port == ("0.0.0.0", 8081)
+    assert settings.naming == {"ANTHROPIC_API_KEY": "sk-test", "TASKPOD_NAMING_TIMEOUT": "3"}
+
+
+def test_a_flag_wins_over_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKPOD_NAMESPACES", "team-a")
+    monkeypatch.setenv("TASKPOD_AGENT_GRACE_SECONDS", "45")
+    monkeypatch.setenv("TASKPOD_LEADER_ELECTION", "true")
+    settings = parse_args(["--all-namespaces", "--agent-grace", "5", "--no-leader-election"])
+    assert settings.cluster_wide and settings.agent_grace_seconds == 5.0 and not settings.leader_election
+    assert parse_args(["-n", "team-c"]).namespaces == ("team-c",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "variables", "said"),
+    [
+        (["--agent-grace", "0"], {}, "agent_grace_seconds: Input should be greater than 0"),
+        ([], {"TASKPOD_AGENT_TRANSPORT": "carrier-pigeon"}, "agent_transport: Input should be 'direct' or"),
+        ([], {"TASKPOD_NAMESPACES": "a", "TASKPOD_ALL_NAMESPACES": "true"}, "not both"),
+        ([], {"TASKPOD_LEADER_ELECTION": "maybe"}, "leader_election: Input should be a valid boolean"),
+    ],
+)
+def test_a_bad_setting_stops_it_at_once_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    variables: dict[str, str],
+    said: str,
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
