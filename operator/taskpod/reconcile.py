@@ -22,6 +22,7 @@ from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
 from taskpod.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
 from taskpod.models import DEFAULT_TEMPLATE, AgentStatus, Phase, Task, TaskStatus, TaskTemplate
+from taskpod.workqueue import Backoff, WorkQueue
 
 log = logging.getLogger("taskpod")
 Key = tuple[str, str]  # (namespace, task name)
@@ -155,9 +156,7 @@ class _DeliveryFailure:
 @dataclass
 class Reconciler:
     event: EventSink
-    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    _retries: dict[Key, tuple[int, float]] = field(default_factory=dict)  # failures in a row, next retry
-    _timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    _backoff: Backoff[Key] = field(default_factory=lambda: Backoff(RETRY_DELAYS))  # failed reconciles
     _written: dict[Key, _Written] = field(default_factory=dict)
     agents: Agents | None = None
     agent_grace: dt.timedelta = lifecycle.AGENT_GRACE
@@ -167,11 +166,7 @@ class Reconciler:
     _views: Views | None = None
     _reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received, not yet in status
     report_url: str | None = None  # where workspaces send their agent's reports
-    _queue: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
-    _queued: set[Key] = field(default_factory=set)  # in the queue, not yet taken by a worker
-    _forced: set[Key] = field(default_factory=set)  # queued by a poke: runs even if nothing changed
     workers: int = 0  # reconciles at a time, started with the first event (0: only explicit start())
-    _workers: list[asyncio.Task[None]] = field(default_factory=list)
     naming_env: Mapping[str, str] = field(default_factory=dict)  # ANTHROPIC_* for display names
     _display_names: dict[Key, str] = field(default_factory=dict)  # generated, not yet in status
     _naming: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
@@ -179,12 +174,15 @@ class Reconciler:
     _asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
     _seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
     status_hold: float = STATUS_HOLD
-    _holds: dict[Key, asyncio.TimerHandle | None] = field(default_factory=dict)  # held writes; None: due
     _applied: dict[Key, _Applied] = field(default_factory=dict)  # until the watch shows it
     _delivery_failures: dict[Key, _DeliveryFailure] = field(default_factory=dict)  # the prompt's, in a row
     # spec hash, loop time and answer of the last dry run of a workspace pod its controller did not make
     _pod_refusals: dict[Key, tuple[str | None, float, str | None]] = field(default_factory=dict)
     _restarted: dict[Key, str] = field(default_factory=dict)  # uid of the pod last deleted as stuck
+    queue: WorkQueue[Key] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self._process)
 
     def phase_counts(self) -> Counter[str]:
         """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
@@ -214,55 +212,33 @@ class Reconciler:
             self.enqueue(key, self._views, forced=True)
 
     def enqueue(self, key: Key, views: Views, *, forced: bool = False) -> None:
-        """Queue a reconcile of `key` for the workers, as controller-runtime's work queue does: a key
-        queued twice runs once, and a watch event returns at once. Kopf keeps each object's pending
-        events (whole bodies) until its handler returns, so awaiting the reconcile there held 7,500
-        waiting workers and 76 MB of event bodies at 5,000 tasks."""
+        """Queue a reconcile of `key` for the workers: a key queued twice runs once, and a watch event
+        returns at once. Kopf keeps each object's pending events (whole bodies) until its handler
+        returns, so awaiting the reconcile there held 7,500 waiting workers and 76 MB of event bodies at
+        5,000 tasks."""
         self._views = views
-        if not self._workers and self.workers:
+        if not self.queue.started and self.workers:
             # Started here, from a Kopf handler: Kopf's Events need the context its handlers run in.
             self.start(self.workers)
-        if forced:
-            self._forced.add(key)
-        if key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
+        self.queue.add(key, forced=forced)
 
     def start(self, workers: int) -> None:
         """Start the reconcile workers on the running loop: at most this many reconciles at a time."""
-        loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._work(), name=f"reconcile worker {i}") for i in range(workers)]
+        self.queue.start(workers)
 
     async def stop(self) -> None:
-        for timer in [*self._timers.values(), *self._holds.values()]:
-            if timer is not None:
-                timer.cancel()
-        self._timers.clear()
-        self._holds.clear()
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        await self.queue.stop()
 
-    async def _work(self) -> None:
-        while True:
-            key = await self._queue.get()
-            self._queued.discard(key)  # an event from now on queues it again
-            forced = key in self._forced
-            self._forced.discard(key)
-            if self._views is not None:
-                try:
-                    await self.reconcile(key, self._views, if_changed=not forced)
-                except Exception:  # reconcile handles its own failures; never lose a worker
-                    log.exception("reconcile of %s/%s failed unexpectedly", *key)
+    async def _process(self, key: Key, forced: bool) -> None:
+        if self._views is not None:
+            await self.reconcile(key, self._views, if_changed=not forced)
 
     async def reconcile(self, key: Key, views: Views, *, if_changed: bool = False) -> None:
         """Bring one task in line with what the watches saw. `if_changed` (a watch event): skip it when
         nothing the reconcile reads has changed since the last one, e.g. our own status write coming
         back, or a StatefulSet status update, which no view keeps."""
         self._views = views
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self.queue.serialised(key):
             raw = _one(views.tasks, key)
             if raw is not None:
                 inputs = self._inputs(key, raw, views)
@@ -282,7 +258,7 @@ class Reconciler:
                         # Our own write of the failure, coming back, is no reason to retry before the timer.
                         self._seen[key] = replace(inputs, status_version=version)
                 else:
-                    self._retries.pop(key, None)
+                    self._backoff.succeeded(key)
                     # As read before the reconcile (what changed meanwhile must run the next one), but
                     # with what our own writes produced, which the watches will bring back: at N = 1,000,
                     # the StatefulSet's coming back ran 1,000 reconciles a phase that had nothing to do.
@@ -296,8 +272,7 @@ class Reconciler:
                     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
                 return
             self._forget(key)  # deleted: its children go by garbage collection
-        if not lock.locked():
-            self._locks.pop(key, None)
+        self.queue.forget(key)
 
     async def _reconcile(self, raw: Mapping[str, Any], views: Views) -> _Children:
         """Returns the workspace's children as this reconcile left them."""
@@ -320,7 +295,7 @@ class Reconciler:
         if (leftover := _leftover(task, observed, pod)) is not None:
             # Never applied over (its files, its conversation): it goes by garbage collection.
             sts = observed = pod = None
-            self._requeue_after(key, LEFTOVER_RECHECK)
+            self.queue.add_after(key, LEFTOVER_RECHECK)
         pausing = task.spec.paused and observed is not None and observed.replicas > 0
         if pausing:
             self.event(
@@ -338,7 +313,7 @@ class Reconciler:
                 if not _refused(exc) or kube.namespace_terminating(exc):
                     raise
                 workspace_error = f"The workspace cannot be applied: {kube.api_message(exc)}"
-                self._requeue_after(key, REFUSED_RETRY)  # what refused it may go (a quota, a webhook)
+                self.queue.add_after(key, REFUSED_RETRY)  # what refused it may go (a quota, a webhook)
         if pausing and (template is None or workspace_error is not None):
             # Pausing never depends on the template: what runs is scaled down as it is.
             sts = await self._scale_to_zero(key)
@@ -364,7 +339,7 @@ class Reconciler:
         if agent is not None and not agent.healthy and agent.silent_since is not None:
             # Unknown once the silence outlasts the grace: reconcile then (`now` is in whole seconds).
             grace_left = agent.silent_since + self.agent_grace - now
-            self._requeue_after(key, max(grace_left.total_seconds(), 0) + 1)
+            self.queue.add_after(key, max(grace_left.total_seconds(), 0) + 1)
         obs = Observation(
             generation=task.metadata.generation,
             paused=task.spec.paused,
@@ -393,7 +368,7 @@ class Reconciler:
                 if had_prompt and not await self._snapshot(task, raw, quiet=True):
                     # The conversation could not be read: try again while the agent stays idle.
                     self.agents.idle_pending.add(key)
-                    self._requeue_after(key, IDLE_SNAPSHOT_RETRY)
+                    self.queue.add_after(key, IDLE_SNAPSHOT_RETRY)
         await self._write_status(task, raw, obs)
         return _Children(sts, service)
 
@@ -466,7 +441,7 @@ class Reconciler:
             desired = workspace.statefulset(task, template, sts.replicas, sts.lifetime, sts, self.report_url)
             refusal = await kube.pod_refusal(workspace.first_pod(desired))
             known = self._pod_refusals[key] = (sts.spec_hash, now, refusal)
-            self._requeue_after(key, POD_CHECK)  # still no pod then: ask again
+            self.queue.add_after(key, POD_CHECK)  # still no pod then: ask again
         return f"The API server refuses the workspace pod: {known[2]}" if known[2] else None
 
     async def _restart(self, raw: Mapping[str, Any], pod: PodView) -> None:
@@ -500,7 +475,7 @@ class Reconciler:
         if (observed is not None and observed.spec_hash == applied.view.spec_hash) or left <= 0:
             del self._applied[key]  # the watch has caught up (or should have: then it is believed)
             return observed
-        self._requeue_after(key, left)  # look at the watch again then, should nothing else come
+        self.queue.add_after(key, left)  # look at the watch again then, should nothing else come
         return applied.view
 
     def statefulset_deleted(self, key: Key) -> None:
@@ -572,7 +547,7 @@ class Reconciler:
             attempts = failed.attempts + 1 if failed is not None else 1
             delay = RETRY_DELAYS[min(attempts - 1, len(RETRY_DELAYS) - 1)]
             self._delivery_failures[key] = _DeliveryFailure(attempts, reason, delay, time.monotonic() + delay)
-            self._requeue_after(key, delay)
+            self.queue.add_after(key, delay)
             log.warning(
                 "prompt for %s/%s not delivered (attempt %d), retrying in %.0fs: %s",
                 *key,
@@ -665,14 +640,14 @@ class Reconciler:
         if not status.get("displayName"):
             status["displayName"] = named = self._display_name(task)
         if not lifecycle.status_changed(current, status):
-            self._end_hold(key)
+            self.queue.end_hold(key)
             self._prompts.pop(key, None)
             self._snapshots.pop(key, None)
             return
         news = report is not None or named is not None or key in self._prompts or key in self._snapshots
         if not news and self._hold(key, current, status):
             return
-        self._end_hold(key)
+        self.queue.end_hold(key)
         written = await kube.patch_task_status(task.namespace, task.name, status)
         # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
         if report is not None and self._reports.get(key) is report:
@@ -708,18 +683,7 @@ class Reconciler:
         same_spec = current.get("observedGeneration") == status["observedGeneration"]
         if self.status_hold <= 0 or not step or not same_spec:
             return False
-        if key not in self._holds:
-
-            def due() -> None:
-                self._holds[key] = None
-                self.poke(key)
-
-            self._holds[key] = asyncio.get_running_loop().call_later(self.status_hold, due)
-        return self._holds[key] is not None
-
-    def _end_hold(self, key: Key) -> None:
-        if (timer := self._holds.pop(key, None)) is not None:
-            timer.cancel()
+        return self.queue.hold(key, self.status_hold)
 
     def _note_wish(self, key: Key, paused: bool) -> None:
         """Remember when a pause or resume was first seen, to time it (a new task's start is neither)."""
@@ -764,14 +728,10 @@ class Reconciler:
         if isinstance(exc, kube.ApiException) and exc.status == 404 and await _gone(key):
             log.debug("task %s/%s is gone; nothing to retry", *key)  # the watch's DELETED forgets it
             return None
-        now = asyncio.get_running_loop().time()
-        attempt, due = self._retries.get(key, (0, 0.0))
-        if now < due:
-            # Failed again before its retry, run by some watch event (an API server away fails every
-            # one at once): the back-off grows with time, not with how many events came meanwhile.
+        retry = self._backoff.failed(key)
+        if retry is None:  # failed again before its retry was due: that one tells
             return None
-        delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-        self._retries[key] = (attempt + 1, now + delay)
+        attempt, delay = retry.attempt - 1, retry.delay
         why = kube.api_message(exc)
         log.warning(
             "reconcile of %s/%s failed (attempt %d), retrying in %.0fs: %s", *key, attempt + 1, delay, why
@@ -780,7 +740,7 @@ class Reconciler:
             self.event(
                 raw, type="Warning", reason="ReconcileFailed", message=f"Reconcile failed, retrying: {why}"
             )
-        self._requeue_after(key, delay)
+        self.queue.add_after(key, delay)
         status = raw.get("status") or {}
         message = f"Reconcile failed (attempt {attempt + 1}), retrying in {delay:.0f}s: {why}"
         try:
@@ -794,28 +754,12 @@ class Reconciler:
             return None
         return str(written["metadata"]["resourceVersion"])
 
-    def _requeue_after(self, key: Key, delay: float) -> None:
-        """Reconcile `key` again in `delay` seconds, unless one is due sooner already (a retry, or the end
-        of an agent's grace period)."""
-        loop = asyncio.get_running_loop()
-        timer = self._timers.get(key)
-        if timer is not None:
-            if timer.when() <= loop.time() + delay:
-                return
-            timer.cancel()
-
-        def due() -> None:
-            self._timers.pop(key, None)
-            self.poke(key)
-
-        self._timers[key] = loop.call_later(delay, due)
-
     def _forget(self, key: Key) -> None:
         """A deleted task: stop following its agent and drop everything kept for it."""
         if self.agents is not None:
             self.agents.ensure(key, None)
+        self._backoff.succeeded(key)
         for memory in (
-            self._retries,
             self._written,
             self._prompts,
             self._snapshots,
@@ -831,9 +775,6 @@ class Reconciler:
             memory.pop(key, None)
         if (naming_task := self._naming.pop(key, None)) is not None:
             naming_task.cancel()
-        if (timer := self._timers.pop(key, None)) is not None:
-            timer.cancel()
-        self._end_hold(key)
 
 
 def _leftover(task: Task, sts: StatefulSetView | None, pod: PodView | None) -> str | None:

@@ -221,7 +221,7 @@ def test_events_queued_for_one_task_make_one_reconcile_and_a_poke_always_runs(ap
     async def settle() -> None:
         for _ in range(100):
             await asyncio.sleep(0.01)
-            if reconciler._queue.empty() and not any(lock.locked() for lock in reconciler._locks.values()):
+            if reconciler.queue.idle():
                 return
 
     async def scenario() -> list[int]:
@@ -490,7 +490,7 @@ def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> Non
     gone.tasks = FakeIndex({})
     run(reconciler, gone)
     assert stopped == [(KEY, None)]
-    assert KEY not in reconciler._written and KEY not in reconciler._locks
+    assert KEY not in reconciler._written
 
 
 def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
