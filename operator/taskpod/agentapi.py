@@ -58,12 +58,11 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def direct_url(pod_ip: str, port: int) -> str:
-    return f"http://{pod_ip}:{port}"
-
-
-def proxy_url(server: str, namespace: str, pod: str, port: int) -> str:
-    """The API server's proxy to a pod's port; needs `pods/proxy` permission."""
+def agent_url(server: str | None, namespace: str, pod: str, pod_ip: str, port: int) -> str:
+    """Where a pod's AgentAPI answers: at its IP (`server` None: in-cluster, or a local control plane),
+    or through the API server `server`'s proxy to the pod's port, which needs `pods/proxy` permission."""
+    if server is None:
+        return f"http://{pod_ip}:{port}"
     return f"{server.rstrip('/')}/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy"
 
 

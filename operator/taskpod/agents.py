@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import random
 from collections.abc import AsyncGenerator, Callable
@@ -19,20 +18,19 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from taskpod import clock
 from taskpod.agentapi import (
     AgentClient,
     AgentError,
     AgentEvent,
     AgentMessage,
     AgentUnavailable,
-    direct_url,
-    proxy_url,
+    agent_url,
 )
 from taskpod.lifecycle import AgentView
-from taskpod.models import AgentStatus, storable
+from taskpod.models import AgentStatus, Key, storable
 
 log = logging.getLogger("taskpod.agents")
-Key = tuple[str, str]
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 PROBE_AFTER = 60.0  # seconds of a quiet /events stream before its agent is asked how it is
 PROBE_RETRY = 5.0  # seconds between asking again an agent that did not answer
@@ -67,15 +65,8 @@ class Transport:
 
     def client(self, target: Target) -> AgentClient:
         """A client of its own for this agent; whoever asks for one closes it (`aclose`)."""
-        if self.server is None:
-            url = direct_url(target.pod_ip, target.port)
-        else:
-            url = proxy_url(self.server, target.namespace, target.pod, target.port)
+        url = agent_url(self.server, target.namespace, target.pod, target.pod_ip, target.port)
         return AgentClient(url, self.make_http(), timeout=self.timeout)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 class Agents:
@@ -196,7 +187,7 @@ class Agents:
     def _silent(self, key: Key, reason: str) -> None:
         """The agent did not answer: unhealthy, silent since its first failure after the last success."""
         view = self.views.get(key)
-        silent_since = view.silent_since if view and view.silent_since else _now()
+        silent_since = view.silent_since if view and view.silent_since else clock.now()
         self._update(key, healthy=False, reason=reason, silent_since=silent_since)
 
     def _heard(self, key: Key, kind: str, data: dict[str, Any]) -> None:

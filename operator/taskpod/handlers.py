@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from taskpod import kube, metrics, reports
 from taskpod.agents import Agents, Transport
 from taskpod.lifecycle import SPEC_HASH_ANNOTATION, NodeView, PodView, StatefulSetView
-from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, TaskTemplate
-from taskpod.reconcile import Key, Reconciler, Views
+from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, Key, TaskTemplate
+from taskpod.reconcile import Reconciler, Views
 from taskpod.settings import Settings
 from taskpod.workspace import MANAGED_BY, TASK_LABEL
 

@@ -19,6 +19,7 @@ GROUP = "taskpod.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_TEMPLATE = "default"
+Key = tuple[str, str]  # a Task's namespace and name: what the operator keeps per task is kept by this
 DEFAULT_AGENT_PORT = 3284
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 

@@ -17,15 +17,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from taskpod import agentstate, kube, lifecycle, metrics, naming, reports, snapshots, workspace
+from taskpod import agentstate, clock, kube, lifecycle, metrics, naming, reports, snapshots, workspace
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
 from taskpod.agents import Agents, Target, deliver_prompt
 from taskpod.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
-from taskpod.models import DEFAULT_TEMPLATE, AgentStatus, Phase, Task, TaskStatus, TaskTemplate
+from taskpod.models import DEFAULT_TEMPLATE, AgentStatus, Key, Phase, Task, TaskStatus, TaskTemplate
 from taskpod.workqueue import Backoff, WorkQueue
 
 log = logging.getLogger("taskpod")
-Key = tuple[str, str]  # (namespace, task name)
 SNAPSHOT_TIMEOUT = 5.0  # seconds; a pause never waits longer on an unreachable agent
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # Phases worth an Event of their own; the steps between them are visible in status, not in the story.
@@ -120,10 +119,6 @@ def _target(
         return None
     lifetime = pod.lifetime if pod.lifetime is not None else (sts.lifetime if sts else 0)
     return Target(pod.uid, task.namespace, pod.name, pod.pod_ip, pod.agent_port, lifetime)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -335,7 +330,7 @@ class Reconciler:
             )
             self.agents.ensure(key, target, answered_before)
             agent = self.agents.views.get(key)
-        now = _now()
+        now = clock.now()
         if agent is not None and not agent.healthy and agent.silent_since is not None:
             # Unknown once the silence outlasts the grace: reconcile then (`now` is in whole seconds).
             grace_left = agent.silent_since + self.agent_grace - now
@@ -563,7 +558,7 @@ class Reconciler:
         metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
         lifetime = obs.agent.lifetime
         sha = agentstate.prompt_sha(task.spec.prompt)
-        self._prompts[key] = agentstate.prompt_record(sha, _now(), lifetime)
+        self._prompts[key] = agentstate.prompt_record(sha, clock.now(), lifetime)
         message = f"Delivered the prompt to the agent (lifetime {lifetime})."
         self.event(raw, type="Normal", reason="PromptDelivered", message=message)
 
@@ -612,7 +607,7 @@ class Reconciler:
         snap = snapshots.shape([m.dump() for m in messages])
         if self._snapshot_digests.get(key) == snap.digest:
             return True  # nothing new since the last one
-        taken = _now()
+        taken = clock.now()
         await kube.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
@@ -630,7 +625,7 @@ class Reconciler:
         status = agentstate.task_status(
             task,
             obs,
-            _now(),
+            clock.now(),
             self._prompts.get(key),
             self._snapshots.get(key),
             report,

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from taskpod import clock
 from taskpod.models import AgentState, storable
 
 log = logging.getLogger("taskpod.reports")
@@ -99,7 +100,7 @@ def app(review: Review, accept: Accept) -> web.Application:
             return web.json_response({"error": "the token is not a taskpod workspace pod's"}, status=401)
         try:
             body = await request.json()
-            parsed = parse(body, dt.datetime.now(dt.UTC).replace(microsecond=0))
+            parsed = parse(body, clock.now())
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         refusal = await accept(who, parsed)

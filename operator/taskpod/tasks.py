@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskpod import kube, naming
-from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, direct_url, proxy_url
+from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, agent_url
 from taskpod.models import (
     DEFAULT_AGENT_PORT,
     GROUP,
@@ -73,11 +73,10 @@ async def agent_client(task: Task) -> AgentClient:
     # control plane, whose loopback pod IPs the API server refuses to proxy to).
     via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "proxy") != "direct"
     make_http, server = kube.agent_transport(via_proxy=via_proxy)
-    if server is None:
-        if not workspace.pod_ip:
-            raise TaskConflict(f"task {task.name}'s pod has no IP yet")
-        return AgentClient(direct_url(workspace.pod_ip, port), make_http())
-    return AgentClient(proxy_url(server, task.namespace, workspace.pod, port), make_http())
+    if server is None and not workspace.pod_ip:
+        raise TaskConflict(f"task {task.name}'s pod has no IP yet")
+    url = agent_url(server, task.namespace, workspace.pod, workspace.pod_ip or "", port)
+    return AgentClient(url, make_http())
 
 
 @asynccontextmanager

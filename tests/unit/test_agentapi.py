@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, proxy_url
+from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, agent_url
 from taskpod.agents import deliver_prompt
 from taskpod.models import AgentStatus
 
@@ -88,8 +88,9 @@ def test_events_are_parsed_from_the_sse_stream() -> None:
     ]
 
 
-def test_proxy_url_goes_through_the_api_server() -> None:
-    assert proxy_url("https://10.0.0.1:6443/", "team", "fix-0", 3284) == (
+def test_an_agent_is_reached_at_its_pod_ip_or_through_the_api_servers_proxy() -> None:
+    assert agent_url(None, "team", "fix-0", "10.244.0.7", 3284) == "http://10.244.0.7:3284"
+    assert agent_url("https://10.0.0.1:6443/", "team", "fix-0", "10.244.0.7", 3284) == (
         "https://10.0.0.1:6443/api/v1/namespaces/team/pods/fix-0:3284/proxy"
     )
 

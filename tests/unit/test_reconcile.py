@@ -15,9 +15,10 @@ import pytest
 
 from taskpod import kube, naming, reconcile
 from taskpod.agentapi import AgentMessage
+from taskpod.clock import now as _now
 from taskpod.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
 from taskpod.models import AgentStatus, Task, TaskTemplate
-from taskpod.reconcile import Reconciler, Views, _now
+from taskpod.reconcile import Reconciler, Views
 
 NS, NAME = "team", "fix-login"
 KEY = (NS, NAME)
