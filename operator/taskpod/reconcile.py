@@ -149,31 +149,54 @@ class _DeliveryFailure:
 
 
 @dataclass
+class Memory:
+    """What this process last wrote, applied or read for each task: a reconcile writes only what
+    differs, while the watches may still show what was there before our own writes."""
+
+    written: dict[Key, _Written] = field(default_factory=dict)  # the status we last wrote
+    applied: dict[Key, _Applied] = field(default_factory=dict)  # the StatefulSet, until the watch shows it
+    snapshot_digests: dict[Key, str] = field(default_factory=dict)  # of the last snapshot written
+    seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
+    asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
+    # spec hash, loop time and answer of the last dry run of a workspace pod its controller did not make
+    pod_refusals: dict[Key, tuple[str | None, float, str | None]] = field(default_factory=dict)
+    restarted: dict[Key, str] = field(default_factory=dict)  # uid of the pod last deleted as stuck
+
+    def forget(self, key: Key) -> None:
+        for memory in vars(self).values():
+            memory.pop(key, None)
+
+
+@dataclass
+class News:
+    """What reconciles learnt that the task's status does not show yet: the next status write carries it."""
+
+    prompts: dict[Key, dict[str, Any]] = field(default_factory=dict)  # delivered
+    snapshots: dict[Key, dict[str, Any]] = field(default_factory=dict)  # taken
+    reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received from the agent
+    display_names: dict[Key, str] = field(default_factory=dict)  # generated
+    delivery_failures: dict[Key, _DeliveryFailure] = field(default_factory=dict)  # the prompt's, in a row
+
+    def forget(self, key: Key) -> None:
+        for news in vars(self).values():
+            news.pop(key, None)
+
+
+@dataclass
 class Reconciler:
     event: EventSink
-    _backoff: Backoff[Key] = field(default_factory=lambda: Backoff(RETRY_DELAYS))  # failed reconciles
-    _written: dict[Key, _Written] = field(default_factory=dict)
     agents: Agents | None = None
     agent_grace: dt.timedelta = lifecycle.AGENT_GRACE
-    _prompts: dict[Key, dict[str, Any]] = field(default_factory=dict)  # delivered, not yet in status
-    _snapshots: dict[Key, dict[str, Any]] = field(default_factory=dict)  # taken, not yet in status
-    _snapshot_digests: dict[Key, str] = field(default_factory=dict)  # of the last one written
-    _views: Views | None = None
-    _reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received, not yet in status
     report_url: str | None = None  # where workspaces send their agent's reports
-    workers: int = 0  # reconciles at a time, started with the first event (0: only explicit start())
     naming_env: Mapping[str, str] = field(default_factory=dict)  # ANTHROPIC_* for display names
-    _display_names: dict[Key, str] = field(default_factory=dict)  # generated, not yet in status
-    _naming: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
-    _naming_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
-    _asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
-    _seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
+    workers: int = 0  # reconciles at a time, started with the first event (0: only explicit start())
     status_hold: float = STATUS_HOLD
-    _applied: dict[Key, _Applied] = field(default_factory=dict)  # until the watch shows it
-    _delivery_failures: dict[Key, _DeliveryFailure] = field(default_factory=dict)  # the prompt's, in a row
-    # spec hash, loop time and answer of the last dry run of a workspace pod its controller did not make
-    _pod_refusals: dict[Key, tuple[str | None, float, str | None]] = field(default_factory=dict)
-    _restarted: dict[Key, str] = field(default_factory=dict)  # uid of the pod last deleted as stuck
+    memory: Memory = field(default_factory=Memory)
+    news: News = field(default_factory=News)
+    _backoff: Backoff[Key] = field(default_factory=lambda: Backoff(RETRY_DELAYS))  # failed reconciles
+    _naming: dict[Key, asyncio.Task[None]] = field(default_factory=dict)  # display names being asked for
+    _naming_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    _views: Views | None = None
     queue: WorkQueue[Key] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -196,7 +219,8 @@ class Reconciler:
         if pod is None or pod.uid != who.pod_uid or pod.name != who.pod:
             return f"pod {who.pod} is not the current workspace of a task; its report is ignored"
         lifetime = pod.lifetime or 0
-        self._reports[key] = agentstate.Report(report.state, report.message, report.uri, lifetime, report.at)
+        said = agentstate.Report(report.state, report.message, report.uri, lifetime, report.at)
+        self.news.reports[key] = said
         self.poke(key)
         return None
 
@@ -237,27 +261,27 @@ class Reconciler:
             raw = _one(views.tasks, key)
             if raw is not None:
                 inputs = self._inputs(key, raw, views)
-                if if_changed and self._seen.get(key) == inputs:
+                if if_changed and self.memory.seen.get(key) == inputs:
                     metrics.RECONCILES_SKIPPED.inc()
                     return
                 started = time.monotonic()
                 try:
                     left = await self._reconcile(raw, views)
                 except Exception as exc:
-                    self._seen.pop(key, None)
+                    self.memory.seen.pop(key, None)
                     if kube.namespace_terminating(exc):  # the task goes with it: nothing to retry or tell
                         log.debug("namespace of %s/%s is being deleted; not reconciling it", *key)
                         return
                     metrics.RECONCILE_ERRORS.inc()
                     if version := await self._retry_later(key, raw, exc):
                         # Our own write of the failure, coming back, is no reason to retry before the timer.
-                        self._seen[key] = replace(inputs, status_version=version)
+                        self.memory.seen[key] = replace(inputs, status_version=version)
                 else:
                     self._backoff.succeeded(key)
                     # As read before the reconcile (what changed meanwhile must run the next one), but
                     # with what our own writes produced, which the watches will bring back: at N = 1,000,
                     # the StatefulSet's coming back ran 1,000 reconciles a phase that had nothing to do.
-                    self._seen[key] = replace(
+                    self.memory.seen[key] = replace(
                         inputs,
                         status_version=self._status_version(key, raw),
                         statefulset=left.statefulset,
@@ -285,7 +309,7 @@ class Reconciler:
         if isinstance(template_value, str):
             workspace_error = template_value
         if task.spec.paused:
-            self._delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
+            self.news.delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
         observed = self._as_applied(key, sts)
         if (leftover := _leftover(task, observed, pod)) is not None:
             # Never applied over (its files, its conversation): it goes by garbage collection.
@@ -354,7 +378,7 @@ class Reconciler:
             and not task.spec.paused  # Active while pausing (the pod is still Ready): no prompt now
             and lifecycle.derive_phase(obs).phase is Phase.ACTIVE
         ):
-            had_prompt = bool(self._prompts.get(key) or self._current_status(task, raw).get("prompt"))
+            had_prompt = bool(self.news.prompts.get(key) or self._current_status(task, raw).get("prompt"))
             await self._deliver_prompt(task, raw, obs)
             if key in self.agents.idle_pending:
                 self.agents.idle_pending.discard(key)
@@ -392,9 +416,9 @@ class Reconciler:
             and observed.spec_hash == workspace.spec_hash(desired)
         ):
             return _Children(observed, service_hash_wanted)
-        self._applied.pop(key, None)  # should the apply fail, the watch alone says what is there
+        self.memory.applied.pop(key, None)  # should the apply fail, the watch alone says what is there
         live = StatefulSetView.parse(await kube.apply(desired))
-        self._applied[key] = _Applied(live, asyncio.get_running_loop().time())
+        self.memory.applied[key] = _Applied(live, asyncio.get_running_loop().time())
         if observed is None:
             self.event(
                 raw,
@@ -419,23 +443,23 @@ class Reconciler:
         paused = [
             c for c in self._current_status(task, raw).get("conditions") or [] if c.get("type") == "Paused"
         ]
-        if key in self._snapshots or (paused and paused[0].get("reason") != "Running"):
+        if key in self.news.snapshots or (paused and paused[0].get("reason") != "Running"):
             return
         configmap = await kube.read_configmap(task.namespace, snapshots.configmap_name(task.name))
         entry = snapshots.status_entry_of(configmap, task.metadata.uid) if configmap is not None else None
         if entry is not None:
-            self._snapshots[key] = entry
+            self.news.snapshots[key] = entry
 
     async def _pod_refusal(self, task: Task, template: TaskTemplate, sts: StatefulSetView) -> str | None:
         """Why the API server refuses the workspace's pod (Pod Security, a missing ServiceAccount, ...),
         which only the StatefulSet controller hears: asked by a dry run, at most every POD_CHECK seconds."""
         key = (task.namespace, task.name)
         now = asyncio.get_running_loop().time()
-        known = self._pod_refusals.get(key)
+        known = self.memory.pod_refusals.get(key)
         if known is None or known[0] != sts.spec_hash or known[1] + POD_CHECK <= now:
             desired = workspace.statefulset(task, template, sts.replicas, sts.lifetime, sts, self.report_url)
             refusal = await kube.pod_refusal(workspace.first_pod(desired))
-            known = self._pod_refusals[key] = (sts.spec_hash, now, refusal)
+            known = self.memory.pod_refusals[key] = (sts.spec_hash, now, refusal)
             self.queue.add_after(key, POD_CHECK)  # still no pod then: ask again
         return f"The API server refuses the workspace pod: {known[2]}" if known[2] else None
 
@@ -443,9 +467,9 @@ class Reconciler:
         """Delete a workspace pod that its StatefulSet controller will not replace by itself, once."""
         meta = raw.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        if self._restarted.get(key) == pod.uid:
+        if self.memory.restarted.get(key) == pod.uid:
             return  # asked already; the watch has not shown it go yet
-        self._restarted[key] = pod.uid
+        self.memory.restarted[key] = pod.uid
         await kube.delete_pod(key[0], pod.name, pod.uid)
         message = (
             f"Deleted pod {pod.name}, which never became ready at an older revision of the workspace: "
@@ -457,25 +481,25 @@ class Reconciler:
         """Scale the workspace down as it is, for a pause that cannot apply the workspace (no template,
         or one the API server refuses); the next apply takes the field back."""
         live = StatefulSetView.parse(await kube.scale_statefulset(*key, replicas=0))
-        self._applied[key] = _Applied(live, asyncio.get_running_loop().time())
+        self.memory.applied[key] = _Applied(live, asyncio.get_running_loop().time())
         return live
 
     def _as_applied(self, key: Key, observed: StatefulSetView | None) -> StatefulSetView | None:
         """The StatefulSet as we last applied it while the watch shows an older one, or none (see
         APPLIED_TRUST); else what the watch shows."""
-        applied = self._applied.get(key)
+        applied = self.memory.applied.get(key)
         if applied is None:
             return observed
         left = applied.at + APPLIED_TRUST - asyncio.get_running_loop().time()
         if (observed is not None and observed.spec_hash == applied.view.spec_hash) or left <= 0:
-            del self._applied[key]  # the watch has caught up (or should have: then it is believed)
+            del self.memory.applied[key]  # the watch has caught up (or should have: then it is believed)
             return observed
         self.queue.add_after(key, left)  # look at the watch again then, should nothing else come
         return applied.view
 
     def statefulset_deleted(self, key: Key) -> None:
         """The watch saw the task's StatefulSet deleted: what we applied before is no longer there."""
-        self._applied.pop(key, None)
+        self.memory.applied.pop(key, None)
 
     def _inputs(self, key: Key, raw: Mapping[str, Any], views: Views) -> _Inputs:
         meta = raw.get("metadata") or {}
@@ -497,7 +521,7 @@ class Reconciler:
     def _lagging(self, key: Key, raw: Mapping[str, Any]) -> _Written | None:
         """Our last status write, while the watch still shows `raw`, a version from before it; else None."""
         meta = raw.get("metadata") or {}
-        cached = self._written.get(key)
+        cached = self.memory.written.get(key)
         version = str(meta.get("resourceVersion", ""))
         if cached is not None and cached.uid == meta.get("uid") and version in cached.stale_versions:
             return cached
@@ -514,7 +538,7 @@ class Reconciler:
         cached = self._lagging(key, raw)
         if cached is not None:
             return cached.status
-        self._written.pop(key, None)  # the watch has caught up: no need to keep a copy of every status
+        self.memory.written.pop(key, None)  # the watch has caught up: no need to keep a copy of every status
         return raw.get("status") or {}
 
     async def _deliver_prompt(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
@@ -522,14 +546,14 @@ class Reconciler:
         A refused or lost delivery is retried with back-off, and status says so meanwhile."""
         key = (task.namespace, task.name)
         current = self._current_status(task, raw)
-        recorded = self._prompts.get(key) or current.get("prompt")
+        recorded = self.news.prompts.get(key) or current.get("prompt")
         client = self.agents.client(key) if self.agents else None
         if agentstate.was_delivered(task.spec.prompt, recorded) or client is None:
-            self._delivery_failures.pop(key, None)
+            self.news.delivery_failures.pop(key, None)
             return
         if obs.agent is None or not obs.agent.healthy or obs.agent.status is not AgentStatus.STABLE:
             return
-        failed = self._delivery_failures.get(key)
+        failed = self.news.delivery_failures.get(key)
         if failed is not None and failed.due > time.monotonic():
             return  # its retry timer runs the next attempt
         try:
@@ -541,7 +565,8 @@ class Reconciler:
             metrics.PROMPT_DELIVERIES.labels(outcome="failed").inc()
             attempts = failed.attempts + 1 if failed is not None else 1
             delay = RETRY_DELAYS[min(attempts - 1, len(RETRY_DELAYS) - 1)]
-            self._delivery_failures[key] = _DeliveryFailure(attempts, reason, delay, time.monotonic() + delay)
+            due = time.monotonic() + delay
+            self.news.delivery_failures[key] = _DeliveryFailure(attempts, reason, delay, due)
             self.queue.add_after(key, delay)
             log.warning(
                 "prompt for %s/%s not delivered (attempt %d), retrying in %.0fs: %s",
@@ -554,11 +579,11 @@ class Reconciler:
                 message = f"The agent refused the prompt, retrying: {reason}"
                 self.event(raw, type="Warning", reason="PromptDeliveryFailed", message=message)
             return
-        self._delivery_failures.pop(key, None)
+        self.news.delivery_failures.pop(key, None)
         metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
         lifetime = obs.agent.lifetime
         sha = agentstate.prompt_sha(task.spec.prompt)
-        self._prompts[key] = agentstate.prompt_record(sha, clock.now(), lifetime)
+        self.news.prompts[key] = agentstate.prompt_record(sha, clock.now(), lifetime)
         message = f"Delivered the prompt to the agent (lifetime {lifetime})."
         self.event(raw, type="Normal", reason="PromptDelivered", message=message)
 
@@ -605,14 +630,14 @@ class Reconciler:
             # its old conversation). Not worth keeping, and it must not replace the conversation we kept.
             return True
         snap = snapshots.shape([m.dump() for m in messages])
-        if self._snapshot_digests.get(key) == snap.digest:
+        if self.memory.snapshot_digests.get(key) == snap.digest:
             return True  # nothing new since the last one
         taken = clock.now()
         await kube.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
-        self._snapshot_digests[key] = snap.digest
-        self._snapshots[key] = snapshots.status_entry(task, snap, taken)
+        self.memory.snapshot_digests[key] = snap.digest
+        self.news.snapshots[key] = snapshots.status_entry(task, snap, taken)
         return True
 
     async def _write_status(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
@@ -620,14 +645,14 @@ class Reconciler:
         # Decide from the same status we compare against, or two versions of it would take turns forever.
         task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
         key = (task.namespace, task.name)
-        report = self._reports.get(key)
-        failure = self._delivery_failures.get(key)
+        report = self.news.reports.get(key)
+        failure = self.news.delivery_failures.get(key)
         status = agentstate.task_status(
             task,
             obs,
             clock.now(),
-            self._prompts.get(key),
-            self._snapshots.get(key),
+            self.news.prompts.get(key),
+            self.news.snapshots.get(key),
             report,
             failure.shown() if failure is not None else None,
         )
@@ -636,27 +661,28 @@ class Reconciler:
             status["displayName"] = named = self._display_name(task)
         if not lifecycle.status_changed(current, status):
             self.queue.end_hold(key)
-            self._prompts.pop(key, None)
-            self._snapshots.pop(key, None)
+            self.news.prompts.pop(key, None)
+            self.news.snapshots.pop(key, None)
             return
-        news = report is not None or named is not None or key in self._prompts or key in self._snapshots
+        pending = self.news
+        news = report is not None or named is not None or key in pending.prompts or key in pending.snapshots
         if not news and self._hold(key, current, status):
             return
         self.queue.end_hold(key)
         written = await kube.patch_task_status(task.namespace, task.name, status)
         # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
-        if report is not None and self._reports.get(key) is report:
-            del self._reports[key]
-        if named is not None and self._display_names.get(key) == named:
-            del self._display_names[key]
-        self._prompts.pop(key, None)  # recorded in status now
-        self._snapshots.pop(key, None)
-        previous = self._written.get(key)
+        if report is not None and self.news.reports.get(key) is report:
+            del self.news.reports[key]
+        if named is not None and self.news.display_names.get(key) == named:
+            del self.news.display_names[key]
+        self.news.prompts.pop(key, None)  # recorded in status now
+        self.news.snapshots.pop(key, None)
+        previous = self.memory.written.get(key)
         stale: tuple[str, ...] = ()
         if previous is not None and previous.uid == task.metadata.uid:
             stale = (*previous.stale_versions, previous.version)
         stale = (*stale, task.metadata.resource_version)
-        self._written[key] = _Written(
+        self.memory.written[key] = _Written(
             task.metadata.uid,
             written["metadata"]["resourceVersion"],
             written.get("status") or {},
@@ -682,14 +708,14 @@ class Reconciler:
 
     def _note_wish(self, key: Key, paused: bool) -> None:
         """Remember when a pause or resume was first seen, to time it (a new task's start is neither)."""
-        asked = self._asked.get(key)
+        asked = self.memory.asked.get(key)
         if asked is None:
-            self._asked[key] = (paused, -1.0)
+            self.memory.asked[key] = (paused, -1.0)
         elif asked[0] != paused:
-            self._asked[key] = (paused, time.monotonic())
+            self.memory.asked[key] = (paused, time.monotonic())
 
     def _observe_latency(self, key: Key, paused: bool, phase: str) -> None:
-        asked = self._asked.get(key)
+        asked = self.memory.asked.get(key)
         if asked is None or asked[1] < 0 or asked[0] != paused:
             return
         if paused and phase == Phase.PAUSED:
@@ -698,14 +724,14 @@ class Reconciler:
             metrics.RESUME_SECONDS.observe(time.monotonic() - asked[1])
         else:
             return
-        self._asked[key] = (paused, -1.0)  # observed once
+        self.memory.asked[key] = (paused, -1.0)  # observed once
 
     def _display_name(self, task: Task) -> str | None:
         """A display name for a task applied without one: from the prompt at once, or from Anthropic
         in the background (never holding up the reconcile; asked once per task) when a key is set."""
         key = (task.namespace, task.name)
-        if key in self._display_names:
-            return self._display_names[key]
+        if key in self.news.display_names:
+            return self.news.display_names[key]
         if not self.naming_env.get("ANTHROPIC_API_KEY"):
             return naming.display_from_prompt(task.spec.prompt)
         if key not in self._naming:
@@ -714,7 +740,7 @@ class Reconciler:
 
     async def _ask_name(self, key: Key, prompt: str) -> None:
         async with self._naming_slots:
-            self._display_names[key] = await naming.display_name_for(prompt, self.naming_env)
+            self.news.display_names[key] = await naming.display_name_for(prompt, self.naming_env)
         self.poke(key)
 
     async def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> str | None:
@@ -754,20 +780,8 @@ class Reconciler:
         if self.agents is not None:
             self.agents.ensure(key, None)
         self._backoff.succeeded(key)
-        for memory in (
-            self._written,
-            self._prompts,
-            self._snapshots,
-            self._snapshot_digests,
-            self._display_names,
-            self._asked,
-            self._seen,
-            self._applied,
-            self._delivery_failures,
-            self._pod_refusals,
-            self._restarted,
-        ):
-            memory.pop(key, None)
+        self.memory.forget(key)
+        self.news.forget(key)
         if (naming_task := self._naming.pop(key, None)) is not None:
             naming_task.cancel()
 

@@ -173,7 +173,7 @@ def test_a_stale_watch_version_does_not_cause_a_second_write(api: FakeApi) -> No
     # The watch catches up with our write: still nothing to do, and no copy of the status is kept.
     run(reconciler, views(task_body(str(api.version), api.status), api))
     assert len(api.status_patches) == 1
-    assert KEY not in reconciler._written  # 5,000 tasks would otherwise keep their status twice
+    assert KEY not in reconciler.memory.written  # 5,000 tasks would otherwise keep their status twice
 
 
 def counting_reconciles(reconciler: Reconciler) -> list[Any]:
@@ -260,7 +260,7 @@ def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
     for c in older["conditions"]:
         c["lastTransitionTime"] = "2020-01-01T00:00:00Z"
     # An older write of ours, still in flight in the watch, carries other transition times.
-    reconciler._written[KEY] = reconcile._Written("u1", "12", api.status, ("5", "11"))
+    reconciler.memory.written[KEY] = reconcile._Written("u1", "12", api.status, ("5", "11"))
     run(reconciler, views(task_body("11", older), api))
     run(reconciler, views(task_body("5"), api))
     assert len(api.status_patches) == 1
@@ -491,7 +491,7 @@ def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> Non
     gone.tasks = FakeIndex({})
     run(reconciler, gone)
     assert stopped == [(KEY, None)]
-    assert KEY not in reconciler._written
+    assert KEY not in reconciler.memory.written
 
 
 def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
@@ -585,7 +585,7 @@ def test_a_statefulset_the_watch_has_yet_to_show_is_not_applied_again(api: FakeA
 
     asyncio.run(scenario())
     assert len(_created(api)) == 1 and events.count("WorkspaceCreated") == 1
-    assert KEY not in reconciler._applied  # nothing kept once the watch shows it
+    assert KEY not in reconciler.memory.applied  # nothing kept once the watch shows it
 
 
 @pytest.mark.parametrize("how", ["deleted", "watch never showed it"])
