@@ -129,6 +129,21 @@ class _Children:
     service: str | None
 
 
+@dataclass
+class _Pass:
+    """One reconcile of one task: what it read, and what its steps have made of it so far."""
+
+    task: Task
+    raw: Mapping[str, Any]
+    key: Key
+    template: TaskTemplate | None
+    sts: StatefulSetView | None
+    pod: PodView | None
+    service: str | None  # the Service's spec hash
+    workspace_error: str | None = None
+    leftover: str | None = None  # what a deleted task of the same name left
+
+
 @dataclass(frozen=True)
 class _Applied:
     """The StatefulSet as our last apply left it, and when (loop time)."""
@@ -294,57 +309,88 @@ class Reconciler:
         self.queue.forget(key)
 
     async def _reconcile(self, raw: Mapping[str, Any], views: Views) -> _Children:
-        """Returns the workspace's children as this reconcile left them."""
+        """The steps, in order. Returns the workspace's children as this reconcile left them."""
         task = Task.model_validate(raw)
         key = (task.namespace, task.name)
-        service: str | None = _one(views.services, key)
-        sts: StatefulSetView | None = _one(views.statefulsets, key)
+        template = _one(views.templates, (task.namespace, task.spec.template))
+        step = _Pass(
+            task,
+            raw,
+            key,
+            template if isinstance(template, TaskTemplate) else None,
+            _one(views.statefulsets, key),
+            _one(views.pods, key),
+            _one(views.services, key),
+            workspace_error=template if isinstance(template, str) else None,  # the reason it is invalid
+        )
         if task.metadata.deletion_timestamp is not None:
-            return _Children(sts, service)
+            return _Children(step.sts, step.service)
         self._note_wish(key, task.spec.paused)
-        template_value = _one(views.templates, (task.namespace, task.spec.template))
-        template = template_value if isinstance(template_value, TaskTemplate) else None
-        pod: PodView | None = _one(views.pods, key)
-        workspace_error: str | None = None
-        if isinstance(template_value, str):
-            workspace_error = template_value
         if task.spec.paused:
             self.news.delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
-        observed = self._as_applied(key, sts)
-        if (leftover := _leftover(task, observed, pod)) is not None:
+        observed = self._as_applied(key, step.sts)
+        if (leftover := _leftover(task, observed, step.pod)) is not None:
             # Never applied over (its files, its conversation): it goes by garbage collection.
-            sts = observed = pod = None
+            step.sts = observed = step.pod = None
+            step.leftover = leftover
             self.queue.add_after(key, LEFTOVER_RECHECK)
+        pausing = await self._keep_the_conversation(step, observed)
+        await self._apply_workspace(step, observed, pausing)
+        obs = self._observe(step, views)
+        await self._converse(step, obs)
+        await self._write_status(task, raw, obs)
+        return _Children(step.sts, step.service)
+
+    async def _keep_the_conversation(self, step: _Pass, observed: StatefulSetView | None) -> bool:
+        """A pause starts with a snapshot of the conversation. Returns whether the task is pausing."""
+        task, raw = step.task, step.raw
         pausing = task.spec.paused and observed is not None and observed.replicas > 0
         if pausing:
             self.event(
                 raw, type="Normal", reason="Pausing", message="Pausing: scaling the workspace to zero."
             )
             # The agent to snapshot, followed or not (e.g. just restarted).
-            await self._snapshot(task, raw, quiet=False, target=_target(task, sts, pod, even_if_paused=True))
+            target = _target(task, step.sts, step.pod, even_if_paused=True)
+            await self._snapshot(task, raw, quiet=False, target=target)
         elif task.spec.paused and observed is not None and observed.replicas == 0:
             await self._recover_snapshot_record(task, raw)
-        if template is not None and leftover is None:
+        return pausing
+
+    async def _apply_workspace(self, step: _Pass, observed: StatefulSetView | None, pausing: bool) -> None:
+        """Bring the children in line; say why the API server refuses them or their pod; scale down a
+        pausing workspace even without its template; replace a pod stuck at an older revision."""
+        key, template = step.key, step.template
+        if template is not None and step.leftover is None:
             try:
-                left = await self._ensure_children(task, template, observed, service, raw)
-                sts, service = left.statefulset, left.service
+                left = await self._ensure_children(step.task, template, observed, step.service, step.raw)
+                step.sts, step.service = left.statefulset, left.service
             except kube.ApiException as exc:
                 if not _refused(exc) or kube.namespace_terminating(exc):
                     raise
-                workspace_error = f"The workspace cannot be applied: {kube.api_message(exc)}"
+                step.workspace_error = f"The workspace cannot be applied: {kube.api_message(exc)}"
                 self.queue.add_after(key, REFUSED_RETRY)  # what refused it may go (a quota, a webhook)
-        if pausing and (template is None or workspace_error is not None):
+        if pausing and (template is None or step.workspace_error is not None):
             # Pausing never depends on the template: what runs is scaled down as it is.
-            sts = await self._scale_to_zero(key)
-        if workspace_error is None and template is not None and sts is not None and sts.short and pod is None:
-            workspace_error = await self._pod_refusal(task, template, sts)
+            step.sts = await self._scale_to_zero(key)
+        sts, pod = step.sts, step.pod
+        if (
+            step.workspace_error is None
+            and template is not None
+            and sts is not None
+            and sts.short
+            and not pod
+        ):
+            step.workspace_error = await self._pod_refusal(step.task, template, sts)
         if sts is not None and pod is not None and _stuck_at_an_older_revision(sts, pod):
-            await self._restart(raw, pod)
+            await self._restart(step.raw, pod)
 
+    def _observe(self, step: _Pass, views: Views) -> Observation:
+        """Follow the agent of the current pod, and put together what the phase is derived from."""
+        task, key = step.task, step.key
         agent = None
         if self.agents is not None:
-            target = _target(task, sts, pod)
-            current = self._current_status(task, raw)
+            target = _target(task, step.sts, step.pod)
+            current = self._current_status(task, step.raw)
             workspace_status = current.get("workspace") or {}
             answered_before = bool(
                 target is not None
@@ -359,37 +405,40 @@ class Reconciler:
             # Unknown once the silence outlasts the grace: reconcile then (`now` is in whole seconds).
             grace_left = agent.silent_since + self.agent_grace - now
             self.queue.add_after(key, max(grace_left.total_seconds(), 0) + 1)
-        obs = Observation(
+        return Observation(
             generation=task.metadata.generation,
             paused=task.spec.paused,
             template_name=task.spec.template,
-            template=template,
-            statefulset=sts,
-            pod=pod,
-            workspace_error=workspace_error,
+            template=step.template,
+            statefulset=step.sts,
+            pod=step.pod,
+            workspace_error=step.workspace_error,
             agent=agent,
-            node=_node(views, pod),
-            leftover=leftover,
+            node=_node(views, step.pod),
+            leftover=step.leftover,
             now=now,
             agent_grace=self.agent_grace,
         )
+
+    async def _converse(self, step: _Pass, obs: Observation) -> None:
+        """An Active task's agent gets its prompt, once; an idle one's conversation is kept."""
+        task, raw, key = step.task, step.raw, step.key
         if (
-            self.agents is not None
-            and not task.spec.paused  # Active while pausing (the pod is still Ready): no prompt now
-            and lifecycle.derive_phase(obs).phase is Phase.ACTIVE
+            self.agents is None
+            or task.spec.paused  # Active while pausing (the pod is still Ready): no prompt now
+            or lifecycle.derive_phase(obs).phase is not Phase.ACTIVE
         ):
-            had_prompt = bool(self.news.prompts.get(key) or self._current_status(task, raw).get("prompt"))
-            await self._deliver_prompt(task, raw, obs)
-            if key in self.agents.idle_pending:
-                self.agents.idle_pending.discard(key)
-                # Idle before the prompt went in (a greeting, or the moment it is delivered): nothing
-                # worth keeping yet, and the agent is about to work on it.
-                if had_prompt and not await self._snapshot(task, raw, quiet=True):
-                    # The conversation could not be read: try again while the agent stays idle.
-                    self.agents.idle_pending.add(key)
-                    self.queue.add_after(key, IDLE_SNAPSHOT_RETRY)
-        await self._write_status(task, raw, obs)
-        return _Children(sts, service)
+            return
+        had_prompt = bool(self.news.prompts.get(key) or self._current_status(task, raw).get("prompt"))
+        await self._deliver_prompt(task, raw, obs)
+        if key in self.agents.idle_pending:
+            self.agents.idle_pending.discard(key)
+            # Idle before the prompt went in (a greeting, or the moment it is delivered): nothing
+            # worth keeping yet, and the agent is about to work on it.
+            if had_prompt and not await self._snapshot(task, raw, quiet=True):
+                # The conversation could not be read: try again while the agent stays idle.
+                self.agents.idle_pending.add(key)
+                self.queue.add_after(key, IDLE_SNAPSHOT_RETRY)
 
     async def _ensure_children(
         self,
