@@ -82,6 +82,26 @@ class Index(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+class Api(Protocol):
+    """The Kubernetes calls a reconcile makes: taskpod.kube in the operator, a fake in tests."""
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_task_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def scale_statefulset(self, namespace: str, name: str, replicas: int) -> dict[str, Any]: ...
+
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> None: ...
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    async def pod_refusal(self, pod: dict[str, Any]) -> str | None: ...
+
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
 class EventSink(Protocol):
     def __call__(self, body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None: ...
 
@@ -200,6 +220,7 @@ class News:
 @dataclass
 class Reconciler:
     event: EventSink
+    api: Api = field(default=kube)  # the Kubernetes calls; a fake in tests
     agents: Agents | None = None
     agent_grace: dt.timedelta = lifecycle.AGENT_GRACE
     report_url: str | None = None  # where workspaces send their agent's reports
@@ -452,7 +473,7 @@ class Reconciler:
         `observed`: the StatefulSet as the watch shows it, or as we last applied it (see _as_applied)."""
         desired_service = workspace.service(task, template)
         if service_hash != (service_hash_wanted := workspace.spec_hash(desired_service)):
-            await kube.apply(desired_service)
+            await self.api.apply(desired_service)
 
         key = (task.namespace, task.name)
         replicas = workspace.desired_replicas(task)
@@ -466,7 +487,7 @@ class Reconciler:
         ):
             return _Children(observed, service_hash_wanted)
         self.memory.applied.pop(key, None)  # should the apply fail, the watch alone says what is there
-        live = StatefulSetView.parse(await kube.apply(desired))
+        live = StatefulSetView.parse(await self.api.apply(desired))
         self.memory.applied[key] = _Applied(live, asyncio.get_running_loop().time())
         if observed is None:
             self.event(
@@ -494,7 +515,7 @@ class Reconciler:
         ]
         if key in self.news.snapshots or (paused and paused[0].get("reason") != "Running"):
             return
-        configmap = await kube.read_configmap(task.namespace, snapshots.configmap_name(task.name))
+        configmap = await self.api.read_configmap(task.namespace, snapshots.configmap_name(task.name))
         entry = snapshots.status_entry_of(configmap, task.metadata.uid) if configmap is not None else None
         if entry is not None:
             self.news.snapshots[key] = entry
@@ -507,7 +528,7 @@ class Reconciler:
         known = self.memory.pod_refusals.get(key)
         if known is None or known[0] != sts.spec_hash or known[1] + POD_CHECK <= now:
             desired = workspace.statefulset(task, template, sts.replicas, sts.lifetime, sts, self.report_url)
-            refusal = await kube.pod_refusal(workspace.first_pod(desired))
+            refusal = await self.api.pod_refusal(workspace.first_pod(desired))
             known = self.memory.pod_refusals[key] = (sts.spec_hash, now, refusal)
             self.queue.add_after(key, POD_CHECK)  # still no pod then: ask again
         return f"The API server refuses the workspace pod: {known[2]}" if known[2] else None
@@ -519,7 +540,7 @@ class Reconciler:
         if self.memory.restarted.get(key) == pod.uid:
             return  # asked already; the watch has not shown it go yet
         self.memory.restarted[key] = pod.uid
-        await kube.delete_pod(key[0], pod.name, pod.uid)
+        await self.api.delete_pod(key[0], pod.name, pod.uid)
         message = (
             f"Deleted pod {pod.name}, which never became ready at an older revision of the workspace: "
             "its StatefulSet controller does not replace such a pod by itself."
@@ -529,7 +550,7 @@ class Reconciler:
     async def _scale_to_zero(self, key: Key) -> StatefulSetView:
         """Scale the workspace down as it is, for a pause that cannot apply the workspace (no template,
         or one the API server refuses); the next apply takes the field back."""
-        live = StatefulSetView.parse(await kube.scale_statefulset(*key, replicas=0))
+        live = StatefulSetView.parse(await self.api.scale_statefulset(*key, replicas=0))
         self.memory.applied[key] = _Applied(live, asyncio.get_running_loop().time())
         return live
 
@@ -682,7 +703,7 @@ class Reconciler:
         if self.memory.snapshot_digests.get(key) == snap.digest:
             return True  # nothing new since the last one
         taken = clock.now()
-        await kube.apply(snapshots.configmap(task, snap, taken))
+        await self.api.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
         self.memory.snapshot_digests[key] = snap.digest
@@ -718,7 +739,7 @@ class Reconciler:
         if not news and self._hold(key, current, status):
             return
         self.queue.end_hold(key)
-        written = await kube.patch_task_status(task.namespace, task.name, status)
+        written = await self.api.patch_task_status(task.namespace, task.name, status)
         # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
         if report is not None and self.news.reports.get(key) is report:
             del self.news.reports[key]
@@ -795,7 +816,7 @@ class Reconciler:
     async def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> str | None:
         """Retry a failed reconcile with back-off, and say so in an Event and, if it can be written, in
         status: a task must never show nothing while it cannot progress. Returns the version written."""
-        if isinstance(exc, kube.ApiException) and exc.status == 404 and await _gone(key):
+        if isinstance(exc, kube.ApiException) and exc.status == 404 and await self._gone(key):
             log.debug("task %s/%s is gone; nothing to retry", *key)  # the watch's DELETED forgets it
             return None
         retry = self._backoff.failed(key)
@@ -814,7 +835,7 @@ class Reconciler:
         status = raw.get("status") or {}
         message = f"Reconcile failed (attempt {attempt + 1}), retrying in {delay:.0f}s: {why}"
         try:
-            written = await kube.patch_task_status(
+            written = await self.api.patch_task_status(
                 *key, {"phase": status.get("phase") or Phase.PENDING.value, "message": message[:MAX_MESSAGE]}
             )
         except Exception as failed:  # the API server is away, or the task is gone: the retry will tell
@@ -823,6 +844,16 @@ class Reconciler:
             )
             return None
         return str(written["metadata"]["resourceVersion"])
+
+    async def _gone(self, key: Key) -> bool:
+        """Whether the task no longer exists (the watch may not have said so yet)."""
+        try:
+            await self.api.get_task(*key)
+        except kube.ApiException as exc:
+            return bool(exc.status == 404)
+        except Exception:
+            return False
+        return False
 
     def _forget(self, key: Key) -> None:
         """A deleted task: stop following its agent and drop everything kept for it."""
@@ -851,17 +882,6 @@ def _stuck_at_an_older_revision(sts: StatefulSetView, pod: PodView) -> bool:
     older = sts.update_revision is not None and pod.revision not in (None, sts.update_revision)
     failing = pod.phase == "Failed" or any(p.reason in lifecycle.FATAL_WAITING for p in pod.waiting)
     return older and failing and not pod.ready and not pod.deleting
-
-
-async def _gone(key: Key) -> bool:
-    """Whether the task no longer exists (the watch may not have said so yet)."""
-    try:
-        await kube.get_task(*key)
-    except kube.ApiException as exc:
-        return bool(exc.status == 404)
-    except Exception:
-        return False
-    return False
 
 
 def _refused(exc: kube.ApiException) -> bool:

@@ -80,6 +80,21 @@ class FakeApi:
         self.applies.append(obj)
         return obj
 
+    async def scale_statefulset(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        raise AssertionError("scaled by hand: these tests always have a template to apply")
+
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        raise AssertionError("no pod here is stuck at an older revision")
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any]:
+        return task_body(str(self.version), self.status)
+
+    async def pod_refusal(self, pod: dict[str, Any]) -> str | None:
+        return None
+
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -94,11 +109,8 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
-    fake = FakeApi()
-    monkeypatch.setattr(kube, "patch_task_status", fake.patch_task_status)
-    monkeypatch.setattr(kube, "apply", fake.apply)
-    return fake
+def api() -> FakeApi:
+    return FakeApi()
 
 
 def task_body(version: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -141,8 +153,8 @@ def views(task: dict[str, Any], api: FakeApi) -> Views:
     )
 
 
-def reconciler_with(events: list[str]) -> Reconciler:
-    r = Reconciler(event=lambda body, **kw: events.append(kw["reason"]))
+def reconciler_with(events: list[str], api: FakeApi) -> Reconciler:
+    r = Reconciler(event=lambda body, **kw: events.append(kw["reason"]), api=api)
     r.agents = FakeAgents()  # type: ignore[assignment]
     return r
 
@@ -153,7 +165,7 @@ def run(reconciler: Reconciler, v: Views, *, if_changed: bool = False) -> None:
 
 def test_first_reconcile_writes_status_once_and_tells_the_story(api: FakeApi) -> None:
     events: list[str] = []
-    reconciler = reconciler_with(events)
+    reconciler = reconciler_with(events, api)
     run(reconciler, views(task_body("5"), api))
     assert len(api.status_patches) == 1
     assert api.status_patches[0]["phase"] == "Active"
@@ -163,7 +175,7 @@ def test_first_reconcile_writes_status_once_and_tells_the_story(api: FakeApi) ->
 
 def test_a_stale_watch_version_does_not_cause_a_second_write(api: FakeApi) -> None:
     events: list[str] = []
-    reconciler = reconciler_with(events)
+    reconciler = reconciler_with(events, api)
     stale = task_body("5")
     run(reconciler, views(stale, api))
     # More events arrive while the watch still shows version 5, from before our write.
@@ -186,7 +198,7 @@ def counting_reconciles(reconciler: Reconciler) -> list[Any]:
 
 
 def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(api: FakeApi) -> None:
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     ensured = counting_reconciles(reconciler)
     first = views(task_body("5"), api)
     run(reconciler, first, if_changed=True)
@@ -216,7 +228,7 @@ def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(
 
 
 def test_events_queued_for_one_task_make_one_reconcile_and_a_poke_always_runs(api: FakeApi) -> None:
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     ensured = counting_reconciles(reconciler)
 
     async def settle() -> None:
@@ -254,7 +266,7 @@ def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
 ) -> None:
     """Regression: conditions derived from the watch's older status, compared with our newer write, flipped
     lastTransitionTime back and forth forever (found with 100 idle tasks burning a CPU core)."""
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     run(reconciler, views(task_body("5"), api))  # writes status with transition times "now"
     older = copy.deepcopy(api.status)
     for c in older["conditions"]:
@@ -269,17 +281,19 @@ def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
 def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = 0
 
+    patch = api.patch_task_status
+
     async def flaky(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise kube.ApiException(status=500, reason="etcd is sad")
-        return await api.patch_task_status(namespace, name, status)
+        return await patch(namespace, name, status)
 
-    monkeypatch.setattr(kube, "patch_task_status", flaky)
+    api.patch_task_status = flaky  # type: ignore[method-assign]
     monkeypatch.setattr(reconcile, "RETRY_DELAYS", (0.05,))
     events: list[str] = []
-    reconciler = reconciler_with(events)
+    reconciler = reconciler_with(events, api)
 
     async def scenario() -> None:
         reconciler.start(1)
@@ -306,8 +320,8 @@ def test_failures_before_the_retry_do_not_grow_the_back_off(
     async def away(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise kube.ApiException(status=503, reason="Service Unavailable")
 
-    monkeypatch.setattr(kube, "patch_task_status", away)
-    reconciler = reconciler_with([])
+    api.patch_task_status = away  # type: ignore[method-assign]
+    reconciler = reconciler_with([], api)
 
     async def scenario() -> None:
         v = views(task_body("5"), api)
@@ -329,7 +343,7 @@ def test_an_agent_that_was_told_nothing_never_overwrites_the_kept_snapshot(
 ) -> None:
     """Found measuring: a resumed agent without its state file went idle with nothing but its greeting, and
     the idle snapshot replaced the conversation the pause had kept (800 of 1,000 tasks in a resume)."""
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
     conversation = [GREETING, AgentMessage(1, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
@@ -352,7 +366,7 @@ def test_an_agent_that_was_told_nothing_never_overwrites_the_kept_snapshot(
 
 
 def test_an_idle_snapshot_is_written_once_per_new_conversation(api: FakeApi) -> None:
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
     conversation = [GREETING]
@@ -393,7 +407,7 @@ def test_a_pausing_task_is_pending_until_its_pod_is_gone_and_the_pause_takes_two
     answer to the pause until Paused, whatever step its pod is at; its agent, being stopped, is not
     followed."""
     events: list[str] = []
-    reconciler = reconciler_with(events)
+    reconciler = reconciler_with(events, api)
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
     followed: list[Any] = []
@@ -439,7 +453,7 @@ def test_a_pausing_task_is_pending_until_its_pod_is_gone_and_the_pause_takes_two
 
 
 def test_a_task_paused_before_its_prompt_went_in_gets_no_prompt(api: FakeApi) -> None:
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     counting_reconciles(reconciler)
     run(reconciler, views(paused_body("5"), api))
     assert reconciler.agents.agent.sent == []  # type: ignore[union-attr]
@@ -449,7 +463,7 @@ def test_a_task_paused_before_its_prompt_went_in_gets_no_prompt(api: FakeApi) ->
 def test_a_step_within_a_phase_waits_for_the_next_then_is_written(api: FakeApi) -> None:
     """Steps within Pending or Initializing fold into one status write per hold; a new phase goes at once.
     At 1,000 tasks a resume made 4.6 status patches per task, each one a write for etcd."""
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     counting_reconciles(reconciler)
     reconciler.status_hold = 0.1
 
@@ -482,7 +496,7 @@ def test_a_step_within_a_phase_waits_for_the_next_then_is_written(api: FakeApi) 
 
 def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> None:
     stopped: list[Any] = []
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
     run(reconciler, views(task_body("5"), api))
@@ -498,7 +512,7 @@ def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
     api: FakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Anthropic answer lands while the first status patch is in flight: it must not be dropped."""
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     reconciler.naming_env = {"ANTHROPIC_API_KEY": "sk-test"}
     answered = asyncio.Event()
 
@@ -514,7 +528,7 @@ def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
         await asyncio.sleep(0.05)  # the naming task runs and pokes while this write is in flight
         return await first_patch(namespace, name, status)
 
-    monkeypatch.setattr(kube, "patch_task_status", patch_while_the_answer_arrives)
+    api.patch_task_status = patch_while_the_answer_arrives  # type: ignore[method-assign]
 
     async def scenario() -> None:
         reconciler.start(1)
@@ -532,7 +546,7 @@ def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
 
 
 def test_without_a_key_the_display_name_is_the_prompts_at_once(api: FakeApi) -> None:
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     run(reconciler, views(task_body("5"), api))
     assert api.status_patches[0]["displayName"] == "Fix the flaky login test"
 
@@ -540,7 +554,7 @@ def test_without_a_key_the_display_name_is_the_prompts_at_once(api: FakeApi) -> 
 def test_an_agent_that_falls_silent_makes_the_task_unknown_when_the_grace_ends(api: FakeApi) -> None:
     """Its follower pokes once, when the agent stops answering: the reconciler wakes itself for the end of
     the grace period instead of counting on a poke per reconnect attempt."""
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     reconciler.agent_grace = dt.timedelta(seconds=1)
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
@@ -571,7 +585,7 @@ def test_a_statefulset_the_watch_has_yet_to_show_is_not_applied_again(api: FakeA
     """Found measuring: at N = 1,000 with 64 API threads, 18 tasks got a second StatefulSet apply and a
     second WorkspaceCreated Event, from reconciles that ran before the watch showed what they created."""
     events: list[str] = []
-    reconciler = reconciler_with(events)
+    reconciler = reconciler_with(events, api)
 
     async def scenario() -> None:
         v = views(task_body("5"), api)
@@ -593,7 +607,7 @@ def test_a_statefulset_gone_since_our_apply_is_created_again(
     api: FakeApi, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     events: list[str] = []
-    reconciler = reconciler_with(events)
+    reconciler = reconciler_with(events, api)
     if how != "deleted":
         monkeypatch.setattr(reconcile, "APPLIED_TRUST", 0.0)
 
@@ -615,7 +629,7 @@ def test_our_own_apply_coming_back_runs_no_reconcile_but_a_change_by_someone_els
 ) -> None:
     """Found measuring: at N = 1,000, the watch bringing back each StatefulSet we had just scaled ran a
     reconcile per task and phase, with nothing left to do."""
-    reconciler = reconciler_with([])
+    reconciler = reconciler_with([], api)
     ensured = counting_reconciles(reconciler)
 
     async def scenario() -> None:
