@@ -27,8 +27,8 @@ from bench.procstat import Sampler
 from bench.rest import Rest
 from localkube import binaries
 from localkube.cluster import LocalCluster, _free_ports
-from taskpod import workspace
-from taskpod.models import Task, TaskTemplate
+from taskpod.api.models import Task, TaskTemplate
+from taskpod.core import workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_USER, FLOOR_USER = "taskpod-operator", "taskpod-floor"

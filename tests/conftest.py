@@ -122,7 +122,7 @@ def simulator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture
 def user_credentials(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
-    """taskpod.kube and taskpod.tasks act as the user of the cluster under test (see act_as_user)."""
+    """taskpod.kube and taskpod.client.tasks act as the user of the cluster under test (see act_as_user)."""
     act_as_user(kube, monkeypatch)
 
 

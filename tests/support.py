@@ -120,7 +120,9 @@ class Operator:
         self.env.update(env or {})
         args = [a for ns in self.namespaces for a in ("--namespace", ns)] + self.extra
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        env.pop("TASKPOD_AGENT_TRANSPORT", None)  # a test's choice for taskpod.tasks, not the operator's
+        env.pop(
+            "TASKPOD_AGENT_TRANSPORT", None
+        )  # a test's choice for taskpod.client.tasks, not the operator's
         env = {k: v for k, v in env.items() if not k.startswith("ANTHROPIC_")} | self.env
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -149,7 +151,7 @@ class Operator:
 
 
 def act_as_user(kube: Kube, patch: pytest.MonkeyPatch) -> None:
-    """taskpod.kube and taskpod.tasks (what `kubectl task` runs) act with the cluster under test's
+    """taskpod.kube and taskpod.client.tasks (what `kubectl task` runs) act with the cluster under test's
     kubeconfig, and reach agents as a user's kubectl does (directly when its pod IPs are loopback ones,
     which the API server won't proxy to)."""
     from taskpod import kube as taskkube

@@ -1,6 +1,6 @@
 """python -m taskpod: run the operator.
 
-Flags and TASKPOD_* variables build one Settings (taskpod.settings), passed to the handlers through
+Flags and TASKPOD_* variables build one Settings (taskpod.controller.settings), passed to the handlers through
 Kopf's memo. The Kubernetes connection comes from the in-cluster service account, or from KUBECONFIG.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from taskpod.settings import Settings
+from taskpod.controller.settings import Settings
 
 
 def _help(field: str, default: bool = True) -> str:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         for chatty in ("httpx", "httpx2"):  # a line per agent call (httpx) or Anthropic call (httpx2)
             logging.getLogger(chatty).setLevel(logging.WARNING)
-    from taskpod import handlers, metrics  # registers the handlers
+    from taskpod.controller import handlers, metrics  # importing handlers registers them with Kopf
 
     if settings.http_listen:
         metrics.serve(settings.http_listen)
@@ -108,7 +108,8 @@ def _elected(settings: Settings) -> tuple[Any, threading.Event]:
     """Block until this process leads; from then on, exit the moment leadership cannot be kept."""
     from kubernetes import client
 
-    from taskpod import election, kube
+    from taskpod import kube
+    from taskpod.controller import election
 
     elector = election.Elector(
         client.CoordinationV1Api(kube.api_client()),

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, SSEError
 
-from taskpod import metrics
-from taskpod.models import AgentStatus, storable
+from taskpod.api.models import AgentStatus, storable
+from taskpod.controller import metrics
 
 
 class AgentUnavailable(Exception):

@@ -19,8 +19,8 @@ import httpx
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from taskpod.models import GROUP, VERSION, storable
-from taskpod.workspace import FIELD_MANAGER
+from taskpod.api.models import GROUP, VERSION, storable
+from taskpod.core.workspace import FIELD_MANAGER
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"

@@ -2,7 +2,7 @@
 snapshot of the conversation, and logs read the right source for the phase.
 
 The workspace simulator (hack/agentsim) plays each pod's agent at its pod IP. The operator reaches agents
-directly, as it does in-cluster, unless a test says otherwise; taskpod.tasks (what the CLI uses) goes
+directly, as it does in-cluster, unless a test says otherwise; taskpod.client.tasks (what the CLI uses) goes
 through the API server's pod proxy, as a user's kubectl does, wherever the cluster allows it."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from taskpod import tasks as taskops
-from taskpod.agentstate import prompt_sha
+from taskpod.client import tasks as taskops
+from taskpod.core.agentstate import prompt_sha
 from tests.support import (
     Kube,
     Operator,
@@ -159,7 +159,7 @@ def test_through_the_pod_proxy_the_operator_delivers_follows_and_snapshots(
 ) -> None:
     """The transport an operator outside the cluster uses: every agent call goes via pods/proxy."""
     operator.start("--agent-transport", "proxy")
-    monkeypatch.delenv("TASKPOD_AGENT_TRANSPORT", raising=False)  # taskpod.tasks: the proxy as well
+    monkeypatch.delenv("TASKPOD_AGENT_TRANSPORT", raising=False)  # taskpod.client.tasks: the proxy as well
     template_with(kube, namespace, reply="Proxied answer.")
     create_task(kube, namespace, "via", prompt="Answer through the proxy")
     wait_for(partial(delivered, kube, namespace, "via"), 60, "the prompt delivered through the proxy")

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from taskpod.naming import display_from_prompt
+from taskpod.core.naming import display_from_prompt
 from tests.support import Kube, Operator, create_task, create_template, get_task, phase_is, wait_for
 
 pytestmark = pytest.mark.integration

@@ -56,8 +56,8 @@ from kubernetes import client, config, watch
 
 from localkube.cluster import LocalCluster
 from taskpod import kube as taskkube
-from taskpod import tasks as taskops
 from taskpod.agentapi import AgentError, AgentUnavailable
+from taskpod.client import tasks as taskops
 from tests.support import (
     SIM,
     Kube,
@@ -620,7 +620,7 @@ def roomy(kube: Kube) -> Kube:
 
 @pytest.fixture(scope="module")
 def user_credentials(kube: Kube) -> Iterator[None]:
-    """taskpod.tasks (what `kubectl task send` runs) uses the kubeconfig of the cluster under test."""
+    """taskpod.client.tasks (what `kubectl task send` runs) uses the kubeconfig of the cluster under test."""
     with pytest.MonkeyPatch.context() as patch:
         act_as_user(kube, patch)
         yield

@@ -26,8 +26,8 @@ from hypothesis.control import currently_in_test_context
 from kubernetes.client.exceptions import ApiException
 
 from taskpod import kube as taskkube
-from taskpod.agentstate import summary
-from taskpod.models import storable
+from taskpod.api.models import storable
+from taskpod.core.agentstate import summary
 from tests.support import (
     SIM,
     Kube,

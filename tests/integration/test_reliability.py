@@ -15,7 +15,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from localkube.cluster import LocalCluster
-from taskpod import tasks as taskops
+from taskpod.client import tasks as taskops
 from tests.support import (
     Kube,
     Operator,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, agent_url
-from taskpod.agents import deliver_prompt
-from taskpod.models import AgentStatus
+from taskpod.api.models import AgentStatus
+from taskpod.controller.agents import deliver_prompt
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -8,8 +8,8 @@ import asyncio
 import httpx
 import pytest
 
-from taskpod import agents as agents_module
-from taskpod.agents import Agents, Target, Transport
+from taskpod.controller import agents as agents_module
+from taskpod.controller.agents import Agents, Target, Transport
 from tests.support import free_port
 
 

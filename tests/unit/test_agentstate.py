@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from taskpod.agentstate import (
+from taskpod.api.models import (
+    AgentState,
+    AgentStatus,
+    ConditionStatus,
+    Phase,
+    PromptStatus,
+    StateReport,
+    Task,
+)
+from taskpod.core.agentstate import (
     Report,
     derive_state,
     prompt_condition,
@@ -16,8 +25,7 @@ from taskpod.agentstate import (
     task_status,
     was_delivered,
 )
-from taskpod.lifecycle import AgentView, Observation, StatefulSetView, Verdict
-from taskpod.models import AgentState, AgentStatus, ConditionStatus, Phase, PromptStatus, StateReport, Task
+from taskpod.core.lifecycle import AgentView, Observation, StatefulSetView, Verdict
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(minutes=5)

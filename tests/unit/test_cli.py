@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 from click.testing import CliRunner
 
-from taskpod import cli, kube, tasks
+from taskpod import kube
 from taskpod.agentapi import AgentUnavailable
+from taskpod.client import cli, tasks
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 

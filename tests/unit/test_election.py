@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from taskpod import election
-from taskpod.election import Elector
+from taskpod.controller import election
+from taskpod.controller.election import Elector
 
 
 class Clock:
@@ -62,7 +62,7 @@ class FakeLeases:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr("taskpod.election.time.monotonic", fake)
+    monkeypatch.setattr("taskpod.controller.election.time.monotonic", fake)
     return fake
 
 

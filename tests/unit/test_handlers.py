@@ -8,8 +8,8 @@ from typing import Any
 
 import kopf
 
-from taskpod import handlers
-from taskpod.settings import Settings
+from taskpod.controller import handlers
+from taskpod.controller.settings import Settings
 
 
 def test_the_tasks_index_keeps_what_a_reconcile_reads_and_drops_the_bulk() -> None:

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskpod import kube
-from taskpod.models import storable
+from taskpod.api.models import storable
 
 
 @pytest.fixture

@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from taskpod.lifecycle import (
+from taskpod.api.models import (
+    AgentStatus,
+    Condition,
+    ConditionStatus,
+    Phase,
+    Task,
+    TaskTemplate,
+    TaskTemplateSpec,
+)
+from taskpod.core.lifecycle import (
     FATAL_WAITING,
     AgentView,
     ContainerProblem,
@@ -19,15 +28,6 @@ from taskpod.lifecycle import (
     lifecycle_status,
     set_condition,
     status_changed,
-)
-from taskpod.models import (
-    AgentStatus,
-    Condition,
-    ConditionStatus,
-    Phase,
-    Task,
-    TaskTemplate,
-    TaskTemplateSpec,
 )
 
 T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)

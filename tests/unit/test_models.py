@@ -10,7 +10,7 @@ import yaml
 from crdschema import QUANTITY_PATTERN
 from pydantic import BaseModel, ValidationError
 
-from taskpod.models import Task, TaskSpec, TaskStatus, TaskTemplateSpec
+from taskpod.api.models import Task, TaskSpec, TaskStatus, TaskTemplateSpec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 LIMITS = ("minLength", "maxLength", "minimum", "maximum", "pattern")

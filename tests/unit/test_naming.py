@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from taskpod.naming import (
+from taskpod.core.naming import (
     DEFAULT_MODEL,
     DISPLAY_MAX,
     MAX_TASK_NAME,

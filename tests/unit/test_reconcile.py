@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from taskpod import kube, naming, reconcile
+from taskpod import kube
 from taskpod.agentapi import AgentMessage
-from taskpod.clock import now as _now
-from taskpod.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
-from taskpod.models import AgentStatus, Task, TaskTemplate
-from taskpod.reconcile import Reconciler, Views
+from taskpod.api.models import AgentStatus, Task, TaskTemplate
+from taskpod.controller import reconcile
+from taskpod.controller.reconcile import Reconciler, Views
+from taskpod.core import naming
+from taskpod.core.clock import now as _now
+from taskpod.core.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
 
 NS, NAME = "team", "fix-login"
 KEY = (NS, NAME)
@@ -125,8 +127,8 @@ def task_body(version: str, status: dict[str, Any] | None = None) -> dict[str, A
 
 def views(task: dict[str, Any], api: FakeApi) -> Views:
     """An Active workspace whose children already match what the operator would build."""
-    from taskpod import workspace
-    from taskpod.models import Task
+    from taskpod.api.models import Task
+    from taskpod.core import workspace
 
     template = TaskTemplate.model_validate(
         {"metadata": {"name": "default", "namespace": NS}, "spec": {"pod": {"image": "agent:1"}}}

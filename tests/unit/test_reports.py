@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes.client.exceptions import ApiException
 
-from taskpod.models import AgentState
-from taskpod.reports import POD_NAME, POD_UID, Reporter, app, parse, reporter
+from taskpod.api.models import AgentState
+from taskpod.controller.reports import POD_NAME, POD_UID, Reporter, app, parse, reporter
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from taskpod.models import Task
-from taskpod.snapshots import (
+from taskpod.api.models import Task
+from taskpod.core.snapshots import (
     DATA_KEY,
     KEEP_TAIL_BYTES,
     MAX_BYTES,

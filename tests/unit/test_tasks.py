@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from taskpod import kube, tasks
+from taskpod import kube
 from taskpod.agentapi import AgentUnavailable
-from taskpod.snapshots import DATA_KEY
+from taskpod.client import tasks
+from taskpod.core.snapshots import DATA_KEY
 
 KEPT = [{"id": 1, "role": "user", "content": "Fix the flaky login test", "time": "2026-11-29T10:00:01Z"}]
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from taskpod.workqueue import Backoff, Retry, WorkQueue
+from taskpod.controller.workqueue import Backoff, Retry, WorkQueue
 
 
 def run(scenario: Callable[[], Awaitable[Any]]) -> Any:

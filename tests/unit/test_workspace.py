@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from taskpod.lifecycle import StatefulSetView
-from taskpod.models import Task, TaskTemplate
-from taskpod.workspace import (
+from taskpod.api.models import Task, TaskTemplate
+from taskpod.core.lifecycle import StatefulSetView
+from taskpod.core.workspace import (
     desired_replicas,
     merged_env,
     next_lifetime,

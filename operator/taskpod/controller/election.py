@@ -26,7 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-log = logging.getLogger("taskpod.election")
+log = logging.getLogger("taskpod.controller.election")
 LEASE = 15  # seconds a silent holder keeps the Lease
 RENEW = 4.0  # seconds between renewals
 RETRY = 1.0  # seconds before trying again after a failed renewal

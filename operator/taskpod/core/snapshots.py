@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from taskpod.models import Task, rfc3339
-from taskpod.workspace import labels, owner_reference
+from taskpod.api.models import Task, rfc3339
+from taskpod.core.workspace import labels, owner_reference
 
 MAX_MESSAGES = 10
 MAX_BYTES = 64 * 1024

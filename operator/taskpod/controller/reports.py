@@ -17,10 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
-from taskpod import clock
-from taskpod.models import AgentState, storable
+from taskpod.api.models import AgentState, storable
+from taskpod.core import clock
 
-log = logging.getLogger("taskpod.reports")
+log = logging.getLogger("taskpod.controller.reports")
 AUDIENCE = "taskpod"
 TOKEN_PATH = "/var/run/taskpod/token"
 POD_NAME = "authentication.kubernetes.io/pod-name"

@@ -1,5 +1,6 @@
 """What a user does with a task from outside the cluster: create, list, pause, resume, re-prompt and
-delete it, read its logs, send it input. The `kubectl task` plugin (taskpod.cli) is a shell around these.
+delete it, read its logs, send it input. The `kubectl task` plugin (taskpod.client.cli) is a shell
+around these.
 
 These run with the user's kubectl credentials (the kubectl plugin calls them) and reach the agent
 through the API server's pod proxy, so nothing but the API server needs to be reachable
@@ -20,9 +21,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod import kube, naming
+from taskpod import kube
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, agent_url
-from taskpod.models import (
+from taskpod.api.models import (
     DEFAULT_AGENT_PORT,
     GROUP,
     VERSION,
@@ -32,8 +33,9 @@ from taskpod.models import (
     Task,
     rfc3339,
 )
-from taskpod.snapshots import DATA_KEY, configmap_name
-from taskpod.workspace import PORT_NAME
+from taskpod.core import naming
+from taskpod.core.snapshots import DATA_KEY, configmap_name
+from taskpod.core.workspace import PORT_NAME
 
 SNAPSHOT_PHASES = frozenset({Phase.PAUSED, Phase.PENDING, Phase.INITIALIZING})
 _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -204,7 +206,7 @@ async def create(
     template: str | None = None,
     paused: bool = False,
 ) -> Task:
-    """Create a task, naming it from the prompt when no name is given (see taskpod.naming)."""
+    """Create a task, naming it from the prompt when no name is given (see taskpod.core.naming)."""
     if not prompt.strip():
         raise ValueError("the prompt is empty")
     if name is not None and (why := naming.invalid_task_name(name)):

@@ -17,12 +17,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from taskpod import agentstate, clock, kube, lifecycle, metrics, naming, reports, snapshots, workspace
+from taskpod import kube
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
-from taskpod.agents import Agents, Target, deliver_prompt
-from taskpod.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
-from taskpod.models import DEFAULT_TEMPLATE, AgentStatus, Key, Phase, Task, TaskStatus, TaskTemplate
-from taskpod.workqueue import Backoff, WorkQueue
+from taskpod.api.models import DEFAULT_TEMPLATE, AgentStatus, Key, Phase, Task, TaskStatus, TaskTemplate
+from taskpod.controller import metrics, reports
+from taskpod.controller.agents import Agents, Target, deliver_prompt
+from taskpod.controller.workqueue import Backoff, WorkQueue
+from taskpod.core import agentstate, clock, lifecycle, naming, snapshots, workspace
+from taskpod.core.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
 
 log = logging.getLogger("taskpod")
 SNAPSHOT_TIMEOUT = 5.0  # seconds; a pause never waits longer on an unreachable agent

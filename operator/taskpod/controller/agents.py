@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import httpx
 
-from taskpod import clock
 from taskpod.agentapi import (
     AgentClient,
     AgentError,
@@ -27,10 +26,11 @@ from taskpod.agentapi import (
     AgentUnavailable,
     agent_url,
 )
-from taskpod.lifecycle import AgentView
-from taskpod.models import AgentStatus, Key, storable
+from taskpod.api.models import AgentStatus, Key, storable
+from taskpod.core import clock
+from taskpod.core.lifecycle import AgentView
 
-log = logging.getLogger("taskpod.agents")
+log = logging.getLogger("taskpod.controller.agents")
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 PROBE_AFTER = 60.0  # seconds of a quiet /events stream before its agent is asked how it is
 PROBE_RETRY = 5.0  # seconds between asking again an agent that did not answer

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-log = logging.getLogger("taskpod.metrics")
+log = logging.getLogger("taskpod.controller.metrics")
 LOOP_TIMEOUT = 5.0  # seconds the event loop may take to run a no-op before /healthz fails
 
 RECONCILE_SECONDS = Histogram(

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod.lifecycle import AgentView, Observation, Verdict, derive_phase, lifecycle_status, set_condition
-from taskpod.models import (
+from taskpod.api.models import (
     AgentState,
     AgentStatus,
     Condition,
@@ -24,6 +23,14 @@ from taskpod.models import (
     StateReport,
     Task,
     rfc3339,
+)
+from taskpod.core.lifecycle import (
+    AgentView,
+    Observation,
+    Verdict,
+    derive_phase,
+    lifecycle_status,
+    set_condition,
 )
 
 SUMMARY_CHARS = 120

@@ -27,9 +27,11 @@ from rich.cells import cell_len
 from rich.console import Console
 from urllib3.exceptions import HTTPError as TransportError
 
-from taskpod import kube, naming, tasks
+from taskpod import kube
 from taskpod.agentapi import AgentError, AgentUnavailable
-from taskpod.models import Phase, Task, rfc3339
+from taskpod.api.models import Phase, Task, rfc3339
+from taskpod.client import tasks
+from taskpod.core import naming
 
 EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT, EXIT_TIMEOUT = 1, 2, 3, 4
 PHASES = [p.value for p in Phase]

@@ -23,46 +23,48 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKPOD_", frozen=True, extra="forbid")
 
     namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="watch this namespace (repeatable; the variable takes a,b); none: every namespace"
+        default=(),
+        description="watch this namespace (repeatable; the variable takes a,b); none: every namespace",
     )
-    all_namespaces: bool = Field(False, description="watch every namespace (the default)")
+    all_namespaces: bool = Field(default=False, description="watch every namespace (the default)")
     liveness: str | None = Field(
-        None, description="Kopf's health probe URL, e.g. http://0.0.0.0:8080/healthz"
+        default=None, description="Kopf's health probe URL, e.g. http://0.0.0.0:8080/healthz"
     )
     agent_transport: Literal["direct", "proxy"] = Field(
-        "direct",
+        default="direct",
         description="reach agents at the pod IP (direct, in-cluster) or through the API server's pod "
         "proxy (proxy, works from outside)",
     )
     agent_grace_seconds: PositiveFloat = Field(
-        30.0, description="how long an agent may be silent before the phase is Unknown"
+        default=30.0, description="how long an agent may be silent before the phase is Unknown"
     )
     agent_probe_after_seconds: PositiveFloat = Field(
-        60.0,
+        default=60.0,
         description="ask an agent whose event stream has been quiet this long whether it still answers "
         "(at most 20 such probes a second in all)",
     )
     report_listen: str | None = Field(
-        None, description="serve the agents' report endpoint here, e.g. 0.0.0.0:8081"
+        default=None, description="serve the agents' report endpoint here, e.g. 0.0.0.0:8081"
     )
     report_url: str | None = Field(
-        None,
+        default=None,
         description="the report endpoint as workspaces reach it, e.g. "
         "http://taskpod.taskpod-system.svc:8081/report",
     )
     http_listen: str | None = Field(
-        None, description="serve /metrics (Prometheus), /healthz and /readyz here, e.g. 0.0.0.0:8080"
+        default=None, description="serve /metrics (Prometheus), /healthz and /readyz here, e.g. 0.0.0.0:8080"
     )
     leader_election: bool = Field(
-        False, description="reconcile only while holding a coordination.k8s.io Lease, so replicas stand by"
+        default=False,
+        description="reconcile only while holding a coordination.k8s.io Lease, so replicas stand by",
     )
-    lease_name: str = Field("taskpod-operator", description="the Lease's name")
+    lease_name: str = Field(default="taskpod-operator", description="the Lease's name")
     lease_namespace: str | None = Field(
-        None,
+        default=None,
         description="the Lease's namespace (default: POD_NAMESPACE, else the in-cluster ServiceAccount's, "
         "else default)",
     )
-    verbose: bool = Field(False, description="debug logging")
+    verbose: bool = Field(default=False, description="debug logging")
     # ANTHROPIC_* and TASKPOD_NAMING_TIMEOUT, for display names of tasks applied without one (taken from
     # the environment by `from_environment`, not by a variable of its own).
     naming: Mapping[str, str] = Field(default_factory=dict, exclude=True)

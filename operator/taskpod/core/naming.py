@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-log = logging.getLogger("taskpod.naming")
+log = logging.getLogger("taskpod.core.naming")
 
 # A StatefulSet's pods carry `controller-revision-hash=<name>-<10 chars>`, a label value of at most 63.
 MAX_TASK_NAME = 52

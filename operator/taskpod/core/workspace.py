@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod.lifecycle import AGENT_PORT_NAME, LIFETIME_ANNOTATION, SPEC_HASH_ANNOTATION, StatefulSetView
-from taskpod.models import API_VERSION, EnvVar, Task, TaskTemplate
+from taskpod.api.models import API_VERSION, EnvVar, Task, TaskTemplate
+from taskpod.core.lifecycle import AGENT_PORT_NAME, LIFETIME_ANNOTATION, SPEC_HASH_ANNOTATION, StatefulSetView
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 TASK_LABEL = "taskpod.dev/task"

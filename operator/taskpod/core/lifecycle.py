@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskpod.models import AgentStatus, Condition, ConditionStatus, Phase, Task, TaskTemplate
+from taskpod.api.models import AgentStatus, Condition, ConditionStatus, Phase, Task, TaskTemplate
 
 LIFETIME_ANNOTATION = "taskpod.dev/lifetime"
 REVISION_LABEL = "controller-revision-hash"  # the StatefulSet revision a pod was made from

@@ -17,13 +17,14 @@ import kopf
 from aiohttp import web
 from pydantic import ValidationError
 
-from taskpod import kube, metrics, reports
-from taskpod.agents import Agents, Transport
-from taskpod.lifecycle import SPEC_HASH_ANNOTATION, NodeView, PodView, StatefulSetView
-from taskpod.models import DEFAULT_TEMPLATE, GROUP, VERSION, Key, TaskTemplate
-from taskpod.reconcile import Reconciler, Views
-from taskpod.settings import Settings
-from taskpod.workspace import MANAGED_BY, TASK_LABEL
+from taskpod import kube
+from taskpod.api.models import DEFAULT_TEMPLATE, GROUP, VERSION, Key, TaskTemplate
+from taskpod.controller import metrics, reports
+from taskpod.controller.agents import Agents, Transport
+from taskpod.controller.reconcile import Reconciler, Views
+from taskpod.controller.settings import Settings
+from taskpod.core.lifecycle import SPEC_HASH_ANNOTATION, NodeView, PodView, StatefulSetView
+from taskpod.core.workspace import MANAGED_BY, TASK_LABEL
 
 TASKS = (GROUP, VERSION, "tasks")
 TEMPLATES = (GROUP, VERSION, "tasktemplates")

@@ -1,0 +1,1 @@
+"""The Task and TaskTemplate API: pydantic models held to crds/ by a test."""
