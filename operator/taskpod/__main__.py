@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(chatty).setLevel(logging.WARNING)
     from taskpod.controller import handlers, metrics  # importing handlers registers them with Kopf
 
+    health = metrics.Health()
     if settings.http_listen:
-        metrics.serve(settings.http_listen)
+        metrics.serve(settings.http_listen, health)
     elector = _elected(settings) if settings.leader_election else None
     metrics.LEADER.set(1)
     try:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=settings.cluster_wide,
             namespaces=settings.namespaces,
             liveness_endpoint=settings.liveness,
-            memo=handlers.memo_for(settings),
+            memo=handlers.memo_for(settings, health),
         )
     finally:
         if elector is not None:

@@ -37,16 +37,16 @@ def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
     kopf.event(body, type=type, reason=reason, message=message[:1024])
 
 
-def memo_for(settings: Settings) -> kopf.Memo:
+def memo_for(settings: Settings, health: metrics.Health | None = None) -> kopf.Memo:
     """What every handler gets as `memo` (Kopf gives each object a shallow copy of it): the settings,
-    this process's one Reconciler, and the report endpoint's server once it runs."""
+    this process's one Reconciler, what /healthz asks, and the report endpoint's server once it runs."""
     reconciler = Reconciler(
         event=_post_event,
         agent_grace=dt.timedelta(seconds=settings.agent_grace_seconds),
         report_url=settings.report_url,
         naming_env=settings.naming,
     )
-    return kopf.Memo(settings=settings, reconciler=reconciler, servers=[])
+    return kopf.Memo(settings=settings, reconciler=reconciler, health=health or metrics.Health(), servers=[])
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -92,8 +92,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     ours: Settings = memo.settings
     make_http, server = kube.agent_transport(ours.agent_transport == "proxy")
     reconciler.agents = Agents(Transport(make_http, server), reconciler.poke, ours.agent_probe_after_seconds)
-    metrics.HEALTH.loop = asyncio.get_running_loop()  # /healthz asks this loop to answer
-    metrics.TASKS.source = lambda: metrics.HEALTH.in_loop(reconciler.phase_counts)
+    memo.health.attach(asyncio.get_running_loop(), reconciler.phase_counts)  # /healthz asks this loop
     if (listen := ours.report_host_port) is not None:
         runner = web.AppRunner(reports.app(kube.token_review, reconciler.accept_report), access_log=None)
         await runner.setup()

@@ -72,29 +72,19 @@ RESUME_SECONDS = Histogram(
 LEADER = Gauge("taskpod_leader", "1 while this process holds the leader Lease (or runs without election).")
 
 
-class TasksByPhase(Collector):
-    """taskpod_tasks{phase}: counted at scrape time from what the operator's watch holds."""
-
-    def __init__(self) -> None:
-        self.source: Callable[[], Tally[str]] | None = None
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("taskpod_tasks", "Tasks the operator watches, by phase.", labels=["phase"])
-        counts = self.source() if self.source is not None else Tally()
-        for phase in ("Pending", "Initializing", "Active", "Paused", "Error", "Unknown"):
-            family.add_metric([phase], counts.get(phase, 0))
-        yield family
-
-
-TASKS = TasksByPhase()
-REGISTRY.register(TASKS)
-
-
 class Health:
-    """What /healthz asks: the leader's event loop, once Kopf runs one."""
+    """What /healthz and the tasks gauge ask: the leader's event loop, and the tasks by phase there,
+    once Kopf runs (`attach`). Made in __main__ and handed to the HTTP server and to the handlers."""
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.phases: Callable[[], Tally[str]] | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop, phases: Callable[[], Tally[str]]) -> None:
+        self.loop, self.phases = loop, phases
+
+    def phase_counts(self) -> Tally[str]:
+        return self.in_loop(self.phases) if self.phases is not None else Tally()
 
     def alive(self) -> bool:
         loop = self.loop
@@ -123,16 +113,29 @@ class Health:
             return Tally()
 
 
-HEALTH = Health()
+class TasksByPhase(Collector):
+    """taskpod_tasks{phase}: counted at scrape time from what the operator's watch holds."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("taskpod_tasks", "Tasks the operator watches, by phase.", labels=["phase"])
+        counts = self.health.phase_counts()
+        for phase in ("Pending", "Initializing", "Active", "Paused", "Error", "Unknown"):
+            family.add_metric([phase], counts.get(phase, 0))
+        yield family
 
 
 class _Handler(BaseHTTPRequestHandler):
+    health: Health  # set on the subclass each server makes
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            ok = HEALTH.alive()
+            ok = self.health.alive()
             self._reply(200 if ok else 503, b"ok\n" if ok else b"event loop not answering\n")
         elif path == "/readyz":
             self._reply(200, b"ok\n")
@@ -150,10 +153,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(listen: str) -> ThreadingHTTPServer:
-    """Start serving /metrics, /healthz and /readyz on HOST:PORT in a daemon thread."""
+def serve(listen: str, health: Health) -> ThreadingHTTPServer:
+    """Start serving /metrics, /healthz and /readyz on HOST:PORT in a daemon thread (once a process)."""
     host, _sep, port = listen.rpartition(":")
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), _Handler)
+    REGISTRY.register(TasksByPhase(health))
+    handler = type("Handler", (_Handler,), {"health": health})
+    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="taskpod-http", daemon=True).start()
     log.info("serving /metrics, /healthz and /readyz on %s", listen)
