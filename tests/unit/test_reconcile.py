@@ -19,7 +19,6 @@ from taskpod.api.models import AgentStatus, Task, TaskTemplate
 from taskpod.controller import reconcile
 from taskpod.controller.reconcile import Reconciler, Views
 from taskpod.core import naming
-from taskpod.core.clock import now as _now
 from taskpod.core.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
 
 NS, NAME = "team", "fix-login"
@@ -280,9 +279,8 @@ def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
     assert len(api.status_patches) == 1
 
 
-def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_reconcile_reports_and_retries(api: FakeApi) -> None:
     calls = 0
-
     patch = api.patch_task_status
 
     async def flaky(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
@@ -293,20 +291,21 @@ def test_a_failed_reconcile_reports_and_retries(api: FakeApi, monkeypatch: pytes
         return await patch(namespace, name, status)
 
     api.patch_task_status = flaky  # type: ignore[method-assign]
-    monkeypatch.setattr(reconcile, "RETRY_DELAYS", (0.05,))
     events: list[str] = []
     reconciler = reconciler_with(events, api)
 
-    async def scenario() -> None:
-        reconciler.start(1)
+    async def scenario() -> float | None:
         await reconciler.reconcile(KEY, views(task_body("5"), api))
-        await asyncio.sleep(0.3)  # the retry timer fires
+        retry_in = reconciler.queue.due_in(KEY)
+        await reconciler.reconcile(KEY, views(task_body(str(api.version), api.status), api))  # the timer's
         await reconciler.stop()
+        return retry_in
 
-    asyncio.run(scenario())
+    retry_in = asyncio.run(scenario())
+    assert retry_in is not None and 0 < retry_in <= reconcile.RETRY_DELAYS[0]
     failure, recovered = api.status_patches
     assert failure["phase"] == "Pending"  # a first reconcile that fails still leaves a status that says why
-    assert failure["message"] == "Reconcile failed (attempt 1), retrying in 0s: etcd is sad"
+    assert failure["message"] == "Reconcile failed (attempt 1), retrying in 1s: etcd is sad"
     assert calls == 3 and recovered["phase"] == "Active"
     assert events == ["PromptDelivered", "ReconcileFailed", "WorkspaceReady"]
     assert recovered["prompt"]["sha256"]  # the delivery made before the failure is recorded
@@ -557,26 +556,28 @@ def test_an_agent_that_falls_silent_makes_the_task_unknown_when_the_grace_ends(a
     """Its follower pokes once, when the agent stops answering: the reconciler wakes itself for the end of
     the grace period instead of counting on a poke per reconnect attempt."""
     reconciler = reconciler_with([], api)
-    reconciler.agent_grace = dt.timedelta(seconds=1)
+    reconciler.agent_grace = dt.timedelta(seconds=30)
+    clock = [dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)]
+    reconciler.now = lambda: clock[0]
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
 
-    async def scenario() -> list[str]:
-        reconciler.start(1)
+    async def scenario() -> float | None:
         await reconciler.reconcile(KEY, views(task_body("5"), api))
-        silent = replace(agents.views[KEY], healthy=False, reason="connection refused", silent_since=_now())
+        silent = replace(agents.views[KEY], healthy=False, reason="connection refused", silent_since=clock[0])
         agents.views[KEY] = silent
+        clock[0] += dt.timedelta(seconds=10)
         await reconciler.reconcile(KEY, views(task_body(str(api.version), api.status), api))
-        for _ in range(40):
-            if api.status["phase"] == "Unknown":
-                break
-            await asyncio.sleep(0.1)
+        woken_in = reconciler.queue.due_in(KEY)  # what it asked for: a look when the grace is over
+        clock[0] += dt.timedelta(seconds=21)
+        await reconciler.reconcile(KEY, views(task_body(str(api.version), api.status), api))  # the timer's
         await reconciler.stop()
-        return [p["phase"] for p in api.status_patches]
+        return woken_in
 
-    assert asyncio.run(scenario()) == ["Active", "Active", "Unknown"]
-    assert api.status["message"].startswith("The agent has not answered for")
-    assert api.status["message"].endswith("s: connection refused.")
+    woken_in = asyncio.run(scenario())
+    assert woken_in is not None and 20 < woken_in <= 21  # 20 s of grace left, and a second for rounding
+    assert [p["phase"] for p in api.status_patches] == ["Active", "Active", "Unknown"]
+    assert api.status["message"] == "The agent has not answered for 31s: connection refused."
 
 
 def _created(api: FakeApi) -> list[dict[str, Any]]:

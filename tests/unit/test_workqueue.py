@@ -80,6 +80,8 @@ def test_add_after_keeps_the_sooner_of_two_timers_and_runs_forced() -> None:
         queue.add_after("a", 5.0)
         queue.add_after("a", 0.05)  # sooner: replaces the first
         queue.add_after("a", 1.0)  # later: the sooner stays
+        due = queue.due_in("a")
+        assert due is not None and 0 < due <= 0.05 and queue.due_in("b") is None
         while not seen:
             await asyncio.sleep(0.01)
         took = loop.time() - began

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -179,7 +179,7 @@ class _DeliveryFailure:
     attempts: int  # in a row
     reason: str
     delay: float  # seconds between the last attempt and the next
-    due: float  # monotonic time of the next attempt
+    due: float  # loop time of the next attempt (the clock of the queue's timers)
 
     def shown(self) -> agentstate.DeliveryFailure:
         return agentstate.DeliveryFailure(self.attempts, self.reason, self.delay)
@@ -229,6 +229,7 @@ class Reconciler:
     naming_env: Mapping[str, str] = field(default_factory=dict)  # ANTHROPIC_* for display names
     workers: int = 0  # reconciles at a time, started with the first event (0: only explicit start())
     status_hold: float = STATUS_HOLD
+    now: Callable[[], dt.datetime] = clock.now  # the time status tells (a fake clock in tests)
     memory: Memory = field(default_factory=Memory)
     news: News = field(default_factory=News)
     _backoff: Backoff[Key] = field(default_factory=lambda: Backoff(RETRY_DELAYS))  # failed reconciles
@@ -423,7 +424,7 @@ class Reconciler:
             )
             self.agents.ensure(key, target, answered_before)
             agent = self.agents.views.get(key)
-        now = clock.now()
+        now = self.now()
         if agent is not None and not agent.healthy and agent.silent_since is not None:
             # Unknown once the silence outlasts the grace: reconcile then (`now` is in whole seconds).
             grace_left = agent.silent_since + self.agent_grace - now
@@ -626,7 +627,7 @@ class Reconciler:
         if obs.agent is None or not obs.agent.healthy or obs.agent.status is not AgentStatus.STABLE:
             return
         failed = self.news.delivery_failures.get(key)
-        if failed is not None and failed.due > time.monotonic():
+        if failed is not None and failed.due > asyncio.get_running_loop().time():
             return  # its retry timer runs the next attempt
         try:
             delivered = await deliver_prompt(client, task.spec.prompt)
@@ -637,7 +638,7 @@ class Reconciler:
             metrics.PROMPT_DELIVERIES.labels(outcome="failed").inc()
             attempts = failed.attempts + 1 if failed is not None else 1
             delay = RETRY_DELAYS[min(attempts - 1, len(RETRY_DELAYS) - 1)]
-            due = time.monotonic() + delay
+            due = asyncio.get_running_loop().time() + delay
             self.news.delivery_failures[key] = _DeliveryFailure(attempts, reason, delay, due)
             self.queue.add_after(key, delay)
             log.warning(
@@ -655,7 +656,7 @@ class Reconciler:
         metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
         lifetime = obs.agent.lifetime
         sha = agentstate.prompt_sha(task.spec.prompt)
-        self.news.prompts[key] = agentstate.prompt_record(sha, clock.now(), lifetime)
+        self.news.prompts[key] = agentstate.prompt_record(sha, self.now(), lifetime)
         message = f"Delivered the prompt to the agent (lifetime {lifetime})."
         self.event(raw, type="Normal", reason="PromptDelivered", message=message)
 
@@ -704,7 +705,7 @@ class Reconciler:
         snap = snapshots.shape([m.dump() for m in messages])
         if self.memory.snapshot_digests.get(key) == snap.digest:
             return True  # nothing new since the last one
-        taken = clock.now()
+        taken = self.now()
         await self.api.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
@@ -722,7 +723,7 @@ class Reconciler:
         status = agentstate.task_status(
             task,
             obs,
-            clock.now(),
+            self.now(),
             self.news.prompts.get(key),
             self.news.snapshots.get(key),
             report,

@@ -61,6 +61,11 @@ class WorkQueue(Generic[K]):
 
         self._timers[key] = loop.call_later(delay, due)
 
+    def due_in(self, key: K) -> float | None:
+        """Seconds until `key` runs by its timer (`add_after`); None without one."""
+        timer = self._timers.get(key)
+        return None if timer is None else timer.when() - asyncio.get_running_loop().time()
+
     def hold(self, key: K, seconds: float) -> bool:
         """Whether something for `key` should still wait: True for `seconds` from the first call, then
         (the key runs again, forced, when they are over) False until `end_hold`."""
