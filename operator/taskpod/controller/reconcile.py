@@ -23,14 +23,12 @@ from taskpod.api.models import DEFAULT_TEMPLATE, AgentStatus, Key, Phase, Task, 
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Target, deliver_prompt
 from taskpod.controller.workqueue import Backoff, WorkQueue
-from taskpod.core import agentstate, clock, lifecycle, naming, snapshots, workspace
+from taskpod.core import agentstate, clock, lifecycle, naming, plan, snapshots, workspace
 from taskpod.core.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
 
 log = logging.getLogger("taskpod")
 SNAPSHOT_TIMEOUT = 5.0  # seconds; a pause never waits longer on an unreachable agent
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-# Phases worth an Event of their own; the steps between them are visible in status, not in the story.
-STORY_PHASES = frozenset({Phase.ACTIVE, Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN})
 # A workspace on its way somewhere passes several steps within a phase, often a second apart: pod
 # created, then scheduled; containers starting, then the agent. Such a step's status waits this long, so
 # that the next folds into it. Phase changes go at once (Pending -> Initializing -> Active is what users
@@ -361,8 +359,9 @@ class Reconciler:
         pausing = await self._keep_the_conversation(step, observed)
         await self._apply_workspace(step, observed, pausing)
         obs = self._observe(step, views)
-        await self._converse(step, obs)
-        await self._write_status(task, raw, obs)
+        verdict = lifecycle.derive_phase(obs)  # once: every step after this reads it
+        await self._converse(step, obs, verdict)
+        await self._write_status(task, raw, obs, verdict)
         return _Children(step.sts, step.service)
 
     async def _keep_the_conversation(self, step: _Pass, observed: StatefulSetView | None) -> bool:
@@ -444,13 +443,13 @@ class Reconciler:
             agent_grace=self.agent_grace,
         )
 
-    async def _converse(self, step: _Pass, obs: Observation) -> None:
+    async def _converse(self, step: _Pass, obs: Observation, verdict: lifecycle.Verdict) -> None:
         """An Active task's agent gets its prompt, once; an idle one's conversation is kept."""
         task, raw, key = step.task, step.raw, step.key
         if (
             self.agents is None
             or task.spec.paused  # Active while pausing (the pod is still Ready): no prompt now
-            or lifecycle.derive_phase(obs).phase is not Phase.ACTIVE
+            or verdict.phase is not Phase.ACTIVE
         ):
             return
         had_prompt = bool(self.news.prompts.get(key) or self._current_status(task, raw).get("prompt"))
@@ -713,7 +712,9 @@ class Reconciler:
         self.news.snapshots[key] = snapshots.status_entry(task, snap, taken)
         return True
 
-    async def _write_status(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
+    async def _write_status(
+        self, task: Task, raw: Mapping[str, Any], obs: Observation, verdict: lifecycle.Verdict
+    ) -> None:
         current = self._current_status(task, raw)
         # Decide from the same status we compare against, or two versions of it would take turns forever.
         task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
@@ -728,19 +729,21 @@ class Reconciler:
             self.news.snapshots.get(key),
             report,
             failure.shown() if failure is not None else None,
+            verdict,
         )
         named = None
         if not status.get("displayName"):
             status["displayName"] = named = self._display_name(task)
-        if not lifecycle.status_changed(current, status):
+        pending = self.news
+        news = report is not None or named is not None or key in pending.prompts or key in pending.snapshots
+        write = plan.status_write(current, status, news=news, hold=self.status_hold > 0)
+        if write is plan.Write.NONE:
             self.queue.end_hold(key)
             self.news.prompts.pop(key, None)
             self.news.snapshots.pop(key, None)
             return
-        pending = self.news
-        news = report is not None or named is not None or key in pending.prompts or key in pending.snapshots
-        if not news and self._hold(key, current, status):
-            return
+        if write is plan.Write.HOLD and self.queue.hold(key, self.status_hold):
+            return  # its end runs this key again
         self.queue.end_hold(key)
         written = await self.api.patch_task_status(task.namespace, task.name, status)
         # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
@@ -761,23 +764,9 @@ class Reconciler:
             written.get("status") or {},
             stale[-16:],
         )
-        old_phase, new_phase = current.get("phase"), status["phase"]
-        self._observe_latency(key, task.spec.paused, new_phase)
-        if old_phase != new_phase and new_phase in STORY_PHASES:
-            verdict = lifecycle.derive_phase(obs)
-            warning = new_phase in (Phase.ERROR, Phase.UNKNOWN)
-            self.event(
-                raw, type="Warning" if warning else "Normal", reason=verdict.reason, message=verdict.message
-            )
-
-    def _hold(self, key: Key, current: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-        """Whether this status write waits (see STATUS_HOLD): True while its hold runs."""
-        phase = status["phase"]
-        step = phase in (Phase.PENDING, Phase.INITIALIZING) and phase == current.get("phase")
-        same_spec = current.get("observedGeneration") == status["observedGeneration"]
-        if self.status_hold <= 0 or not step or not same_spec:
-            return False
-        return self.queue.hold(key, self.status_hold)
+        self._observe_latency(key, task.spec.paused, status["phase"])
+        if (event := plan.story_event(current.get("phase"), verdict)) is not None:
+            self.event(raw, type=event.type, reason=event.reason, message=event.message)
 
     def _note_wish(self, key: Key, paused: bool) -> None:
         """Remember when a pause or resume was first seen, to time it (a new task's start is neither)."""

@@ -160,10 +160,12 @@ def task_status(
     snapshot: Mapping[str, Any] | None = None,
     report: Report | None = None,
     delivery: DeliveryFailure | None = None,
+    verdict: Verdict | None = None,
 ) -> dict[str, Any]:
-    """The whole status patch: the lifecycle's part plus the agent's state, health and prompt record."""
-    status = lifecycle_status(task, obs, now)
-    verdict = derive_phase(obs)
+    """The whole status patch: the lifecycle's part plus the agent's state, health and prompt record.
+    `verdict`: derive_phase(obs), when the caller has it already."""
+    verdict = verdict or derive_phase(obs)
+    status = lifecycle_status(task, obs, now, verdict)
     lifetime = obs.statefulset.lifetime if obs.statefulset else 0
     state = derive_state(task.status.state, verdict, obs.agent, report, lifetime, now)
     if state is not None:

@@ -361,9 +361,12 @@ def set_condition(
     return [condition if c.type == type_ else c for c in conditions]  # in place: no reordering churn
 
 
-def lifecycle_status(task: Task, obs: Observation, now: dt.datetime) -> dict[str, Any]:
-    """The parts of status that the lifecycle owns, as a merge patch (other writers own the rest)."""
-    verdict = derive_phase(obs)
+def lifecycle_status(
+    task: Task, obs: Observation, now: dt.datetime, verdict: Verdict | None = None
+) -> dict[str, Any]:
+    """The parts of status that the lifecycle owns, as a merge patch (other writers own the rest).
+    `verdict`: derive_phase(obs), when the caller has it already."""
+    verdict = verdict or derive_phase(obs)
     conditions = list(task.status.conditions or [])
     active = verdict.phase is Phase.ACTIVE
     conditions = set_condition(
