@@ -466,7 +466,7 @@ def test_a_step_within_a_phase_waits_for_the_next_then_is_written(api: FakeApi) 
     At 1,000 tasks a resume made 4.6 status patches per task, each one a write for etcd."""
     reconciler = reconciler_with([], api)
     counting_reconciles(reconciler)
-    reconciler.status_hold = 0.1
+    reconciler.options.status_hold = 0.1
 
     async def scenario() -> list[tuple[str, str]]:
         reconciler.start(1)
@@ -514,7 +514,7 @@ def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
 ) -> None:
     """The Anthropic answer lands while the first status patch is in flight: it must not be dropped."""
     reconciler = reconciler_with([], api)
-    reconciler.naming_env = {"ANTHROPIC_API_KEY": "sk-test"}
+    reconciler.options.naming_env = {"ANTHROPIC_API_KEY": "sk-test"}
     answered = asyncio.Event()
 
     async def display_name_for(prompt: str, env: Any = None) -> str:
@@ -556,9 +556,9 @@ def test_an_agent_that_falls_silent_makes_the_task_unknown_when_the_grace_ends(a
     """Its follower pokes once, when the agent stops answering: the reconciler wakes itself for the end of
     the grace period instead of counting on a poke per reconnect attempt."""
     reconciler = reconciler_with([], api)
-    reconciler.agent_grace = dt.timedelta(seconds=30)
+    reconciler.options.agent_grace = dt.timedelta(seconds=30)
     clock = [dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)]
-    reconciler.now = lambda: clock[0]
+    reconciler.options.now = lambda: clock[0]
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
 

@@ -21,7 +21,7 @@ from taskpod import kube
 from taskpod.api.models import DEFAULT_TEMPLATE, GROUP, VERSION, Key, TaskTemplate
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Transport
-from taskpod.controller.reconcile import Reconciler, Views
+from taskpod.controller.reconcile import Options, Reconciler, Views
 from taskpod.controller.settings import Settings
 from taskpod.core.lifecycle import SPEC_HASH_ANNOTATION, NodeView, PodView, StatefulSetView
 from taskpod.core.workspace import MANAGED_BY, TASK_LABEL
@@ -40,12 +40,13 @@ def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
 def memo_for(settings: Settings, health: metrics.Health | None = None) -> kopf.Memo:
     """What every handler gets as `memo` (Kopf gives each object a shallow copy of it): the settings,
     this process's one Reconciler, what /healthz asks, and the report endpoint's server once it runs."""
-    reconciler = Reconciler(
-        event=_post_event,
+    options = Options(
         agent_grace=dt.timedelta(seconds=settings.agent_grace_seconds),
         report_url=settings.report_url,
         naming_env=settings.naming,
+        workers=RECONCILE_WORKERS,  # reconciles at a time: as many as threads for their API calls
     )
+    reconciler = Reconciler(event=_post_event, options=options)
     return kopf.Memo(settings=settings, reconciler=reconciler, health=health or metrics.Health(), servers=[])
 
 
@@ -82,7 +83,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.execution.max_workers = RECONCILE_WORKERS
     asyncio.get_running_loop().set_default_executor(settings.execution.executor)
     reconciler: Reconciler = memo.reconciler
-    reconciler.workers = RECONCILE_WORKERS  # reconciles at a time: as many as threads for their calls
     # Kopf posts each object's Events from a worker of its own, on an HTTP pool without a limit: a burst
     # of tasks opened a TLS connection per poster, each with a 256 KiB read buffer, kept alive after.
     # A bounded set of posters keeps the pool (and the handshakes) small. A worker lingers idle_timeout

@@ -218,16 +218,23 @@ class News:
 
 
 @dataclass
-class Reconciler:
-    event: EventSink
-    api: Api = field(default=kube)  # the Kubernetes calls; a fake in tests
-    agents: Agents | None = None
-    agent_grace: dt.timedelta = lifecycle.AGENT_GRACE
+class Options:
+    """How a Reconciler behaves: made from the operator's settings, or a test's choice."""
+
+    agent_grace: dt.timedelta = lifecycle.AGENT_GRACE  # agent silence before Unknown
     report_url: str | None = None  # where workspaces send their agent's reports
     naming_env: Mapping[str, str] = field(default_factory=dict)  # ANTHROPIC_* for display names
     workers: int = 0  # reconciles at a time, started with the first event (0: only explicit start())
     status_hold: float = STATUS_HOLD
     now: Callable[[], dt.datetime] = clock.now  # the time status tells (a fake clock in tests)
+
+
+@dataclass
+class Reconciler:
+    event: EventSink
+    api: Api = field(default=kube)  # the Kubernetes calls; a fake in tests
+    agents: Agents | None = None
+    options: Options = field(default_factory=Options)
     memory: Memory = field(default_factory=Memory)
     news: News = field(default_factory=News)
     _backoff: Backoff[Key] = field(default_factory=lambda: Backoff(RETRY_DELAYS))  # failed reconciles
@@ -273,9 +280,9 @@ class Reconciler:
         returns, so awaiting the reconcile there held 7,500 waiting workers and 76 MB of event bodies at
         5,000 tasks."""
         self._views = views
-        if not self.queue.started and self.workers:
+        if not self.queue.started and self.options.workers:
             # Started here, from a Kopf handler: Kopf's Events need the context its handlers run in.
-            self.start(self.workers)
+            self.start(self.options.workers)
         self.queue.add(key, forced=forced)
 
     def start(self, workers: int) -> None:
@@ -423,10 +430,10 @@ class Reconciler:
             )
             self.agents.ensure(key, target, answered_before)
             agent = self.agents.views.get(key)
-        now = self.now()
+        now = self.options.now()
         if agent is not None and not agent.healthy and agent.silent_since is not None:
             # Unknown once the silence outlasts the grace: reconcile then (`now` is in whole seconds).
-            grace_left = agent.silent_since + self.agent_grace - now
+            grace_left = agent.silent_since + self.options.agent_grace - now
             self.queue.add_after(key, max(grace_left.total_seconds(), 0) + 1)
         return Observation(
             generation=task.metadata.generation,
@@ -440,7 +447,7 @@ class Reconciler:
             node=_node(views, step.pod),
             leftover=step.leftover,
             now=now,
-            agent_grace=self.agent_grace,
+            agent_grace=self.options.agent_grace,
         )
 
     async def _converse(self, step: _Pass, obs: Observation, verdict: lifecycle.Verdict) -> None:
@@ -480,7 +487,7 @@ class Reconciler:
         key = (task.namespace, task.name)
         replicas = workspace.desired_replicas(task)
         lifetime = workspace.next_lifetime(observed, replicas)
-        desired = workspace.statefulset(task, template, replicas, lifetime, observed, self.report_url)
+        desired = workspace.statefulset(task, template, replicas, lifetime, observed, self.options.report_url)
         # The hash covers what we asked for; replicas are also checked, should someone scale it by hand.
         if (
             observed is not None
@@ -529,7 +536,9 @@ class Reconciler:
         now = asyncio.get_running_loop().time()
         known = self.memory.pod_refusals.get(key)
         if known is None or known[0] != sts.spec_hash or known[1] + POD_CHECK <= now:
-            desired = workspace.statefulset(task, template, sts.replicas, sts.lifetime, sts, self.report_url)
+            desired = workspace.statefulset(
+                task, template, sts.replicas, sts.lifetime, sts, self.options.report_url
+            )
             refusal = await self.api.pod_refusal(workspace.first_pod(desired))
             known = self.memory.pod_refusals[key] = (sts.spec_hash, now, refusal)
             self.queue.add_after(key, POD_CHECK)  # still no pod then: ask again
@@ -655,7 +664,7 @@ class Reconciler:
         metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
         lifetime = obs.agent.lifetime
         sha = agentstate.prompt_sha(task.spec.prompt)
-        self.news.prompts[key] = agentstate.prompt_record(sha, self.now(), lifetime)
+        self.news.prompts[key] = agentstate.prompt_record(sha, self.options.now(), lifetime)
         message = f"Delivered the prompt to the agent (lifetime {lifetime})."
         self.event(raw, type="Normal", reason="PromptDelivered", message=message)
 
@@ -704,7 +713,7 @@ class Reconciler:
         snap = snapshots.shape([m.dump() for m in messages])
         if self.memory.snapshot_digests.get(key) == snap.digest:
             return True  # nothing new since the last one
-        taken = self.now()
+        taken = self.options.now()
         await self.api.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
@@ -724,7 +733,7 @@ class Reconciler:
         status = agentstate.task_status(
             task,
             obs,
-            self.now(),
+            self.options.now(),
             self.news.prompts.get(key),
             self.news.snapshots.get(key),
             report,
@@ -736,13 +745,13 @@ class Reconciler:
             status["displayName"] = named = self._display_name(task)
         pending = self.news
         news = report is not None or named is not None or key in pending.prompts or key in pending.snapshots
-        write = plan.status_write(current, status, news=news, hold=self.status_hold > 0)
+        write = plan.status_write(current, status, news=news, hold=self.options.status_hold > 0)
         if write is plan.Write.NONE:
             self.queue.end_hold(key)
             self.news.prompts.pop(key, None)
             self.news.snapshots.pop(key, None)
             return
-        if write is plan.Write.HOLD and self.queue.hold(key, self.status_hold):
+        if write is plan.Write.HOLD and self.queue.hold(key, self.options.status_hold):
             return  # its end runs this key again
         self.queue.end_hold(key)
         written = await self.api.patch_task_status(task.namespace, task.name, status)
@@ -794,7 +803,7 @@ class Reconciler:
         key = (task.namespace, task.name)
         if key in self.news.display_names:
             return self.news.display_names[key]
-        if not self.naming_env.get("ANTHROPIC_API_KEY"):
+        if not self.options.naming_env.get("ANTHROPIC_API_KEY"):
             return naming.display_from_prompt(task.spec.prompt)
         if key not in self._naming:
             self._naming[key] = asyncio.get_running_loop().create_task(self._ask_name(key, task.spec.prompt))
@@ -802,7 +811,7 @@ class Reconciler:
 
     async def _ask_name(self, key: Key, prompt: str) -> None:
         async with self._naming_slots:
-            self.news.display_names[key] = await naming.display_name_for(prompt, self.naming_env)
+            self.news.display_names[key] = await naming.display_name_for(prompt, self.options.naming_env)
         self.poke(key)
 
     async def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> str | None:
