@@ -17,7 +17,7 @@ from taskpod import kube
 from taskpod.agentapi import AgentMessage
 from taskpod.api.models import AgentStatus, Task, TaskTemplate
 from taskpod.controller import reconcile
-from taskpod.controller.reconcile import Reconciler, Views
+from taskpod.controller.reconcile import Options, Reconciler, Views
 from taskpod.core import naming
 from taskpod.core.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
 
@@ -154,8 +154,8 @@ def views(task: dict[str, Any], api: FakeApi) -> Views:
     )
 
 
-def reconciler_with(events: list[str], api: FakeApi) -> Reconciler:
-    r = Reconciler(event=lambda body, **kw: events.append(kw["reason"]), api=api)
+def reconciler_with(events: list[str], api: FakeApi, **options: Any) -> Reconciler:
+    r = Reconciler(event=lambda body, **kw: events.append(kw["reason"]), api=api, options=Options(**options))
     r.agents = FakeAgents()  # type: ignore[assignment]
     return r
 
@@ -513,8 +513,7 @@ def test_a_display_name_that_arrives_during_the_status_patch_is_written_next(
     api: FakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Anthropic answer lands while the first status patch is in flight: it must not be dropped."""
-    reconciler = reconciler_with([], api)
-    reconciler.options.naming_env = {"ANTHROPIC_API_KEY": "sk-test"}
+    reconciler = reconciler_with([], api, naming_env={"ANTHROPIC_API_KEY": "sk-test"})
     answered = asyncio.Event()
 
     async def display_name_for(prompt: str, env: Any = None) -> str:

@@ -22,8 +22,9 @@ from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
 from taskpod.api.models import DEFAULT_TEMPLATE, AgentStatus, Key, Phase, Task, TaskStatus, TaskTemplate
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Target, deliver_prompt
+from taskpod.controller.names import Namer
 from taskpod.controller.workqueue import Backoff, WorkQueue
-from taskpod.core import agentstate, clock, lifecycle, naming, plan, snapshots, workspace
+from taskpod.core import agentstate, clock, lifecycle, plan, snapshots, workspace
 from taskpod.core.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
 
 log = logging.getLogger("taskpod")
@@ -209,7 +210,6 @@ class News:
     prompts: dict[Key, dict[str, Any]] = field(default_factory=dict)  # delivered
     snapshots: dict[Key, dict[str, Any]] = field(default_factory=dict)  # taken
     reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received from the agent
-    display_names: dict[Key, str] = field(default_factory=dict)  # generated
     delivery_failures: dict[Key, _DeliveryFailure] = field(default_factory=dict)  # the prompt's, in a row
 
     def forget(self, key: Key) -> None:
@@ -238,13 +238,13 @@ class Reconciler:
     memory: Memory = field(default_factory=Memory)
     news: News = field(default_factory=News)
     _backoff: Backoff[Key] = field(default_factory=lambda: Backoff(RETRY_DELAYS))  # failed reconciles
-    _naming: dict[Key, asyncio.Task[None]] = field(default_factory=dict)  # display names being asked for
-    _naming_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     _views: Views | None = None
     queue: WorkQueue[Key] = field(init=False)
+    _namer: Namer = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self._process)
+        self._namer = Namer(self.options.naming_env, self.poke)
 
     def phase_counts(self) -> Counter[str]:
         """Tasks by the phase their status shows, from the watch (run it on the event loop)."""
@@ -742,7 +742,7 @@ class Reconciler:
         )
         named = None
         if not status.get("displayName"):
-            status["displayName"] = named = self._display_name(task)
+            status["displayName"] = named = self._namer.name(key, task.spec.prompt)
         pending = self.news
         news = report is not None or named is not None or key in pending.prompts or key in pending.snapshots
         write = plan.status_write(current, status, news=news, hold=self.options.status_hold > 0)
@@ -758,8 +758,8 @@ class Reconciler:
         # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
         if report is not None and self.news.reports.get(key) is report:
             del self.news.reports[key]
-        if named is not None and self.news.display_names.get(key) == named:
-            del self.news.display_names[key]
+        if named is not None:
+            self._namer.written(key, named)
         self.news.prompts.pop(key, None)  # recorded in status now
         self.news.snapshots.pop(key, None)
         previous = self.memory.written.get(key)
@@ -796,23 +796,6 @@ class Reconciler:
         else:
             return
         self.memory.asked[key] = (paused, -1.0)  # observed once
-
-    def _display_name(self, task: Task) -> str | None:
-        """A display name for a task applied without one: from the prompt at once, or from Anthropic
-        in the background (never holding up the reconcile; asked once per task) when a key is set."""
-        key = (task.namespace, task.name)
-        if key in self.news.display_names:
-            return self.news.display_names[key]
-        if not self.options.naming_env.get("ANTHROPIC_API_KEY"):
-            return naming.display_from_prompt(task.spec.prompt)
-        if key not in self._naming:
-            self._naming[key] = asyncio.get_running_loop().create_task(self._ask_name(key, task.spec.prompt))
-        return None  # written once the answer (or the fallback) is in
-
-    async def _ask_name(self, key: Key, prompt: str) -> None:
-        async with self._naming_slots:
-            self.news.display_names[key] = await naming.display_name_for(prompt, self.options.naming_env)
-        self.poke(key)
 
     async def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> str | None:
         """Retry a failed reconcile with back-off, and say so in an Event and, if it can be written, in
@@ -863,8 +846,7 @@ class Reconciler:
         self._backoff.succeeded(key)
         self.memory.forget(key)
         self.news.forget(key)
-        if (naming_task := self._naming.pop(key, None)) is not None:
-            naming_task.cancel()
+        self._namer.forget(key)
 
 
 def _leftover(task: Task, sts: StatefulSetView | None, pod: PodView | None) -> str | None:
