@@ -198,6 +198,17 @@ class Memory:
     pod_refusals: dict[Key, tuple[str | None, float, str | None]] = field(default_factory=dict)
     restarted: dict[Key, str] = field(default_factory=dict)  # uid of the pod last deleted as stuck
 
+    def wrote_status(self, key: Key, uid: str, read_version: str, written: Mapping[str, Any]) -> None:
+        """Our status write: the task as `written` back, over the version read (`read_version`), which
+        the watch may still show, as may the versions of our earlier writes."""
+        previous = self.written.get(key)
+        stale: tuple[str, ...] = ()
+        if previous is not None and previous.uid == uid:
+            stale = (*previous.stale_versions, previous.version)
+        stale = (*stale, read_version)
+        version = written["metadata"]["resourceVersion"]
+        self.written[key] = _Written(uid, version, written.get("status") or {}, stale[-16:])
+
     def forget(self, key: Key) -> None:
         for memory in vars(self).values():
             memory.pop(key, None)
@@ -762,17 +773,7 @@ class Reconciler:
             self._namer.written(key, named)
         self.news.prompts.pop(key, None)  # recorded in status now
         self.news.snapshots.pop(key, None)
-        previous = self.memory.written.get(key)
-        stale: tuple[str, ...] = ()
-        if previous is not None and previous.uid == task.metadata.uid:
-            stale = (*previous.stale_versions, previous.version)
-        stale = (*stale, task.metadata.resource_version)
-        self.memory.written[key] = _Written(
-            task.metadata.uid,
-            written["metadata"]["resourceVersion"],
-            written.get("status") or {},
-            stale[-16:],
-        )
+        self.memory.wrote_status(key, task.metadata.uid, task.metadata.resource_version, written)
         self._observe_latency(key, task.spec.paused, status["phase"])
         if (event := plan.story_event(current.get("phase"), verdict)) is not None:
             self.event(raw, type=event.type, reason=event.reason, message=event.message)
