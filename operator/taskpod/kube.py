@@ -338,3 +338,12 @@ def _token_review_sync(token: str, audience: str) -> dict[str, Any]:
 async def token_review(token: str, audience: str = "taskpod") -> dict[str, Any]:
     """What the API server says of a token presented for `audience`: who, and whether it is valid."""
     return await asyncio.to_thread(_token_review_sync, token, audience)
+
+
+def refused(exc: ApiException) -> bool:
+    """Whether the API server refused what we asked for (it will again until the task or template
+    changes), rather than failing to answer. A server-side apply whose values cannot be typed (a storage
+    size `lots`) is refused with a 500 that says so."""
+    if exc.status in (400, 403, 404, 422):
+        return True
+    return exc.status == 500 and "failed to create typed patch object" in api_message(exc)

@@ -18,7 +18,7 @@ from taskpod.agentapi import AgentMessage
 from taskpod.api.models import AgentStatus, Task, TaskTemplate
 from taskpod.controller import reconcile
 from taskpod.controller.reconcile import Options, Reconciler, Views
-from taskpod.core import naming
+from taskpod.core import naming, plan
 from taskpod.core.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
 
 NS, NAME = "team", "fix-login"
@@ -273,7 +273,9 @@ def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
     for c in older["conditions"]:
         c["lastTransitionTime"] = "2020-01-01T00:00:00Z"
     # An older write of ours, still in flight in the watch, carries other transition times.
-    reconciler.memory.written[KEY] = reconcile._Written("u1", "12", api.status, ("5", "11"))
+    reconciler.memory.wrote_status(
+        KEY, "u1", "11", {"metadata": {"resourceVersion": "12"}, "status": api.status}
+    )
     run(reconciler, views(task_body("11", older), api))
     run(reconciler, views(task_body("5"), api))
     assert len(api.status_patches) == 1
@@ -685,7 +687,7 @@ def test_a_refusal_is_told_from_a_failure_to_answer(
     failure: kube.ApiException, refused: bool, terminating: bool
 ) -> None:
     """A refusal is the task's Error until the task or template changes; a failure to answer is retried."""
-    assert reconcile._refused(failure) is refused
+    assert kube.refused(failure) is refused
     assert kube.namespace_terminating(failure) is terminating
 
 
@@ -719,7 +721,7 @@ TASK = Task.model_validate(
 def test_a_deleted_tasks_workspace_is_never_taken_for_ours(
     sts: StatefulSetView | None, pod: PodView | None, leftover: str | None
 ) -> None:
-    assert reconcile._leftover(TASK, sts, pod) == leftover
+    assert plan.leftover(TASK, sts, pod) == leftover
 
 
 BACKOFF = (ContainerProblem("agent", "ImagePullBackOff", "not found"),)
@@ -738,4 +740,4 @@ BACKOFF = (ContainerProblem("agent", "ImagePullBackOff", "not found"),)
     ids=["older, cannot pull", "older, failed", "current", "older, ready", "older, starting", "deleting"],
 )
 def test_a_pod_stuck_at_an_older_revision_is_replaced(pod: PodView, stuck: bool) -> None:
-    assert reconcile._stuck_at_an_older_revision(_sts(), pod) is stuck
+    assert plan.stuck_at_an_older_revision(_sts(), pod) is stuck

@@ -369,7 +369,7 @@ class Reconciler:
         if task.spec.paused:
             self.news.delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
         observed = self._as_applied(key, step.sts)
-        if (leftover := _leftover(task, observed, step.pod)) is not None:
+        if (leftover := plan.leftover(task, observed, step.pod)) is not None:
             # Never applied over (its files, its conversation): it goes by garbage collection.
             step.sts = observed = step.pod = None
             step.leftover = leftover
@@ -406,7 +406,7 @@ class Reconciler:
                 left = await self._ensure_children(step.task, template, observed, step.service, step.raw)
                 step.sts, step.service = left.statefulset, left.service
             except kube.ApiException as exc:
-                if not _refused(exc) or kube.namespace_terminating(exc):
+                if not kube.refused(exc) or kube.namespace_terminating(exc):
                     raise
                 step.workspace_error = f"The workspace cannot be applied: {kube.api_message(exc)}"
                 self.queue.add_after(key, REFUSED_RETRY)  # what refused it may go (a quota, a webhook)
@@ -422,7 +422,7 @@ class Reconciler:
             and not pod
         ):
             step.workspace_error = await self._pod_refusal(step.task, template, sts)
-        if sts is not None and pod is not None and _stuck_at_an_older_revision(sts, pod):
+        if sts is not None and pod is not None and plan.stuck_at_an_older_revision(sts, pod):
             await self._restart(step.raw, pod)
 
     def _observe(self, step: _Pass, views: Views) -> Observation:
@@ -848,30 +848,3 @@ class Reconciler:
         self.memory.forget(key)
         self.news.forget(key)
         self._namer.forget(key)
-
-
-def _leftover(task: Task, sts: StatefulSetView | None, pod: PodView | None) -> str | None:
-    """What a deleted task of the same name left, that garbage collection has not removed yet: applying
-    over it would make it this task's, files and conversation included."""
-    if sts is not None and sts.owner_uid is not None and sts.owner_uid != task.metadata.uid:
-        return f"StatefulSet {sts.name}"
-    if pod is not None and pod.owner_uid is not None and (sts is None or pod.owner_uid != sts.uid):
-        return f"pod {pod.name}"
-    return None
-
-
-def _stuck_at_an_older_revision(sts: StatefulSetView, pod: PodView) -> bool:
-    """A pod of an older revision that cannot start (a bad image, a crash loop): with OrderedReady, its
-    StatefulSet controller waits for it to be ready before replacing it, which it never will be."""
-    older = sts.update_revision is not None and pod.revision not in (None, sts.update_revision)
-    failing = pod.phase == "Failed" or any(p.reason in lifecycle.FATAL_WAITING for p in pod.waiting)
-    return older and failing and not pod.ready and not pod.deleting
-
-
-def _refused(exc: kube.ApiException) -> bool:
-    """Whether the API server refused what we asked for (it will again until the task or template
-    changes), rather than failing to answer. A server-side apply whose values cannot be typed (a storage
-    size `lots`) is refused with a 500 that says so."""
-    if exc.status in (400, 403, 404, 422):
-        return True
-    return exc.status == 500 and "failed to create typed patch object" in kube.api_message(exc)
