@@ -73,6 +73,20 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("; ".join(said))
 
 
+KOPF_POSTING = "kopf._core.engines.posting"
+
+
+def not_for_a_namespace_being_deleted(record: logging.LogRecord) -> bool:
+    """Whether to log this line of Kopf's Event poster: not its failures to post into a namespace being
+    deleted (an error a retry, 9 in all) or gone (a warning). Deleting a namespace of tasks deletes
+    their templates too, often first, and the tasks' Error Events have nowhere to go; nothing is lost,
+    as the namespace's Events go with it. -v shows them."""
+    text = record.getMessage()
+    terminating = "NamespaceTerminating" in text
+    gone = "Failed to post an event" in text and "Code: 404" in text and 'namespaces "' in text
+    return not (terminating or gone)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     logging.basicConfig(
@@ -83,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         for chatty in ("httpx", "httpx2"):  # a line per agent call (httpx) or Anthropic call (httpx2)
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        logging.getLogger(KOPF_POSTING).addFilter(not_for_a_namespace_being_deleted)
     from taskpod.controller import handlers, metrics  # importing handlers registers them with Kopf
 
     health = metrics.Health()

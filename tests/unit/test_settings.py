@@ -1,10 +1,13 @@
-"""The operator's configuration, as a user gives it: flags, the chart's TASKPOD_* variables, defaults."""
+"""The operator's configuration, as a user gives it (flags, the chart's TASKPOD_* variables, defaults), and
+what its log leaves out."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from taskpod.__main__ import parse_args
+from taskpod.__main__ import KOPF_POSTING, not_for_a_namespace_being_deleted, parse_args
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +77,33 @@ def test_a_bad_setting_stops_it_at_once_naming_the_setting(
         parse_args(argv)
     assert exited.value.code == 2
     assert said in capsys.readouterr().err
+
+
+# Kopf's lines, as an operator logged them while a namespace of 20 tasks was deleted (CI, 2026-11-30).
+TERMINATING = (
+    "Request attempt #1/9 failed; will retry: POST https://127.0.0.1:46005/api/v1/namespaces/team/events "
+    '-> APIForbiddenError(\'events "kopf-event-" is forbidden: unable to create new content in namespace '
+    "team because it is being terminated', {'kind': 'Status', 'reason': 'Forbidden', 'details': {'causes': "
+    "[{'reason': 'NamespaceTerminating'}]}, 'code': 403}, status=403)"
+)
+GONE = (
+    'Failed to post an event. Ignoring and continuing. Code: 404. Message: namespaces "team" not found. '
+    "Details: {'name': 'team', 'kind': 'namespaces'}Event: type='Warning', reason='TemplateNotFound'"
+)
+OTHER = (
+    "Request attempt #1/9 failed; will retry: POST https://127.0.0.1:46005/api/v1/namespaces/team/events "
+    '-> APIForbiddenError(\'events is forbidden: User "taskpod" cannot create resource "events"\', '
+    "status=403)"
+)
+
+
+@pytest.mark.parametrize(
+    ("level", "text", "shown"),
+    [(logging.ERROR, TERMINATING, False), (logging.WARNING, GONE, False), (logging.ERROR, OTHER, True)],
+    ids=["namespace terminating", "namespace gone", "RBAC refuses Events"],
+)
+def test_events_that_cannot_go_to_a_namespace_being_deleted_are_not_logged(
+    level: int, text: str, shown: bool
+) -> None:
+    record = logging.LogRecord(KOPF_POSTING, level, __file__, 1, text, None, None)
+    assert not_for_a_namespace_being_deleted(record) is shown
