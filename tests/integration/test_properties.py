@@ -182,12 +182,18 @@ def told(kube: Kube, namespace: str, name: str, phases: set[str] = PHASES) -> di
 
 
 def workspace_replicas(kube: Kube, namespace: str, name: str) -> int | None:
+    """The replicas of the task's own workspace; None without one. Examples reuse names (shrinking
+    does, often), and a deleted namesake's StatefulSet may still await garbage collection: not this
+    task's (the operator never adopts it), so it does not count."""
+    uid = get_task(kube, namespace, name)["metadata"]["uid"]
     try:
-        return int(kube.apps.read_namespaced_stateful_set(name, namespace).spec.replicas)
+        sts = kube.apps.read_namespaced_stateful_set(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
+    owners = [o.uid for o in sts.metadata.owner_references or []]
+    return int(sts.spec.replicas) if uid in owners else None
 
 
 def live_through_pause_and_resume(kube: Kube, namespace: str, name: str) -> None:
