@@ -44,7 +44,7 @@ def holder(kube: Kube, namespace: str) -> str | None:
 
 
 @pytest.fixture
-def replicas(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[dict[str, Operator]]:
+def replicas(kube: Kube, crds: list[str], namespace: str, tmp_path: Path) -> Iterator[dict[str, Operator]]:
     """Two operator processes electing a leader through a Lease in the test's namespace."""
     started: dict[str, Operator] = {}
 

@@ -138,6 +138,9 @@ def test_a_leader_that_cannot_renew_steps_down_before_anyone_may_take_over(clock
             clock.now += seconds
             return False
 
+        def is_set(self) -> bool:
+            return False
+
     lost_at: list[float] = []
     a.keep_renewing(Stop(), lambda: lost_at.append(clock.now)).join(5)  # type: ignore[arg-type]
     assert len(lost_at) == 1
@@ -157,6 +160,51 @@ def test_a_leader_steps_down_at_once_when_another_holds_the_lease(clock: Clock) 
         def wait(self, seconds: float) -> bool:
             return False
 
+        def is_set(self) -> bool:
+            return False
+
     lost: list[bool] = []
     a.keep_renewing(Stop(), lambda: lost.append(True)).join(5)  # type: ignore[arg-type]
     assert lost == [True] and api.holder == "b"
+
+
+def test_release_retries_when_someone_writes_between_its_read_and_its_write(clock: Clock) -> None:
+    api = FakeLeases()
+    a, b = elector(api, "a"), elector(api, "b")
+    a.try_acquire_or_renew()
+    real_replace = api.replace_namespaced_lease
+    interfered: list[bool] = []
+
+    def after_another_write(name: str, ns: str, body: dict[str, Any], **kw: Any) -> None:
+        if not interfered:  # a renewal or a kubectl annotate lands first: our resourceVersion is stale
+            interfered.append(True)
+            api._store(copy.deepcopy(api.lease))  # type: ignore[arg-type]
+        real_replace(name, ns, body, **kw)
+
+    api.replace_namespaced_lease = after_another_write  # type: ignore[method-assign,assignment]
+    a.release()
+    assert interfered and api.holder is None
+    assert b.try_acquire_or_renew() is True
+
+
+def test_no_renewal_follows_a_release(clock: Clock) -> None:
+    """The renewal thread may be between its wait and its call when the release runs; it must not take
+    back the Lease just given up."""
+    api = FakeLeases()
+    a = elector(api, "a")
+    a.wait_for_leadership()
+    a.release()
+
+    class LateStop:  # the wait ended before stop was set; stop is set by the time the call returns
+        calls = 0
+
+        def wait(self, seconds: float) -> bool:
+            self.calls += 1
+            return self.calls > 1
+
+        def is_set(self) -> bool:
+            return True
+
+    lost: list[bool] = []
+    a.keep_renewing(LateStop(), lambda: lost.append(True)).join(5)  # type: ignore[arg-type]
+    assert api.holder is None and lost == []

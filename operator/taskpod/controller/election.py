@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -69,6 +69,10 @@ class Elector:
     _seen: tuple[Any, ...] | None = None  # the record last read: holder, renew time, transitions
     _seen_at: float = 0.0  # when it last changed, on our monotonic clock
     _last_renewal: float = 0.0
+    # One Lease call sequence at a time: a release must not interleave with a renewal in flight, whose
+    # write would make the release's compare-and-swap fail, leaving standbys to wait out the lease.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _resigned: bool = False
 
     # -- one attempt ---------------------------------------------------------------------------
 
@@ -143,11 +147,14 @@ class Elector:
         return True
 
     def _attempt(self) -> bool:
-        try:
-            return self.try_acquire_or_renew()
-        except Exception as exc:  # the API server is away: just another failed attempt
-            log.warning("Lease %s/%s: %s", self.namespace, self.name, exc)
-            return False
+        with self._lock:
+            if self._resigned:
+                return False
+            try:
+                return self.try_acquire_or_renew()
+            except Exception as exc:  # the API server is away: just another failed attempt
+                log.warning("Lease %s/%s: %s", self.namespace, self.name, exc)
+                return False
 
     # -- the loops -----------------------------------------------------------------------------
 
@@ -170,6 +177,8 @@ class Elector:
             while not stop.wait(RENEW if renewed else RETRY):
                 started = time.monotonic()  # the server stamps the renewal after this: err early
                 renewed = self._attempt()
+                if stop.is_set():  # stopped (and maybe released) while that attempt waited or ran
+                    return
                 if renewed:
                     self._last_renewal = started
                 elif self._held_by_other() or time.monotonic() - self._last_renewal > RENEW_DEADLINE:
@@ -184,20 +193,33 @@ class Elector:
     def _held_by_other(self) -> bool:
         return bool(self._seen and self._seen[0] and self._seen[0] != self.identity)
 
-    def release(self) -> None:
-        """Give the Lease up (a clean stop), so a standby takes over without waiting for expiry."""
-        try:
-            lease = self._read()
-            spec = lease.get("spec") or {}
-            if spec.get("holderIdentity") != self.identity:
+    def release(self, attempts: int = 3) -> None:
+        """Give the Lease up (a clean stop), so a standby takes over without waiting for expiry.
+
+        Waits for a renewal in flight, and no renewal follows. A write by anyone else between our read
+        and our write (a 409) is read again and retried, a few times."""
+        with self._lock:
+            self._resigned = True
+            for attempt in range(1, attempts + 1):
+                try:
+                    if self._give_up():
+                        log.info("released the Lease %s/%s", self.namespace, self.name)
+                    return
+                except ApiException as exc:
+                    if exc.status == 409 and attempt < attempts:
+                        continue
+                    log.warning("could not release the Lease %s/%s: %s", self.namespace, self.name, exc)
+                except Exception as exc:
+                    log.warning("could not release the Lease %s/%s: %s", self.namespace, self.name, exc)
                 return
-            lease["spec"] = {
-                **spec,
-                "holderIdentity": None,
-                "leaseDurationSeconds": 1,
-                "renewTime": _micro_time(),
-            }
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=CALL_TIMEOUT)
-            log.info("released the Lease %s/%s", self.namespace, self.name)
-        except Exception as exc:
-            log.warning("could not release the Lease %s/%s: %s", self.namespace, self.name, exc)
+
+    def _give_up(self) -> bool:
+        """One read and compare-and-swap: True when we held the Lease and now nobody does."""
+        lease = self._read()
+        spec = lease.get("spec") or {}
+        if spec.get("holderIdentity") != self.identity:
+            return False
+        stamp = _micro_time()
+        lease["spec"] = {**spec, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": stamp}
+        self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=CALL_TIMEOUT)
+        return True
