@@ -11,7 +11,7 @@ import json
 import os
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -27,11 +27,13 @@ MERGE = "application/merge-patch+json"
 
 __all__ = [
     "ApiException",
+    "adopt",
     "agent_port",
     "agent_transport",
     "api_client",
     "api_message",
     "apply",
+    "create",
     "create_task",
     "delete_pod",
     "delete_task",
@@ -40,9 +42,8 @@ __all__ = [
     "namespace_terminating",
     "patch_task_spec",
     "patch_task_status",
-    "pod_refusal",
     "read_configmap",
-    "scale_statefulset",
+    "retire_statefulsets",
     "token_review",
     "use_kubeconfig",
 ]
@@ -130,44 +131,46 @@ def _plain(obj: Any) -> dict[str, Any]:
     return dict(api_client().sanitize_for_serialization(obj))
 
 
-# Where each kind we apply lives; the client's typed methods take a dict body only, and the body must be
-# our own bytes (see apply_body).
-_APPLY_PATHS = {
-    "StatefulSet": "/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}",
-    "Service": "/api/v1/namespaces/{namespace}/services/{name}",
-    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps/{name}",
+# Where each kind we write lives (its collection, then the object); the client's typed methods take a
+# dict body only, and an apply's body must be our own bytes (see apply_body).
+_COLLECTIONS = {
+    "Pod": "/api/v1/namespaces/{namespace}/pods",
+    "PersistentVolumeClaim": "/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
 }
 
 
-def _apply_sync(obj: dict[str, Any]) -> dict[str, Any]:
-    meta, path = obj["metadata"], _APPLY_PATHS.get(obj["kind"])
-    if path is None:
-        raise ValueError(f"cannot apply a {obj['kind']}")
+def _send(method: str, path: str, meta: Mapping[str, Any], body: Any, content_type: str, **query: Any) -> Any:
+    """One call; `body` goes as it is (bytes), or as JSON (an object) for a JSON content type."""
     api = api_client()
-    method, url, headers, _body, _post = api.param_serialize(
-        "PATCH",
+    url_method, url, headers, _body, _post = api.param_serialize(
+        method,
         path,
-        path_params={"namespace": meta["namespace"], "name": meta["name"]},
-        query_params=[("fieldManager", FIELD_MANAGER), ("force", True)],
-        header_params={"Content-Type": APPLY, "Accept": "application/json"},
+        path_params={"namespace": meta["namespace"], "name": meta.get("name", "")},
+        query_params=[("fieldManager", FIELD_MANAGER), *query.items()],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
         auth_settings=["BearerToken"],
     )
-    response = api.call_api(method, url, header_params=headers, body=apply_body(obj))
+    response = api.call_api(url_method, url, header_params=headers, body=body)
     response.read()
     if not 200 <= response.status <= 299:
         raise ApiException.from_response(
             http_resp=response, body=response.data.decode(errors="replace"), data=None
         )
-    # The answer as plain JSON: the client's models would cost 2-3 ms of CPU per StatefulSet to build,
-    # then as much to turn back into a dict.
+    # The answer as plain JSON: the client's models would cost 2-3 ms of CPU per object to build, then
+    # as much to turn back into a dict.
     return dict(json.loads(response.data))
 
 
-async def _custom(method: str, namespace: str, name: str, *body: dict[str, Any]) -> dict[str, Any]:
-    """One call on a Task through CustomObjectsApi, in a worker thread; patches are merge patches."""
-    call = getattr(client.CustomObjectsApi(api_client()), method)
-    extra = {"_content_type": MERGE} if body else {}
-    return dict(await asyncio.to_thread(call, GROUP, VERSION, namespace, "tasks", name, *body, **extra))
+def _collection(kind: str) -> str:
+    if kind not in _COLLECTIONS:
+        raise ValueError(f"cannot write a {kind}")
+    return _COLLECTIONS[kind]
+
+
+def _apply_sync(obj: dict[str, Any]) -> dict[str, Any]:
+    path = _collection(obj["kind"]) + "/{name}"
+    return dict(_send("PATCH", path, obj["metadata"], apply_body(obj), APPLY, force=True))
 
 
 async def apply(obj: dict[str, Any]) -> dict[str, Any]:
@@ -175,39 +178,25 @@ async def apply(obj: dict[str, Any]) -> dict[str, Any]:
     return await asyncio.to_thread(_apply_sync, obj)
 
 
-async def scale_statefulset(namespace: str, name: str, replicas: int) -> dict[str, Any]:
-    """Set a StatefulSet's replicas alone (a merge patch), leaving the rest as it is; returns it."""
-    api = client.AppsV1Api(api_client())
-    result = await asyncio.to_thread(
-        api.patch_namespaced_stateful_set,
-        name,
-        namespace,
-        {"spec": {"replicas": replicas}},
-        field_manager=FIELD_MANAGER,
-        _content_type=MERGE,
-        _preload_content=False,
-    )
-    return dict(json.loads(result.data))
+async def create(obj: dict[str, Any]) -> dict[str, Any]:
+    """Create `obj` (a 409 if one of its name exists); returns it as created."""
+    path = _collection(obj["kind"])
+    return dict(await asyncio.to_thread(_send, "POST", path, obj["metadata"], obj, "application/json"))
 
 
-async def pod_refusal(pod: dict[str, Any]) -> str | None:
-    """Why the API server refuses to create `pod`, by a dry run that creates nothing; None if it would not."""
-    api = client.CoreV1Api(api_client())
-    try:
-        await asyncio.to_thread(
-            api.create_namespaced_pod,
-            pod["metadata"]["namespace"],
-            pod,
-            dry_run="All",
-            _preload_content=False,
-        )
-    except ApiException as exc:
-        if exc.status == 409:  # it exists: the watch has not shown it yet
-            return None
-        if exc.status in (400, 403, 422) and not namespace_terminating(exc):
-            return api_message(exc)
-        raise
-    return None
+async def adopt(obj: Mapping[str, Any], owner: dict[str, Any], uid: str) -> dict[str, Any]:
+    """Make `owner` the controller of the object that `obj` names and `uid` is (not a successor of the
+    same name), which has no owner: one an upgrade from the StatefulSet left. Returns it."""
+    patch = {"metadata": {"uid": uid, "ownerReferences": [owner]}}  # uid: a precondition
+    path = _collection(obj["kind"]) + "/{name}"
+    return dict(await asyncio.to_thread(_send, "PATCH", path, obj["metadata"], patch, MERGE))
+
+
+async def _custom(method: str, namespace: str, name: str, *body: dict[str, Any]) -> dict[str, Any]:
+    """One call on a Task through CustomObjectsApi, in a worker thread; patches are merge patches."""
+    call = getattr(client.CustomObjectsApi(api_client()), method)
+    extra = {"_content_type": MERGE} if body else {}
+    return dict(await asyncio.to_thread(call, GROUP, VERSION, namespace, "tasks", name, *body, **extra))
 
 
 async def delete_pod(namespace: str, name: str, uid: str) -> None:
@@ -347,3 +336,42 @@ def refused(exc: ApiException) -> bool:
     if exc.status in (400, 403, 404, 422):
         return True
     return exc.status == 500 and "failed to create typed patch object" in api_message(exc)
+
+
+def _retire_sync(namespace: str | None, selector: str) -> list[str]:
+    apps, core = client.AppsV1Api(api_client()), client.CoreV1Api(api_client())
+    if namespace is None:
+        sets = apps.list_stateful_set_for_all_namespaces(label_selector=selector)
+        services = core.list_service_for_all_namespaces(label_selector=selector)
+    else:
+        sets = apps.list_namespaced_stateful_set(namespace, label_selector=selector)
+        services = core.list_namespaced_service(namespace, label_selector=selector)
+    retired = []
+    for sts in sets.items:
+        meta = sts.metadata
+        try:  # Orphan: garbage collection takes its ownership off the pod and the claim, deleting neither
+            apps.delete_namespaced_stateful_set(
+                meta.name,
+                meta.namespace,
+                body={"propagationPolicy": "Orphan", "preconditions": {"uid": meta.uid}},
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+        retired.append(f"{meta.namespace}/{meta.name}")
+    for svc in services.items:  # the StatefulSet's headless Service: nothing uses it any more
+        try:
+            core.delete_namespaced_service(svc.metadata.name, svc.metadata.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    return retired
+
+
+async def retire_statefulsets(namespaces: list[str] | None, selector: str) -> list[str]:
+    """Delete the workspace StatefulSets (and Services) of earlier releases, leaving their pods and claims
+    to the operator, which adopts them: the upgrade to the workspace as a Pod. Returns what it retired."""
+    retired: list[str] = []
+    for namespace in namespaces or [None]:  # type: ignore[list-item]
+        retired += await asyncio.to_thread(_retire_sync, namespace, selector)
+    return retired

@@ -540,8 +540,8 @@ def pause(stage: Stage, cell: Cell, outcome: Outcome) -> None:
     patch_task(stage.kube, stage.namespace, cell.name, {"paused": True})
     at, task = stage.watch.steady(cell.name, paused, asked, "Paused", PAUSE_BOUND)
     outcome.seconds["pause"] = at - asked
-    sts = stage.kube.apps.read_namespaced_stateful_set(cell.name, stage.namespace)
-    assert sts.spec.replicas == 0, f"Paused, but the StatefulSet has {sts.spec.replicas} replicas"
+    running = _running_pods(stage.kube, stage.namespace, cell.name)
+    assert running == [], f"Paused, but its pods {running} run"
     outcome.notes.append(check_snapshot(stage, cell, task, asked, words or cell.prompt, before))
 
     asked = time.time()
@@ -813,13 +813,12 @@ def test_the_api_server_killed_mid_pause_pauses_with_the_snapshot(
     with recording(table, "api-server-killed-mid-pause", "api-server") as outcome:
         try:
             back = plane.bounce_api_server()
-            # The operator's part: the conversation kept and recorded, the workspace scaled to zero.
-            plane.wait(partial(_paused_by_operator, kube, namespace, "halfway"), END_BOUND, "scaled to 0")
-            outcome.seconds["scaled to 0, snapshot kept"] = time.time() - back
+            # The operator's part: the conversation kept and recorded, the workspace pod deleted.
+            plane.wait(partial(_paused_by_operator, kube, namespace, "halfway"), END_BOUND, "pod deleted")
+            outcome.seconds["pod deleted, snapshot kept"] = time.time() - back
             kept, _ = _kept(kube, namespace, "halfway")
             assert kept[-1] == "Said just before the pause", kept
-            # The StatefulSet controller's: the pod deleted. After an API server restart, it can take a
-            # minute to trust its cache again ("read version ... is not as new as written version").
+            # The pod gone: after an API server restart, the kubelet's part (kwok's) can take a while.
             plane.wait(partial(_paused, kube, namespace, "halfway"), 120, "Paused")
             outcome.seconds["Paused"] = time.time() - back
             patch_task(kube, namespace, "halfway", {"paused": False})
@@ -839,9 +838,15 @@ def _kept(kube: Kube, namespace: str, name: str) -> tuple[list[str], str]:
     return [m["content"] for m in messages], str(cm.metadata.annotations["taskpod.dev/taken-at"])
 
 
+def _running_pods(kube: Kube, namespace: str, name: str) -> list[str]:
+    """The task's workspace pods that are not on their way out."""
+    pods = kube.core.list_namespaced_pod(namespace, label_selector=f"taskpod.dev/task={name}").items
+    return [p.metadata.name for p in pods if p.metadata.deletion_timestamp is None]
+
+
 def _paused_by_operator(kube: Kube, namespace: str, name: str) -> bool:
-    """The StatefulSet at zero replicas and status.logSnapshot recording the snapshot ConfigMap's."""
-    if kube.apps.read_namespaced_stateful_set(name, namespace).spec.replicas != 0:
+    """The workspace pod deleted and status.logSnapshot recording the snapshot ConfigMap's."""
+    if _running_pods(kube, namespace, name):
         return False
     _, taken = _kept(kube, namespace, name)
     return bool(
@@ -895,7 +900,7 @@ def test_pauses_and_resumes_complete_across_operator_kills(
             restarted = kill_and_restart(operator, slow[round_ % len(names)] + rng.uniform(0, 0.4), outcome)
             for name in names:
                 task = wait_for(partial(_paused, kube, namespace, name), PAUSE_BOUND, f"{name} Paused")
-                assert kube.apps.read_namespaced_stateful_set(name, namespace).spec.replicas == 0
+                assert _running_pods(kube, namespace, name) == []
                 kept, taken = _kept(kube, namespace, name)
                 assert kept[-1] == words[name], f"round {round_}: the snapshot of {name} kept {kept}"
                 record = task["status"]["logSnapshot"]

@@ -38,14 +38,6 @@ def kubectl_pause(kube: Kube, namespace: str, name: str, paused: bool) -> None:
 def children(kube: Kube, namespace: str, name: str) -> dict[str, list[str]]:
     selector = f"taskpod.dev/task={name}"
     return {
-        "statefulsets": [
-            s.metadata.name
-            for s in kube.apps.list_namespaced_stateful_set(namespace, label_selector=selector).items
-        ],
-        "services": [
-            s.metadata.name
-            for s in kube.core.list_namespaced_service(namespace, label_selector=selector).items
-        ],
         "pods": [
             p.metadata.name for p in kube.core.list_namespaced_pod(namespace, label_selector=selector).items
         ],
@@ -78,7 +70,7 @@ def test_example_goes_pending_initializing_active(kube: Kube, namespace: str, op
     task = get_task(kube, namespace, "fix-flaky-login")
     assert condition(task, "Ready")["status"] == "True"
     assert task["status"]["workspace"] == {
-        "statefulSet": "fix-flaky-login",
+        "claim": "workspace-fix-flaky-login-0",
         "pod": "fix-flaky-login-0",
         "podIP": kube.core.read_namespaced_pod("fix-flaky-login-0", namespace).status.pod_ip,
         "lifetime": 1,
@@ -86,12 +78,19 @@ def test_example_goes_pending_initializing_active(kube: Kube, namespace: str, op
     assert task["status"]["template"] == {"name": "default", "displayName": "Claude Code", "icon": "🤖"}
     kubectl(kube, "wait", "-n", namespace, "--for=condition=Ready", "task/fix-flaky-login", "--timeout=5s")
 
-    sts = kube.apps.read_namespaced_stateful_set("fix-flaky-login", namespace)
-    assert sts.metadata.owner_references[0].kind == "Task" and sts.metadata.owner_references[0].controller
-    assert sts.metadata.labels["app.kubernetes.io/managed-by"] == "taskpod"
+    # The workspace is a pod and a claim, both the Task's: garbage collection takes them with it.
+    pod = kube.core.read_namespaced_pod("fix-flaky-login-0", namespace)
     claim = kube.core.read_namespaced_persistent_volume_claim("workspace-fix-flaky-login-0", namespace)
-    owners = [(o.kind, o.controller) for o in claim.metadata.owner_references or []]
-    assert owners == [("StatefulSet", True)], "the PVC must be owned by the StatefulSet alone"
+    for child in (pod, claim):
+        owners = [(o.kind, o.name, o.controller) for o in child.metadata.owner_references or []]
+        assert owners == [("Task", "fix-flaky-login", True)], owners
+        assert child.metadata.labels["app.kubernetes.io/managed-by"] == "taskpod"
+    assert pod.metadata.labels["taskpod.dev/lifetime"] == "1"
+    assert [v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim] == [
+        "workspace-fix-flaky-login-0"
+    ]
+    assert kube.apps.list_namespaced_stateful_set(namespace).items == []
+    assert kube.core.list_namespaced_service(namespace).items == []
 
     describe = kubectl(kube, "describe", "task", "-n", namespace, "fix-flaky-login")
     assert "WorkspaceCreated" in describe and "WorkspaceReady" in describe
@@ -117,7 +116,7 @@ def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
         kube.core.read_namespaced_persistent_volume_claim("workspace-refactor-0", namespace).metadata.uid
         == claim_uid
     )
-    assert kube.apps.read_namespaced_stateful_set("refactor", namespace).spec.replicas == 0
+    assert task["status"]["workspace"] == {"claim": "workspace-refactor-0", "lifetime": 1}
 
     recorder = PhaseRecorder(kube, namespace, "refactor")
     kubectl_pause(kube, namespace, "refactor", paused=False)
@@ -127,6 +126,8 @@ def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
     paused = condition(task, "Paused")
     assert paused["status"] == "False", "the Paused condition must not stay True after resume"
     assert task["status"]["workspace"]["lifetime"] == 2
+    pod = kube.core.read_namespaced_pod("refactor-0", namespace)
+    assert pod.metadata.labels["taskpod.dev/lifetime"] == "2"
     assert (
         kube.core.read_namespaced_persistent_volume_claim("workspace-refactor-0", namespace).metadata.uid
         == claim_uid
@@ -146,7 +147,7 @@ def test_missing_template_is_an_error_that_heals_when_the_template_appears(
     task = wait_for(lambda: phase_is(kube, namespace, "orphan", "Error"), 30, "Error")
     assert 'TaskTemplate "claude-opus" not found' in task["status"]["message"]
     assert condition(task, "Ready")["reason"] == "TemplateNotFound"
-    assert children(kube, namespace, "orphan")["statefulsets"] == []
+    assert children(kube, namespace, "orphan") == {"pods": [], "claims": []}
 
     create_template(kube, namespace, "claude-opus")
     wait_for(lambda: phase_is(kube, namespace, "orphan", "Active"), 60, "the task to heal")
@@ -176,11 +177,13 @@ def test_an_image_that_cannot_be_pulled_is_an_error_with_the_reason(
 def test_a_workspace_the_api_server_refuses_is_an_error_in_its_own_words(
     kube: Kube, namespace: str, operator: Operator
 ) -> None:
-    # The CRD takes any annotation key; the API server refuses this one on the StatefulSet's pods.
+    # The CRD takes any annotation key; the API server refuses this one on the workspace pod.
     create_template(kube, namespace, annotations={"not a key!": "x"})
     create_task(kube, namespace, "refused")
     message = error_with_event(kube, namespace, "refused", "InvalidWorkspace")["status"]["message"]
-    assert message.startswith("The workspace cannot be applied:") and "not a key!" in message, message
+    assert message.startswith("The API server refuses the workspace pod:") and "not a key!" in message, (
+        message
+    )
 
 
 def test_template_and_task_changes_reach_the_workspace(
@@ -191,9 +194,7 @@ def test_template_and_task_changes_reach_the_workspace(
     wait_for(lambda: phase_is(kube, namespace, "upgrade-orm", "Active"), 60, "Active")
 
     def container() -> client.V1Container:
-        return kube.apps.read_namespaced_stateful_set("upgrade-orm", namespace).spec.template.spec.containers[
-            0
-        ]
+        return kube.core.read_namespaced_pod("upgrade-orm-0", namespace).spec.containers[0]
 
     tasks_api(kube).patch_namespaced_custom_object(
         "taskpod.dev",
@@ -212,17 +213,24 @@ def test_template_and_task_changes_reach_the_workspace(
     )
     wait_for(lambda: phase_is(kube, namespace, "upgrade-orm", "Active"), 60, "Active after the rollout")
 
-    # Someone deletes the StatefulSet by hand: the operator puts it back.
-    kube.apps.delete_namespaced_stateful_set("upgrade-orm", namespace)
+    lifetime = get_task(kube, namespace, "upgrade-orm")["status"]["workspace"]["lifetime"]
+    assert lifetime == 3, "each change is a new pod: a pod's spec cannot change"
+
+    # Someone deletes the pod by hand: the operator starts another, and says so.
+    old = kube.core.read_namespaced_pod("upgrade-orm-0", namespace).metadata.uid
+    kube.core.delete_namespaced_pod("upgrade-orm-0", namespace)
     wait_for(
         lambda: (
-            kube.apps.read_namespaced_stateful_set("upgrade-orm", namespace).metadata.deletion_timestamp
-            is None
+            kube.core.read_namespaced_pod("upgrade-orm-0", namespace).metadata.uid != old
             and phase_is(kube, namespace, "upgrade-orm", "Active")
         ),
         60,
-        "the StatefulSet to be recreated",
+        "the pod to be recreated",
     )
+    events = kubectl(
+        kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=upgrade-orm"
+    )
+    assert "PodReplaced" in events and "PodRecreated" in events
 
 
 def test_deleting_the_task_leaves_nothing_behind(kube: Kube, namespace: str, operator: Operator) -> None:
@@ -269,7 +277,7 @@ def test_a_killed_operator_converges_after_restart(
         expected = "Active" if moment == "creating" else "Paused"
         task = wait_for(partial(phase_is, kube, namespace, name, expected), 60, f"{expected} after restart")
         kids = children(kube, namespace, name)
-        assert kids["statefulsets"] == [name] and kids["services"] == [name]
+        assert kids["pods"] == ([f"{name}-0"] if moment == "creating" else [])
         assert kids["claims"] == [f"workspace-{name}-0"]
         assert condition(task, "Ready")["status"] == ("True" if expected == "Active" else "False")
         assert condition(task, "Paused")["status"] == ("False" if expected == "Active" else "True")
@@ -289,9 +297,9 @@ def test_settled_tasks_are_not_rewritten(kube: Kube, namespace: str, operator: O
 
     def versions() -> dict[str, str]:
         tasks = tasks_api(kube).list_namespaced_custom_object("taskpod.dev", "v1alpha1", namespace, "tasks")
-        sts = kube.apps.list_namespaced_stateful_set(namespace).items
+        pods = kube.core.list_namespaced_pod(namespace).items
         return {t["metadata"]["name"]: t["metadata"]["resourceVersion"] for t in tasks["items"]} | {
-            f"sts/{s.metadata.name}": s.metadata.resource_version for s in sts
+            f"pod/{p.metadata.name}": p.metadata.resource_version for p in pods
         }
 
     time.sleep(2)  # let in-flight status updates land

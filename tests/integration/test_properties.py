@@ -181,23 +181,21 @@ def told(kube: Kube, namespace: str, name: str, phases: set[str] = PHASES) -> di
     return task if current and status.get("phase") in phases and status.get("message") else None
 
 
-def workspace_replicas(kube: Kube, namespace: str, name: str) -> int | None:
-    """The replicas of the task's own workspace; None without one. Examples reuse names (shrinking
-    does, often), and a deleted namesake's StatefulSet may still await garbage collection: not this
-    task's (the operator never adopts it), so it does not count."""
+def running_pods(kube: Kube, namespace: str, name: str) -> list[str]:
+    """The task's own workspace pods that are not on their way out. Examples reuse names (shrinking
+    does, often), and a deleted namesake's pod may still await garbage collection: not this task's (the
+    operator never adopts it), so it does not count."""
     uid = get_task(kube, namespace, name)["metadata"]["uid"]
-    try:
-        sts = kube.apps.read_namespaced_stateful_set(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    owners = [o.uid for o in sts.metadata.owner_references or []]
-    return int(sts.spec.replicas) if uid in owners else None
+    pods = kube.core.list_namespaced_pod(namespace, label_selector=f"taskpod.dev/task={name}").items
+    return [
+        p.metadata.name
+        for p in pods
+        if p.metadata.deletion_timestamp is None and uid in [o.uid for o in p.metadata.owner_references or []]
+    ]
 
 
 def live_through_pause_and_resume(kube: Kube, namespace: str, name: str) -> None:
-    """The task has a phase and a message; a pause scales its workspace down and ends Paused; a resume
+    """The task has a phase and a message; a pause stops its workspace pod and ends Paused; a resume
     gives it a phase and a message again."""
     explain = partial(get_task, kube, namespace, name)
     wait_for(
@@ -208,7 +206,7 @@ def live_through_pause_and_resume(kube: Kube, namespace: str, name: str) -> None
     )
     patch_task(kube, namespace, name, {"paused": True})
     wait_for(partial(told, kube, namespace, name, {"Paused"}), 60, "Paused", explain=explain)
-    assert workspace_replicas(kube, namespace, name) in (None, 0), "a paused task's workspace still runs"
+    assert running_pods(kube, namespace, name) == [], "a paused task's workspace still runs"
     patch_task(kube, namespace, name, {"paused": False})
     wait_for(partial(told, kube, namespace, name), 60, "a phase after resume", explain=explain)
     tasks_api(kube).delete_namespaced_custom_object(*GROUP, namespace, "tasks", name)
@@ -297,7 +295,7 @@ def test_any_conversation_is_followed_and_kept_by_a_pause(
     conversation = [storable(m["content"]) for m in agent_messages(kube, namespace, name)]
     patch_task(kube, namespace, name, {"paused": True})
     task = wait_for(partial(told, kube, namespace, name, {"Paused"}), 60, "Paused", explain=explain)
-    assert workspace_replicas(kube, namespace, name) == 0
+    assert running_pods(kube, namespace, name) == []
     kept = json.loads(
         kube.core.read_namespaced_config_map(f"{name}-snapshot", namespace).data["snapshot.json"]
     )

@@ -56,8 +56,10 @@ def events_of(kube: Kube, namespace: str, name: str) -> list[Any]:
     )
 
 
-def replicas(kube: Kube, namespace: str, name: str) -> int:
-    return int(kube.apps.read_namespaced_stateful_set(name, namespace).spec.replicas)
+def running_pods(kube: Kube, namespace: str, name: str) -> list[str]:
+    """The task's workspace pods that are not on their way out."""
+    pods = kube.core.list_namespaced_pod(namespace, label_selector=f"taskpod.dev/task={name}").items
+    return [p.metadata.name for p in pods if p.metadata.deletion_timestamp is None]
 
 
 def snapshot_text(kube: Kube, namespace: str, name: str) -> str:
@@ -90,10 +92,7 @@ def test_emoji_in_the_prompt_env_and_replies_apply_and_pause(
     )
     wait_for(partial(delivered, kube, namespace, "rocket"), 60, "the prompt delivered")
     env = {
-        e.name: e.value
-        for e in kube.apps.read_namespaced_stateful_set("rocket", namespace)
-        .spec.template.spec.containers[0]
-        .env
+        e.name: e.value for e in kube.core.read_namespaced_pod("rocket-0", namespace).spec.containers[0].env
     }
     assert (env["GREETING"], env["MOOD"]) == ("hi 🚀", "\U0001d518\U0001d52b\U0001d526 ✨")
     assert prompts_in(agent_messages(kube, namespace, "rocket"), prompt) == 1
@@ -104,7 +103,7 @@ def test_emoji_in_the_prompt_env_and_replies_apply_and_pause(
     )
 
     task = pause(kube, namespace, "rocket")
-    assert replicas(kube, namespace, "rocket") == 0
+    assert running_pods(kube, namespace, "rocket") == []
     assert task["status"]["displayName"] == "Login 🚀"
     kept = json.loads(snapshot_text(kube, namespace, "rocket"))["data"]["messages"]
     assert [m["content"] for m in kept if m["role"] == "user"] == [prompt]
@@ -158,7 +157,7 @@ def test_a_task_whose_template_is_gone_still_pauses(
     wait_for(partial(phase_is, kube, namespace, "orphan", "Error"), 60, "Error: template not found")
 
     task = pause(kube, namespace, "orphan")
-    assert replicas(kube, namespace, "orphan") == 0
+    assert running_pods(kube, namespace, "orphan") == []
     assert task["status"]["logSnapshot"]["messages"] >= 2  # the conversation was kept first
     assert "Keep going" in snapshot_text(kube, namespace, "orphan")
 
@@ -169,10 +168,10 @@ def test_a_task_whose_template_is_gone_still_pauses(
 def test_a_workspace_refused_by_a_quota_is_an_error_with_an_event_and_heals(
     kube: Kube, namespace: str, simulator: object, operator: Operator
 ) -> None:
-    quota = {"metadata": {"name": "no-statefulsets"}, "spec": {"hard": {"count/statefulsets.apps": "0"}}}
+    quota = {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
     kube.core.create_namespaced_resource_quota(namespace, quota)
     wait_for(
-        lambda: kube.core.read_namespaced_resource_quota("no-statefulsets", namespace).status.hard,
+        lambda: kube.core.read_namespaced_resource_quota("no-pods", namespace).status.hard,
         30,
         "quota",
     )
@@ -185,8 +184,8 @@ def test_a_workspace_refused_by_a_quota_is_an_error_with_an_event_and_heals(
         e.type == "Warning" and "exceeded quota" in e.message for e in events_of(kube, namespace, "quota")
     )
 
-    kube.core.delete_namespaced_resource_quota("no-statefulsets", namespace)
-    wait_for(partial(delivered, kube, namespace, "quota"), 400, "Active and delivered once the quota is gone")
+    kube.core.delete_namespaced_resource_quota("no-pods", namespace)
+    wait_for(partial(delivered, kube, namespace, "quota"), 60, "Active and delivered once the quota is gone")
 
 
 # -- 5. a pod the API server refuses -----------------------------------------------------------------
@@ -293,7 +292,7 @@ def test_a_lost_node_makes_its_tasks_unknown_and_a_pause_still_scales_down(
     assert "Kubelet stopped posting node status" in task["status"]["message"]
 
     patch_task(kube, namespace, "stranded", {"paused": True})
-    wait_for(lambda: replicas(kube, namespace, "stranded") == 0, 30, "the workspace scaled down")
+    wait_for(lambda: running_pods(kube, namespace, "stranded") == [], 30, "the workspace pod deleted")
     kube.core.patch_node(NODE, {"metadata": {"annotations": {MANAGED: "fake"}}})  # kwok plays it again
     task = wait_for(partial(phase_is, kube, namespace, "stranded", "Paused"), 60, "Paused")
     assert task["status"]["logSnapshot"]["messages"] >= 2
@@ -374,9 +373,8 @@ def test_a_task_created_again_under_a_deleted_ones_name_gets_a_workspace_of_its_
     create_task(kube, namespace, "again", prompt="The first task's secret plan")
     wait_for(partial(delivered, kube, namespace, "again"), 60, "the first delivered")
     pause(kube, namespace, "again")  # a snapshot ConfigMap too
-    statefulset = partial(kube.apps.read_namespaced_stateful_set, "again", namespace)
     claim = partial(kube.core.read_namespaced_persistent_volume_claim, "workspace-again-0", namespace)
-    old = {"statefulset": statefulset().metadata.uid, "claim": claim().metadata.uid}
+    old = {"claim": claim().metadata.uid}
     local_cluster.kill("kube-controller-manager")
     try:
         tasks_api(kube).delete_namespaced_custom_object(*GROUP, namespace, "tasks", "again")
@@ -384,14 +382,16 @@ def test_a_task_created_again_under_a_deleted_ones_name_gets_a_workspace_of_its_
         task = wait_for(partial(phase_is, kube, namespace, "again", "Pending"), 30, "Pending")
         assert "of a deleted task of the same name is being removed" in task["status"]["message"]
         time.sleep(3)  # time enough to take over what is not its own
-        assert statefulset().metadata.owner_references[0].uid != new_uid
+        assert claim().metadata.owner_references[0].uid != new_uid
+        assert running_pods(kube, namespace, "again") == [], "a pod on the deleted task's claim"
     finally:
         local_cluster.start("kube-controller-manager")
 
     wait_for(partial(delivered, kube, namespace, "again"), 120, "the second delivered")
-    sts = statefulset()
-    assert sts.metadata.uid != old["statefulset"] and sts.metadata.owner_references[0].uid == new_uid
     assert claim().metadata.uid != old["claim"], "the deleted task's files"
+    assert claim().metadata.owner_references[0].uid == new_uid
+    pod = kube.core.read_namespaced_pod("again-0", namespace)
+    assert pod.metadata.owner_references[0].uid == new_uid
     said = [m["content"] for m in agent_messages(kube, namespace, "again")]
     assert not any("secret plan" in m for m in said), said
     pause(kube, namespace, "again")

@@ -25,7 +25,7 @@ from taskpod.core.agentstate import (
     task_status,
     was_delivered,
 )
-from taskpod.core.lifecycle import AgentView, Observation, StatefulSetView, Verdict
+from taskpod.core.lifecycle import AgentView, ClaimView, Observation, PodView, Verdict
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(minutes=5)
@@ -141,14 +141,14 @@ def test_task_status_adds_agent_state_prompt_and_its_condition() -> None:
     task = Task.model_validate(
         {"metadata": {"name": "t", "namespace": "n", "generation": 2}, "spec": {"prompt": "Fix it"}}
     )
-    sts = StatefulSetView(name="t", replicas=1, lifetime=1, spec_hash=None, storage={})
     obs = Observation(
         generation=2,
         paused=False,
         template_name="default",
         template=None,
-        statefulset=sts,
+        claim=ClaimView("workspace-t-0"),
         pod=None,
+        lifetime=1,
         agent=agent(AgentStatus.STABLE, "Done."),
     )
     record: dict[str, Any] = {
@@ -173,9 +173,52 @@ def test_with_no_agent_followed_the_last_pods_agent_is_removed_from_status() -> 
             "status": {"agent": {"status": "stable", "type": None, "healthy": True, "reason": None}},
         }
     )
-    sts = StatefulSetView(name="t", replicas=0, lifetime=1, spec_hash=None, storage={})
     obs = Observation(
-        generation=2, paused=True, template_name="default", template=None, statefulset=sts, pod=None
+        generation=2,
+        paused=True,
+        template_name="default",
+        template=None,
+        claim=ClaimView("workspace-t-0"),
+        pod=None,
+        lifetime=1,
     )
     status = task_status(task, obs, T1)
     assert status["phase"] == "Paused" and status["agent"] is None  # a merge patch's None removes it
+    assert status["workspace"] == {"claim": "workspace-t-0", "pod": None, "podIP": None, "lifetime": 1}
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "expected"),
+    [(2, ("complete", "Opened PR #12")), (3, ("idle", "All green."))],
+    ids=["the report's pod", "a later pod"],
+)
+def test_task_status_weighs_a_report_against_the_observed_lifetime(
+    lifetime: int, expected: tuple[str, str]
+) -> None:
+    """A report counts for the pod that made it and those before it: a pod made since (a resume, a
+    replacement) starts afresh, and its agent's screen says what it does."""
+    task = Task.model_validate(
+        {
+            "metadata": {"name": "t", "namespace": "n", "generation": 2},
+            "spec": {"prompt": "Fix it"},
+            "status": {
+                "state": {"state": "working", "message": "before", "timestamp": "2026-11-28T12:00:00Z"}
+            },
+        }
+    )
+    ready = {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    running = PodView.parse({"metadata": {"name": "t-0"}, "spec": {"nodeName": "n1"}, **ready})
+    obs = Observation(
+        generation=2,
+        paused=False,
+        template_name="default",
+        template=None,
+        claim=ClaimView("workspace-t-0"),
+        pod=running,
+        lifetime=lifetime,
+        agent=agent(AgentStatus.STABLE, "All green."),
+    )
+    report = Report(AgentState.COMPLETE, "Opened PR #12", None, lifetime=2, timestamp=T0)
+    status = task_status(task, obs, T1, report=report, verdict=ACTIVE)
+    assert (status["state"]["state"], status["state"]["message"]) == expected
+    assert status["workspace"]["lifetime"] == lifetime

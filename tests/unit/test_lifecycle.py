@@ -19,11 +19,11 @@ from taskpod.api.models import (
 from taskpod.core.lifecycle import (
     FATAL_WAITING,
     AgentView,
+    ClaimView,
     ContainerProblem,
     NodeView,
     Observation,
     PodView,
-    StatefulSetView,
     derive_phase,
     lifecycle_status,
     set_condition,
@@ -34,6 +34,8 @@ T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 NOW = dt.datetime(2025, 3, 1, 10, 0, tzinfo=dt.UTC)
 LATER = dt.datetime(2025, 3, 1, 11, 0, tzinfo=dt.UTC)
 LIFETIME = "taskpod.dev/lifetime"
+HASH = "taskpod.dev/spec-hash"
+TASK_UID = "0b6e1f2a-1111-4c3d-9e8f-123456789abc"
 NO_FIT = "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available."
 UNSCHEDULABLE = {"status": "False", "reason": "Unschedulable", "message": NO_FIT}
 EVICTED: dict[str, Any] = {"reason": "Evicted", "message": "The node was low on resource: memory."}
@@ -59,7 +61,13 @@ def raw_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "task-fix-bug-0", "namespace": "dev", "annotations": {LIFETIME: "2"}},
+        "metadata": {
+            "name": "fix-bug-0",
+            "namespace": "dev",
+            "labels": {"taskpod.dev/task": "fix-bug", LIFETIME: "2"},
+            "annotations": {HASH: "h1"},
+            "ownerReferences": [{"kind": "Task", "name": "fix-bug", "uid": TASK_UID, "controller": True}],
+        },
         "spec": {"containers": [{"name": "agent", "image": "ghcr.io/acme/agent:1"}], "nodeName": node},
         "status": {
             "phase": phase,
@@ -73,18 +81,21 @@ def raw_pod(
     }
 
 
-def raw_statefulset(**spec: Any) -> dict[str, Any]:
-    claim_spec = {"storageClassName": "standard", "resources": {"requests": {"storage": "10Gi"}}}
+def raw_claim(**metadata: Any) -> dict[str, Any]:
+    """A workspace's volume claim as the API server returns it."""
+    owner = {"apiVersion": "taskpod.dev/v1alpha1", "kind": "Task", "name": "fix-bug", "uid": TASK_UID}
     return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": "task-fix-bug", "annotations": {"taskpod.dev/spec-hash": "h1"}},
-        "spec": {
-            "replicas": 1,
-            "template": {"metadata": {"annotations": {LIFETIME: "2"}}, "spec": {}},
-            "volumeClaimTemplates": [{"metadata": {"name": "workspace"}, "spec": claim_spec}],
-            **spec,
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "workspace-fix-bug-0",
+            "namespace": "dev",
+            "uid": "c1",
+            "ownerReferences": [{**owner, "controller": True, "blockOwnerDeletion": True}],
+            **metadata,
         },
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
+        "status": {"phase": "Bound"},
     }
 
 
@@ -102,16 +113,15 @@ TEMPLATE = TaskTemplate.model_validate(
     }
 )
 PLAIN = TaskTemplateSpec.model_validate({"pod": {"image": "agent:2"}})
-STS = StatefulSetView.parse(raw_statefulset())
-WORKSPACE = {"statefulSet": "task-fix-bug", "lifetime": 2, "pod": "task-fix-bug-0", "podIP": "10.244.1.7"}
+CLAIM = ClaimView.parse(raw_claim())
+WORKSPACE = {"claim": "workspace-fix-bug-0", "lifetime": 2, "pod": "fix-bug-0", "podIP": "10.244.1.7"}
 CLAUDE = {"name": "claude", "displayName": "Claude Code", "icon": "https://x/claude.svg"}
-STORAGE = {"size": "10Gi", "storageClassName": "standard"}
-NO_STORAGE = {"size": None, "storageClassName": None}
+RESTARTING = "pod fix-bug-0 failed (Evicted); a new pod starts in 10s."
 
 
 def observe(**overrides: Any) -> Observation:
     fields: dict[str, Any] = dict(
-        generation=3, paused=False, template_name="claude", template=TEMPLATE, statefulset=STS
+        generation=3, paused=False, template_name="claude", template=TEMPLATE, claim=CLAIM, lifetime=2
     )
     agent = AgentView(lifetime=1, answered=True, healthy=True, status=AgentStatus.STABLE, agent_type="claude")
     return Observation(**{**fields, "pod": pod(), "agent": agent, **overrides})
@@ -147,11 +157,19 @@ def write(stored: dict[str, Any], obs: Observation, now: dt.datetime = NOW) -> d
 
 
 PHASES: dict[str, tuple[Observation, Phase, str, str]] = {
-    "paused, pod gone": (observe(paused=True, pod=None), Phase.PAUSED, "Paused", "paused"),
-    "paused beats missing template": (
-        observe(paused=True, pod=None, template=None), Phase.PAUSED, "Paused", "scaled to zero"
+    "paused, pod gone": (
+        observe(paused=True, pod=None), Phase.PAUSED, "Paused", "workspace pod is stopped; its files are kept"
     ),
-    "paused, pod still ready": (observe(paused=True), Phase.PENDING, "Pausing", "task-fix-bug-0"),
+    "paused beats missing template": (
+        observe(paused=True, pod=None, template=None), Phase.PAUSED, "Paused", "files are kept"
+    ),
+    "paused beats a restart due": (
+        observe(paused=True, pod=None, restarting=RESTARTING), Phase.PAUSED, "Paused", "pod is stopped"
+    ),
+    "paused, no claim either": (
+        observe(paused=True, pod=None, claim=None, lifetime=0), Phase.PAUSED, "Paused", "paused"
+    ),
+    "paused, pod still ready": (observe(paused=True), Phase.PENDING, "Pausing", "fix-bug-0"),
     "paused, pod not ready": (observe(paused=True, pod=pod(ready=False)), Phase.PENDING, "Pausing", "stop"),
     "paused, pod failed": (
         observe(paused=True, pod=pod("Failed", reason="Evicted")), Phase.ERROR, "PodFailed", "Evicted"
@@ -167,9 +185,31 @@ PHASES: dict[str, tuple[Observation, Phase, str, str]] = {
         observe(workspace_error="spec.containers[0].image: Required value"),
         Phase.ERROR, "InvalidWorkspace", "spec.containers[0].image: Required value",
     ),
-    "no statefulset": (observe(statefulset=None, pod=None), Phase.PENDING, "WorkspaceCreating", "created"),
-    "no pod": (observe(pod=None), Phase.PENDING, "PodPending", "waiting for its pod"),
-    "pod being deleted": (observe(pod=pod(deleting=True)), Phase.PENDING, "PodStopping", "task-fix-bug-0"),
+    "no claim, no pod": (observe(claim=None, pod=None), Phase.PENDING, "WorkspaceCreating", "created"),
+    "a claim, no pod": (observe(pod=None), Phase.PENDING, "PodPending", "waiting for its pod"),
+    "a pod, its claim not seen yet": (observe(claim=None), Phase.ACTIVE, "WorkspaceReady", "ready"),
+    "no pod, restart due": (
+        observe(pod=None, restarting=RESTARTING), Phase.PENDING, "PodRestarting", f"pending: {RESTARTING}"
+    ),
+    "restart due beats no claim": (
+        observe(claim=None, pod=None, restarting=RESTARTING), Phase.PENDING, "PodRestarting", "new pod starts"
+    ),
+    "a restart due means nothing once its pod is there": (
+        observe(restarting=RESTARTING), Phase.ACTIVE, "WorkspaceReady", "ready"
+    ),
+    "a deleted task's claim": (
+        observe(
+            claim=None,
+            pod=None,
+            leftover="the PersistentVolumeClaim workspace-fix-bug-0 of a deleted task of the same name",
+        ),
+        Phase.PENDING, "PreviousWorkspace", "the PersistentVolumeClaim workspace-fix-bug-0 of a deleted task",
+    ),
+    "a deleted task's leftover beats a restart due": (
+        observe(pod=None, leftover="the pod fix-bug-0 of a deleted task", restarting=RESTARTING),
+        Phase.PENDING, "PreviousWorkspace", "pod fix-bug-0",
+    ),
+    "pod being deleted": (observe(pod=pod(deleting=True)), Phase.PENDING, "PodStopping", "fix-bug-0"),
     "pod failed": (observe(pod=pod("Failed", **EVICTED)), Phase.ERROR, "PodFailed", "Evicted: The node"),
     "pod failed, no reason": (observe(pod=pod("Failed")), Phase.ERROR, "PodFailed", "no reason given"),
     "pod succeeded": (observe(pod=pod("Succeeded", ready=False)), Phase.ERROR, "PodExited", "exited"),
@@ -194,7 +234,7 @@ PHASES: dict[str, tuple[Observation, Phase, str, str]] = {
     ),
     "running, not ready any more": (
         observe(pod=pod(ready=False, ready_reason="ContainersNotReady")),
-        Phase.INITIALIZING, "PodNotReady", "task-fix-bug-0 is not Ready (ContainersNotReady)",
+        Phase.INITIALIZING, "PodNotReady", "fix-bug-0 is not Ready (ContainersNotReady)",
     ),
     "running and ready": (observe(), Phase.ACTIVE, "WorkspaceReady", "ready"),
     "node ready": (observe(node=NodeView("kind-worker", True)), Phase.ACTIVE, "WorkspaceReady", "ready"),
@@ -232,9 +272,11 @@ def test_a_container_stuck_waiting_is_an_error_naming_the_reason(reason: str) ->
     assert "ghcr.io/acme/agent:1" in verdict.message
 
 
-RUNNING = {"node_name": "kind-worker", "pod_ip": "10.244.1.7", "lifetime": 2}
+RUNNING = {"node_name": "kind-worker", "pod_ip": "10.244.1.7", "lifetime": 2, "spec_hash": "h1"}
 PODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "running and ready": (raw_pod(), {"phase": "Running", "ready": True, "waiting": (), **RUNNING}),
+    "running and ready": (
+        raw_pod(), {"phase": "Running", "ready": True, "waiting": (), "owner_uid": TASK_UID, **RUNNING}
+    ),
     "running, not ready": (raw_pod(ready=False), {"phase": "Running", "ready": False, **RUNNING}),
     "unschedulable": (
         raw_pod("Pending", ready=False, node=None, podIP=None, scheduled=UNSCHEDULABLE),
@@ -246,14 +288,47 @@ PODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "evicted": (raw_pod("Failed", ready=False, **EVICTED), {"phase": "Failed", **EVICTED}),
     "bare, lifetime not a number": (
-        {"metadata": {"name": "p", "annotations": {LIFETIME: "two"}}, "spec": {}, "status": None},
-        {"name": "p", "phase": "Pending", "lifetime": None, "ready": False, "unschedulable": None},
+        {"metadata": {"name": "p", "labels": {LIFETIME: "two"}}, "spec": {}, "status": None},
+        {"name": "p", "phase": "Pending", "lifetime": None, "ready": False, "unschedulable": None,
+         "spec_hash": None, "owner_uid": None},
     ),
     "waiting without reason": (
         {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"state": {"waiting": {}}}]}},
         {"waiting": ()},
     ),
 }  # fmt: skip
+
+
+def with_meta(labels: dict[str, str] | None, annotations: dict[str, str] | None) -> dict[str, Any]:
+    body = raw_pod()
+    body["metadata"]["labels"], body["metadata"]["annotations"] = labels, annotations
+    return body
+
+
+# The pod's lifetime is its label; pods that the StatefulSet of earlier releases made have it as an
+# annotation (its pod template's), which still counts: an upgraded task keeps counting from there.
+POD_LIFETIMES: dict[str, tuple[dict[str, Any], int | None]] = {
+    "label": (with_meta({LIFETIME: "4"}, {HASH: "h1"}), 4),
+    "an old StatefulSet's pod: annotation": (with_meta({"taskpod.dev/task": "fix-bug"}, {LIFETIME: "3"}), 3),
+    "the label wins over the annotation": (with_meta({LIFETIME: "5"}, {LIFETIME: "3"}), 5),
+    "neither": (with_meta({"taskpod.dev/task": "fix-bug"}, {HASH: "h1"}), None),
+    "no labels or annotations at all": (with_meta(None, None), None),
+    "annotation not a number": (with_meta(None, {LIFETIME: "x"}), None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "lifetime"), POD_LIFETIMES.values(), ids=POD_LIFETIMES.keys())
+def test_pod_view_lifetime(body: dict[str, Any], lifetime: int | None) -> None:
+    assert PodView.parse(body).lifetime == lifetime
+
+
+@pytest.mark.parametrize(
+    ("annotations", "spec_hash"),
+    [({HASH: "h2", LIFETIME: "1"}, "h2"), ({LIFETIME: "1"}, None), (None, None)],
+    ids=["ours", "an old StatefulSet's pod", "no annotations"],
+)
+def test_pod_view_spec_hash(annotations: dict[str, str] | None, spec_hash: str | None) -> None:
+    assert PodView.parse(with_meta({}, annotations)).spec_hash == spec_hash
 
 
 @pytest.mark.parametrize(("body", "expected"), PODS.values(), ids=PODS.keys())
@@ -286,21 +361,33 @@ def test_pod_view_parse_sees_deletion_and_which_container_waits() -> None:
     assert view.waiting == (ContainerProblem("sidecar", "CrashLoopBackOff", ""),)
 
 
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        (raw_statefulset(), StatefulSetView("task-fix-bug", 1, 2, "h1", STORAGE)),
-        (raw_statefulset(replicas=0), StatefulSetView("task-fix-bug", 0, 2, "h1", STORAGE)),
-        (
-            raw_statefulset(template={"metadata": {"annotations": {LIFETIME: "x"}}}, volumeClaimTemplates=[]),
-            StatefulSetView("task-fix-bug", 1, 0, "h1", NO_STORAGE),
-        ),
-        ({"metadata": {"name": "s"}, "spec": {"template": {}}}, StatefulSetView("s", 1, 0, None, NO_STORAGE)),
-    ],
-    ids=["running", "scaled to zero", "lifetime not a number, no claims", "bare"],
-)  # fmt: skip
-def test_statefulset_view_parse(body: dict[str, Any], expected: StatefulSetView) -> None:
-    assert StatefulSetView.parse(body) == expected
+STS_OWNER = {
+    "apiVersion": "apps/v1",
+    "kind": "StatefulSet",
+    "name": "fix-bug",
+    "uid": "s1",
+    "controller": True,
+}
+CLAIMS: dict[str, tuple[dict[str, Any], ClaimView]] = {
+    "ours": (raw_claim(), ClaimView("workspace-fix-bug-0", "c1", TASK_UID, "Task")),
+    "being deleted": (
+        raw_claim(deletionTimestamp="2025-03-01T09:59:00Z"),
+        ClaimView("workspace-fix-bug-0", "c1", TASK_UID, "Task", deleting=True),
+    ),
+    "left by an upgrade: no owner": (raw_claim(ownerReferences=None), ClaimView("workspace-fix-bug-0", "c1")),
+    "an owner that is not its controller": (
+        raw_claim(ownerReferences=[{"kind": "Task", "uid": "u9"}]), ClaimView("workspace-fix-bug-0", "c1")
+    ),
+    "an old StatefulSet's, not orphaned yet": (
+        raw_claim(ownerReferences=[STS_OWNER]), ClaimView("workspace-fix-bug-0", "c1", "s1", "StatefulSet")
+    ),
+    "bare": ({"metadata": {"name": "w"}}, ClaimView("w")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "expected"), CLAIMS.values(), ids=CLAIMS.keys())
+def test_claim_view_parse(body: dict[str, Any], expected: ClaimView) -> None:
+    assert ClaimView.parse(body) == expected
 
 
 @pytest.mark.parametrize(
@@ -346,16 +433,37 @@ def test_lifecycle_status_of_an_active_task() -> None:
 @pytest.mark.parametrize(
     ("obs", "workspace", "template"),
     [
-        (observe(statefulset=None, pod=None), None, CLAUDE),
+        (observe(claim=None, pod=None, lifetime=0), None, CLAUDE),
         (observe(pod=None), {**WORKSPACE, "pod": None, "podIP": None}, CLAUDE),
         (observe(paused=True, pod=None), {**WORKSPACE, "pod": None, "podIP": None}, CLAUDE),
+        (observe(claim=None), {**WORKSPACE, "claim": None}, CLAUDE),
+        (
+            observe(claim=None, pod=None, lifetime=3),
+            {"claim": None, "pod": None, "podIP": None, "lifetime": 3},
+            CLAUDE,
+        ),
+        (observe(lifetime=0), {**WORKSPACE, "lifetime": 0}, CLAUDE),
+        (
+            observe(pod=pod("Pending", ready=False, node=None, podIP=None)),
+            {**WORKSPACE, "podIP": None},
+            CLAUDE,
+        ),
         (
             observe(template=None, template_name="gone"),
             WORKSPACE,
             {"name": "gone", "displayName": None, "icon": None},
         ),
     ],
-    ids=["no statefulset", "no pod", "paused", "template missing"],
+    ids=[
+        "nothing yet",
+        "no pod",
+        "paused",
+        "a pod, its claim not seen yet",
+        "only a lifetime",
+        "a pod, no lifetime yet",
+        "a pod with no IP yet",
+        "template missing",
+    ],
 )
 def test_lifecycle_status_workspace_and_template(
     obs: Observation, workspace: dict[str, Any] | None, template: dict[str, Any]
@@ -379,18 +487,28 @@ def test_transition_times_move_only_on_a_status_change_and_other_conditions_stay
 
 
 def test_paused_condition_follows_pause_and_resume() -> None:
+    stopped = {"claim": "workspace-fix-bug-0", "lifetime": 2}
     stages = [
-        (observe(paused=True), "False", "Pausing"),
-        (observe(paused=True, pod=None), "True", "Paused"),
-        (observe(pod=None), "False", "Running"),
-        (observe(), "False", "Running"),
+        (observe(paused=True), "False", "Pausing", "Waiting for pod fix-bug-0 to stop.", WORKSPACE),
+        (observe(paused=True, pod=None), "True", "Paused", "The workspace pod is stopped.", stopped),
+        (observe(pod=None), "False", "Running", "The task is not paused.", stopped),
+        (observe(lifetime=3), "False", "Running", "The task is not paused.", {**WORKSPACE, "lifetime": 3}),
     ]
     stored: dict[str, Any] = {}
-    for obs, expected, reason in stages:
+    for obs, expected, reason, message, workspace in stages:
         stored = write(stored, obs)
         paused = condition(stored, "Paused")
-        assert (paused["status"], paused["reason"]) == (expected, reason)
+        assert (paused["status"], paused["reason"], paused["message"]) == (expected, reason, message)
+        assert stored["workspace"] == workspace  # the stopped pod's name and IP are removed, not left stale
     assert (stored["phase"], condition(stored, "Ready")["status"]) == ("Active", "True")
+
+
+def test_a_workspace_gone_altogether_leaves_no_stale_names() -> None:
+    stored = write({}, observe())
+    assert stored["workspace"] == WORKSPACE
+    assert "workspace" not in write(stored, observe(claim=None, pod=None, lifetime=0))
+    without_claim = {k: v for k, v in WORKSPACE.items() if k != "claim"}
+    assert write(stored, observe(claim=None))["workspace"] == without_claim
 
 
 @pytest.mark.parametrize(

@@ -1,28 +1,33 @@
-"""The reconciler's write discipline: one status patch when something changed, none otherwise, even while
-the watch still shows a version older than our own last write."""
+"""The reconciler: one status patch when something changed and none otherwise, even while the watch still
+shows a version older than our own last write; and the workspace's pod and claim, created, stopped,
+replaced and recreated as the task, its template and the cluster ask, each exactly once although the
+watches lag behind our own writes."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import datetime as dt
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from taskpod import kube
-from taskpod.agentapi import AgentMessage
-from taskpod.api.models import AgentStatus, Task, TaskTemplate
-from taskpod.controller import reconcile
+from taskpod.agentapi import AgentError, AgentMessage
+from taskpod.api.models import AgentState, AgentStatus, Task, TaskTemplate
+from taskpod.controller import reconcile, reports
 from taskpod.controller.reconcile import Options, Reconciler, Views
-from taskpod.core import naming, plan
-from taskpod.core.lifecycle import AgentView, ContainerProblem, NodeView, PodView, StatefulSetView
+from taskpod.core import naming, workspace
+from taskpod.core.lifecycle import LIFETIME_LABEL, AgentView, ClaimView, NodeView, PodView
 
 NS, NAME = "team", "fix-login"
 KEY = (NS, NAME)
+POD, CLAIM = f"{NAME}-0", f"workspace-{NAME}-0"
+T = TypeVar("T")
 
 
 class FakeIndex:
@@ -54,22 +59,29 @@ class FakeAgents:
         self.agent = FakeAgent()
         self.views = {KEY: AgentView(lifetime=1, answered=True, healthy=True, status=AgentStatus.STABLE)}
         self.idle_pending: set[Any] = set()
+        self.followed: list[Any] = []  # the target of each reconcile
 
     def ensure(self, key: Any, target: Any, answered_before: bool = False) -> None:
-        assert target is not None and target.pod_ip == "127.1.0.5"
+        self.followed.append(target)
 
     def client(self, key: Any) -> FakeAgent:
         return self.agent
 
 
 class FakeApi:
-    """Stands in for the API server: remembers the task's status and counts writes."""
+    """Stands in for the API server: remembers the task's status and the workspace's objects, and
+    records every write."""
 
     def __init__(self) -> None:
         self.version = 10
         self.status: dict[str, Any] = {}
         self.status_patches: list[dict[str, Any]] = []
-        self.applies: list[dict[str, Any]] = []
+        self.applies: list[dict[str, Any]] = []  # server-side applies (snapshot ConfigMaps)
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, name): what the server holds
+        self.created: list[dict[str, Any]] = []  # as created, with the uid the server gave
+        self.calls: list[tuple[str, ...]] = []  # every write but status, in order
+        self.refusal: kube.ApiException | None = None  # the answer to a create, while set
+        self._uids = itertools.count(1)
 
     async def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         self.status_patches.append(copy.deepcopy(status))
@@ -78,23 +90,48 @@ class FakeApi:
         return {"metadata": {"resourceVersion": str(self.version)}, "status": copy.deepcopy(self.status)}
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("apply", obj["kind"], obj["metadata"]["name"]))
         self.applies.append(obj)
         return obj
 
-    async def scale_statefulset(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
-        raise AssertionError("scaled by hand: these tests always have a template to apply")
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        where = (obj["kind"], obj["metadata"]["name"])
+        self.calls.append(("create", *where))
+        if self.refusal is not None:
+            raise self.refusal
+        if where in self.objects:
+            raise _failure(409, f'{obj["kind"]} "{where[1]}" already exists', reason="AlreadyExists")
+        made = copy.deepcopy(obj)
+        made["metadata"]["uid"] = f"{obj['kind'].lower()}-{next(self._uids)}"
+        self.objects[where] = made
+        self.created.append(made)
+        return copy.deepcopy(made)
+
+    async def adopt(self, obj: Mapping[str, Any], owner: dict[str, Any], uid: str) -> dict[str, Any]:
+        where = (obj["kind"], obj["metadata"]["name"])
+        self.calls.append(("adopt", *where, uid))
+        held = self.objects[where]
+        assert held["metadata"]["uid"] == uid, "adopted a successor of the same name"
+        held["metadata"]["ownerReferences"] = [owner]
+        return copy.deepcopy(held)
 
     async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        raise AssertionError("no pod here is stuck at an older revision")
+        self.calls.append(("delete", "Pod", name, uid))
+        held = self.objects.get(("Pod", name))
+        if held is not None and held["metadata"].get("uid") == uid:
+            del self.objects[("Pod", name)]
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any]:
         return task_body(str(self.version), self.status)
 
-    async def pod_refusal(self, pod: dict[str, Any]) -> str | None:
-        return None
-
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
+
+    def pods_created(self) -> list[dict[str, Any]]:
+        return [o for o in self.created if o["kind"] == "Pod"]
+
+    def deletes(self) -> list[tuple[str, ...]]:
+        return [c for c in self.calls if c[0] == "delete"]
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +144,16 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def _failure(status: int, message: str, cause: str = "", reason: str = "") -> kube.ApiException:
+    exc = kube.ApiException(status=status, reason="x")
+    causes = [{"reason": cause}] if cause else []
+    body = {"kind": "Status", "message": message, "details": {"causes": causes}}
+    if reason:
+        body["reason"] = reason
+    exc.body = json.dumps(body)
+    return exc
 
 
 @pytest.fixture
@@ -124,34 +171,67 @@ def task_body(version: str, status: dict[str, Any] | None = None) -> dict[str, A
     }
 
 
-def views(task: dict[str, Any], api: FakeApi) -> Views:
-    """An Active workspace whose children already match what the operator would build."""
-    from taskpod.api.models import Task
-    from taskpod.core import workspace
+def paused_body(version: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = task_body(version, status)
+    body["spec"]["paused"], body["metadata"]["generation"] = True, 2
+    return body
 
-    template = TaskTemplate.model_validate(
-        {"metadata": {"name": "default", "namespace": NS}, "spec": {"pod": {"image": "agent:1"}}}
+
+def resumed_body(version: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = task_body(version, status)
+    body["metadata"]["generation"] = 3
+    return body
+
+
+def template(image: str = "agent:1", version: str = "1") -> TaskTemplate:
+    return TaskTemplate.model_validate(
+        {
+            "metadata": {"name": "default", "namespace": NS, "resourceVersion": version},
+            "spec": {"pod": {"image": image}},
+        }
     )
+
+
+def running(body: Mapping[str, Any], uid: str = "p1") -> PodView:
+    """A pod as the watch shows it once it runs, with its agent answering at 127.1.0.5."""
+    shown = copy.deepcopy(dict(body))
+    shown["metadata"]["uid"] = uid
+    shown["spec"]["nodeName"] = "n0"
+    shown["status"] = {
+        "phase": "Running",
+        "podIP": "127.1.0.5",
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    return PodView.parse(shown)
+
+
+def views(task: dict[str, Any], api: FakeApi) -> Views:
+    """An Active workspace whose pod and claim are what the operator would make: nothing to do."""
+    made_of = template()
     parsed = Task.model_validate(task)
-    sts = workspace.statefulset(parsed, template, 1, 1, None)
-    service = workspace.service(parsed, template)
-    pod = PodView(
-        name=f"{NAME}-0",
-        phase="Running",
-        node_name="n0",
-        pod_ip="127.1.0.5",
-        ready=True,
-        lifetime=1,
-        agent_port=3284,
-    )
     return Views(
         tasks=FakeIndex({KEY: task}),
-        templates=FakeIndex({(NS, "default"): template}),
-        statefulsets=FakeIndex({KEY: StatefulSetView.parse(sts)}),
-        pods=FakeIndex({KEY: pod}),
-        services=FakeIndex({KEY: workspace.spec_hash(service)}),
+        templates=FakeIndex({(NS, "default"): made_of}),
+        pods=FakeIndex({KEY: running(workspace.pod(parsed, made_of, 1))}),
+        claims=FakeIndex({KEY: ClaimView(CLAIM, uid="c1", owner_uid="u1")}),
         nodes=FakeIndex({"n0": NodeView("n0", ready=True)}),
     )
+
+
+def no_workspace(task: dict[str, Any], api: FakeApi) -> Views:
+    """A task whose workspace the watches show nothing of (yet)."""
+    v = views(task, api)
+    v.pods, v.claims = FakeIndex({}), FakeIndex({})
+    return v
+
+
+def watch_catches_up(v: Views, api: FakeApi, body: Callable[..., dict[str, Any]] = task_body) -> Views:
+    """The watches show what the API server holds: the task's status and the workspace as created."""
+    v.tasks = FakeIndex({KEY: body(str(api.version), api.status)})
+    pod, claim = api.objects.get(("Pod", POD)), api.objects.get(("PersistentVolumeClaim", CLAIM))
+    v.pods = FakeIndex({KEY: PodView.parse(pod)} if pod else {})
+    v.claims = FakeIndex({KEY: ClaimView.parse(claim)} if claim else {})
+    return v
 
 
 def reconciler_with(events: list[str], api: FakeApi, **options: Any) -> Reconciler:
@@ -160,8 +240,58 @@ def reconciler_with(events: list[str], api: FakeApi, **options: Any) -> Reconcil
     return r
 
 
+def telling(reconciler: Reconciler) -> list[tuple[str, str, str]]:
+    """Every Event the reconciler tells from now on: type, reason and message."""
+    told: list[tuple[str, str, str]] = []
+    before = reconciler.event
+
+    def event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+        told.append((type, reason, message))
+        before(body, type=type, reason=reason, message=message)
+
+    reconciler.event = event
+    return told
+
+
 def run(reconciler: Reconciler, v: Views, *, if_changed: bool = False) -> None:
     asyncio.run(reconciler.reconcile(KEY, v, if_changed=if_changed))
+
+
+class ClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock a test moves on: back-offs, retries and trust periods run out at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ahead = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.ahead
+
+
+def on_a_clock(scenario: Callable[[ClockLoop], Coroutine[Any, Any, T]]) -> T:
+    with asyncio.Runner(loop_factory=ClockLoop) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, ClockLoop)
+        return runner.run(scenario(loop))
+
+
+def condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    return dict(next(c for c in status["conditions"] if c["type"] == kind))
+
+
+def lifetime_of(pod: Mapping[str, Any]) -> str:
+    return str(pod["metadata"]["labels"][LIFETIME_LABEL])
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+def _one_value(index: Any) -> Any:
+    return next(iter(index.values.values()))
+
+
+# -- status: written once, when something changed ---------------------------------------------------
 
 
 def test_first_reconcile_writes_status_once_and_tells_the_story(api: FakeApi) -> None:
@@ -170,8 +300,19 @@ def test_first_reconcile_writes_status_once_and_tells_the_story(api: FakeApi) ->
     run(reconciler, views(task_body("5"), api))
     assert len(api.status_patches) == 1
     assert api.status_patches[0]["phase"] == "Active"
-    assert api.applies == []  # children already match: nothing to apply
+    assert api.status["workspace"] == {"claim": CLAIM, "pod": POD, "podIP": "127.1.0.5", "lifetime": 1}
+    assert api.calls == []  # pod and claim already as wanted: nothing to create, adopt or delete
     assert events == ["PromptDelivered", "WorkspaceReady"]
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    [target] = agents.followed
+    assert (target.pod, target.pod_uid, target.pod_ip, target.port, target.lifetime) == (
+        POD,
+        "p1",
+        "127.1.0.5",
+        3284,
+        1,
+    )
 
 
 def test_a_stale_watch_version_does_not_cause_a_second_write(api: FakeApi) -> None:
@@ -205,20 +346,22 @@ def test_a_watch_event_that_changes_nothing_a_reconcile_reads_runs_no_reconcile(
     run(reconciler, first, if_changed=True)
     assert len(ensured) == 1 and len(api.status_patches) == 1
 
-    # Our own status write comes back; a StatefulSet status update (no view keeps it) and an older
-    # version of the task still in the watch: nothing a reconcile reads has changed.
+    # Our own status write comes back; a pod status update (no view keeps it) and an older version of the
+    # task still in the watch: nothing a reconcile reads has changed.
     ours = views(task_body(str(api.version), api.status), api)
     run(reconciler, ours, if_changed=True)
     run(reconciler, first, if_changed=True)
     run(reconciler, views(task_body(str(api.version), api.status), api), if_changed=True)
     assert len(ensured) == 1
 
-    # The pod fails: that reconcile runs, and says so in status.
+    # The pod fails: that reconcile runs, says so in status, and has the pod deleted.
     changed = views(task_body(str(api.version), api.status), api)
     pod = _one_value(changed.pods)
     changed.pods = FakeIndex({KEY: replace(pod, phase="Failed", ready=False)})
     run(reconciler, changed, if_changed=True)
-    assert len(ensured) == 2 and api.status_patches[-1]["phase"] == "Error"
+    assert len(ensured) == 2 and api.status_patches[-1]["phase"] == "Pending"
+    assert "failed" in api.status_patches[-1]["message"]
+    assert api.deletes() == [("delete", "Pod", POD, "p1")]
 
     # A spec change (a new generation) runs, and so does a poke, changed or not.
     edited = task_body(str(api.version), api.status)
@@ -256,10 +399,6 @@ def test_events_queued_for_one_task_make_one_reconcile_and_a_poke_always_runs(ap
 
     assert asyncio.run(scenario()) == [1, 1, 2]
     assert len(api.status_patches) == 1
-
-
-def _one_value(index: Any) -> Any:
-    return next(iter(index.values.values()))
 
 
 def test_status_from_an_older_version_cannot_make_two_writes_take_turns(
@@ -364,7 +503,7 @@ def test_an_agent_that_was_told_nothing_never_overwrites_the_kept_snapshot(
     paused = task_body(str(api.version), api.status)
     paused["spec"]["paused"], paused["metadata"]["generation"] = True, 2
     run(reconciler, views(paused, api))
-    assert [a["kind"] for a in api.applies] == ["ConfigMap", "StatefulSet"]
+    assert [c[:2] for c in api.calls] == [("apply", "ConfigMap"), ("delete", "Pod")]  # the pause's delete
     assert api.status["logSnapshot"] == kept
 
 
@@ -389,16 +528,6 @@ def test_an_idle_snapshot_is_written_once_per_new_conversation(api: FakeApi) -> 
     conversation.append(AgentMessage(2, "agent", "Fixed: it waited on a timer.", "2026-11-29T10:01:00Z"))
     assert idle_again() == ["ConfigMap", "ConfigMap"]
     assert api.status["logSnapshot"]["messages"] == 3
-
-
-async def _async(value: Any) -> Any:
-    return value
-
-
-def paused_body(version: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = task_body(version, status)
-    body["spec"]["paused"], body["metadata"]["generation"] = True, 2
-    return body
 
 
 def test_a_pausing_task_is_pending_until_its_pod_is_gone_and_the_pause_takes_two_writes(
@@ -431,10 +560,9 @@ def test_a_pausing_task_is_pending_until_its_pod_is_gone_and_the_pause_takes_two
         await reconciler.reconcile(KEY, v)
         pausing = copy.deepcopy(api.status)
         assert followed[-1] is None  # its conversation kept, its agent is let go
-        [scaled] = [a for a in api.applies if a["kind"] == "StatefulSet"]
-        assert scaled["spec"]["replicas"] == 0
+        # The conversation first, then the pod; the claim, and with it the files, stays.
+        assert [c[:2] for c in api.calls] == [("apply", "ConfigMap"), ("delete", "Pod")]
 
-        v.statefulsets = FakeIndex({KEY: StatefulSetView.parse(scaled)})
         v.pods = FakeIndex({KEY: replace(_one_value(v.pods), deleting=True)})
         v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # the pod is stopping: nothing new to write
@@ -581,99 +709,528 @@ def test_an_agent_that_falls_silent_makes_the_task_unknown_when_the_grace_ends(a
     assert api.status["message"] == "The agent has not answered for 31s: connection refused."
 
 
-def _created(api: FakeApi) -> list[dict[str, Any]]:
-    return [a for a in api.applies if a["kind"] == "StatefulSet"]
+# -- the workspace: a claim and a pod, each written once although the watches lag behind ------------
 
 
-def test_a_statefulset_the_watch_has_yet_to_show_is_not_applied_again(api: FakeApi) -> None:
-    """Found measuring: at N = 1,000 with 64 API threads, 18 tasks got a second StatefulSet apply and a
-    second WorkspaceCreated Event, from reconciles that ran before the watch showed what they created."""
+def test_a_pod_the_watch_has_yet_to_show_is_not_created_again(api: FakeApi) -> None:
+    """Found measuring (with the StatefulSet before the pod): at N = 1,000, 18 tasks had their workspace
+    made twice and a second WorkspaceCreated Event, from reconciles that ran before the watch showed it."""
     events: list[str] = []
     reconciler = reconciler_with(events, api)
 
     async def scenario() -> None:
-        v = views(task_body("5"), api)
-        v.statefulsets, v.pods = FakeIndex({}), FakeIndex({})
+        v = no_workspace(task_body("5"), api)
         await reconciler.reconcile(KEY, v)
         await reconciler.reconcile(KEY, v)  # the watch is still behind
-        assert len(_created(api)) == 1 and events.count("WorkspaceCreated") == 1
-        v.statefulsets = FakeIndex({KEY: StatefulSetView.parse(_created(api)[0])})
-        await reconciler.reconcile(KEY, v)  # it has caught up
+        assert [c[:2] for c in api.calls] == [("create", "PersistentVolumeClaim"), ("create", "Pod")]
+        assert events == ["WorkspaceCreated"]
+        await reconciler.reconcile(KEY, watch_catches_up(v, api))  # it has caught up
         await reconciler.stop()
 
     asyncio.run(scenario())
-    assert len(_created(api)) == 1 and events.count("WorkspaceCreated") == 1
-    assert KEY not in reconciler.memory.applied  # nothing kept once the watch shows it
+    assert len(api.calls) == 2 and events == ["WorkspaceCreated"]
+    assert KEY not in reconciler.memory.created  # nothing kept once the watch shows it
+    claim, pod = api.created
+    assert claim["metadata"]["ownerReferences"] == pod["metadata"]["ownerReferences"]
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert lifetime_of(pod) == "1"
+    [volume] = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"]["claimName"] == CLAIM
+    assert api.status_patches[0]["workspace"] == {"claim": CLAIM, "pod": POD, "podIP": None, "lifetime": 1}
 
 
 @pytest.mark.parametrize("how", ["deleted", "watch never showed it"])
-def test_a_statefulset_gone_since_our_apply_is_created_again(
-    api: FakeApi, monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
+def test_a_pod_gone_since_our_create_is_created_again(api: FakeApi, how: str) -> None:
     events: list[str] = []
     reconciler = reconciler_with(events, api)
-    if how != "deleted":
-        monkeypatch.setattr(reconcile, "APPLIED_TRUST", 0.0)
 
-    async def scenario() -> None:
-        v = views(task_body("5"), api)
-        v.statefulsets, v.pods = FakeIndex({}), FakeIndex({})
+    async def scenario(loop: ClockLoop) -> None:
+        v = no_workspace(task_body("5"), api)
         await reconciler.reconcile(KEY, v)
+        [first] = api.pods_created()
         if how == "deleted":
-            reconciler.statefulset_deleted(KEY)
-        await reconciler.reconcile(KEY, v)
+            reconciler.pod_deleted(KEY, "pod-0")  # an earlier pod's going: ours still stands
+            await reconciler.reconcile(KEY, v)
+            assert len(api.pods_created()) == 1
+            reconciler.pod_deleted(KEY, first["metadata"]["uid"])
+        else:
+            loop.ahead += reconcile.WRITE_TRUST  # then the watch is believed
+        del api.objects[("Pod", POD)]
+        await reconciler.reconcile(KEY, watch_catches_up(v, api))  # it shows the claim, and no pod
         await reconciler.stop()
 
-    asyncio.run(scenario())
-    assert len(_created(api)) == 2 and events.count("WorkspaceCreated") == 2
+    on_a_clock(scenario)
+    first, second = api.pods_created()
+    assert (lifetime_of(first), lifetime_of(second)) == ("1", "2")
+    assert [o["kind"] for o in api.created].count("PersistentVolumeClaim") == 1  # on the same claim
+    assert events == ["WorkspaceCreated", "PodRecreated"]
 
 
-def test_our_own_apply_coming_back_runs_no_reconcile_but_a_change_by_someone_else_does(
+def test_our_own_writes_coming_back_run_no_reconcile_but_a_change_by_someone_else_does(
     api: FakeApi,
 ) -> None:
-    """Found measuring: at N = 1,000, the watch bringing back each StatefulSet we had just scaled ran a
+    """Found measuring: at N = 1,000, the watch bringing back each workspace we had just written ran a
     reconcile per task and phase, with nothing left to do."""
     reconciler = reconciler_with([], api)
     ensured = counting_reconciles(reconciler)
 
     async def scenario() -> None:
-        v = views(paused_body("5"), api)
-        await reconciler.reconcile(KEY, v, if_changed=True)  # the pause: scaled to zero
-        [scaled] = _created(api)
-        assert scaled["spec"]["replicas"] == 0 and len(ensured) == 1
-
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})  # our status write, back
-        v.statefulsets = FakeIndex({KEY: StatefulSetView.parse(scaled)})  # and our apply
-        await reconciler.reconcile(KEY, v, if_changed=True)
+        v = no_workspace(task_body("5"), api)
+        await reconciler.reconcile(KEY, v, if_changed=True)  # creates the claim and the pod
+        await reconciler.reconcile(KEY, watch_catches_up(v, api), if_changed=True)  # both, back
         assert len(ensured) == 1
 
-        # Someone scales it up by hand: that runs, and the pause holds.
-        v.statefulsets = FakeIndex({KEY: replace(StatefulSetView.parse(scaled), replicas=1)})
+        # Its kubelet starts the pod: that runs.
+        pod = replace(_one_value(v.pods), phase="Running", node_name="n0", pod_ip="127.1.0.5", ready=True)
+        v.pods = FakeIndex({KEY: pod})
+        await reconciler.reconcile(KEY, v, if_changed=True)
+        assert len(ensured) == 2 and api.status["phase"] == "Active"
+
+        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})  # paused: the pod is deleted
+        await reconciler.reconcile(KEY, v, if_changed=True)
+        assert len(ensured) == 3 and api.deletes() == [("delete", "Pod", POD, pod.uid)]
+
+        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})  # our status write, back
+        v.pods = FakeIndex({KEY: replace(pod, deleting=True)})  # and our delete
+        await reconciler.reconcile(KEY, v, if_changed=True)
+        assert len(ensured) == 3
+
+        v.pods = FakeIndex({})  # its kubelet has stopped it: that runs, and the pause is over
         await reconciler.reconcile(KEY, v, if_changed=True)
         await reconciler.stop()
-        assert len(ensured) == 2 and [a["spec"]["replicas"] for a in _created(api)] == [0, 0]
+        assert len(ensured) == 4 and api.status["phase"] == "Paused"
 
     asyncio.run(scenario())
+    assert len(api.deletes()) == 1 and len(api.created) == 2
 
 
-def _failure(status: int, message: str, cause: str = "") -> kube.ApiException:
-    exc = kube.ApiException(status=status, reason="x")
-    causes = [{"reason": cause}] if cause else []
-    exc.body = json.dumps({"kind": "Status", "message": message, "details": {"causes": causes}})
-    return exc
+# -- pause and resume ---------------------------------------------------------------------------------
+
+
+def test_a_pause_keeps_the_conversation_then_deletes_the_pod_and_needs_no_template(api: FakeApi) -> None:
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    conversation = [AgentMessage(0, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
+    agents.agent.messages = lambda: _async(conversation)
+    run(reconciler, views(task_body("5"), api))  # Active
+
+    v = views(paused_body(str(api.version), api.status), api)
+    v.templates = FakeIndex({})  # its template was deleted meanwhile: stopping needs none
+    run(reconciler, v)
+    assert [c[:2] for c in api.calls] == [("apply", "ConfigMap"), ("delete", "Pod")]
+    assert api.deletes() == [("delete", "Pod", POD, "p1")]
+    assert events[-1] == "Pausing" and api.status["phase"] == "Pending"
+
+    # The watch has yet to show the pod stopping: a reconcile now (our status write, back) stops nothing more.
+    v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+    run(reconciler, v)
+    assert len(api.calls) == 2 and events.count("Pausing") == 1
+
+    v.pods = FakeIndex({})
+    v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+    run(reconciler, v)
+    assert len(api.calls) == 2 and api.created == []  # its claim, and with it the files, stays
+    assert api.status["phase"] == "Paused" and events[-1] == "Paused"
+    assert api.status["workspace"] == {"claim": CLAIM, "lifetime": 1}  # no pod now, no pod IP
+    assert condition(api.status, "Paused")["status"] == "True"
+
+
+@pytest.mark.parametrize("lifetime", [1, 4])
+def test_a_resume_starts_a_new_pod_one_lifetime_on(api: FakeApi, lifetime: int) -> None:
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+    counting_reconciles(reconciler)
+
+    async def scenario() -> None:
+        v = views(task_body("5"), api)
+        v.pods = FakeIndex({KEY: replace(_one_value(v.pods), lifetime=lifetime)})
+        await reconciler.reconcile(KEY, v)  # Active
+        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, v)  # the pod is deleted
+        v.pods = FakeIndex({})
+        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, v)  # Paused
+        assert api.status["phase"] == "Paused" and api.pods_created() == []
+
+        v.tasks = FakeIndex({KEY: resumed_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, v)
+        await reconciler.reconcile(KEY, v)  # the watch has yet to show it: not created twice
+        await reconciler.stop()
+
+    asyncio.run(scenario())
+    [pod] = api.pods_created()
+    assert lifetime_of(pod) == str(lifetime + 1)
+    assert [c[:2] for c in api.calls if c[0] == "create"] == [("create", "Pod")]  # the claim is there
+    assert events[-2:] == ["Paused", "Resuming"]
+    assert api.status["workspace"]["lifetime"] == lifetime + 1
+
+
+def with_a_conversation(
+    api: FakeApi,
+) -> tuple[Reconciler, list[tuple[str, str, str]], FakeAgents, list[AgentMessage]]:
+    """A reconciler telling its Events, whose agent has been given the prompt."""
+    reconciler = reconciler_with([], api)
+    told = telling(reconciler)
+    counting_reconciles(reconciler)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    return (
+        reconciler,
+        told,
+        agents,
+        [AgentMessage(0, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")],
+    )
+
+
+# -- a pod replaced, recreated, or failed -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("agent", ["answers", "unreachable"])
+def test_a_template_change_replaces_the_pod(api: FakeApi, agent: str) -> None:
+    """A pod's spec is immutable: a changed template means a new pod, after its conversation is kept. Its
+    agent unreachable, the replacement goes ahead without a word: it is no pause."""
+    reconciler, told, agents, conversation = with_a_conversation(api)
+
+    async def unreachable() -> list[AgentMessage]:
+        raise AgentError("connection refused")
+
+    agents.agent.messages = (lambda: _async(conversation)) if agent == "answers" else unreachable  # type: ignore[method-assign]
+    run(reconciler, views(task_body("5"), api))  # Active
+    told.clear()
+
+    v = views(task_body(str(api.version), api.status), api)
+    newer = template("agent:2", version="2")
+    v.templates = FakeIndex({(NS, "default"): newer})
+    run(reconciler, v)
+    kept = [("apply", "ConfigMap")] if agent == "answers" else []
+    assert [c[:2] for c in api.calls] == [*kept, ("delete", "Pod")]
+    assert api.deletes() == [("delete", "Pod", POD, "p1")]
+    assert [(kind, reason) for kind, reason, _ in told] == [("Normal", "PodReplaced")]
+    assert api.status["phase"] == "Pending"
+
+    # The watch still shows the old pod, not yet stopping: it is going; no second delete, no new pod yet.
+    v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+    run(reconciler, v)
+    assert len(api.deletes()) == 1 and api.pods_created() == []
+
+    v.pods = FakeIndex({})  # gone: its successor, from the new template
+    v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+    run(reconciler, v)
+    [pod] = api.pods_created()
+    assert pod["spec"]["containers"][0]["image"] == "agent:2" and lifetime_of(pod) == "2"
+    wanted = workspace.pod(Task.model_validate(task_body("5")), newer, 0)
+    assert workspace.spec_hash(pod) == workspace.spec_hash(wanted)
+    assert [reason for _, reason, _ in told] == ["PodReplaced"]  # no PodRecreated: we stopped it
+
+
+def test_a_failed_pod_is_deleted_and_its_successor_waits_for_the_back_off(api: FakeApi) -> None:
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+    told = telling(reconciler)
+    counting_reconciles(reconciler)
+
+    def back(v: Views) -> Views:
+        v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        return v
+
+    async def scenario(loop: ClockLoop) -> None:
+        v = views(task_body("5"), api)
+        await reconciler.reconcile(KEY, v)  # Active
+        evicted = replace(
+            _one_value(v.pods),
+            phase="Failed",
+            ready=False,
+            reason="Evicted",
+            message="The node was low on resource: memory.",
+        )
+        v.pods = FakeIndex({KEY: evicted})
+        await reconciler.reconcile(KEY, back(v))
+        assert api.deletes() == [("delete", "Pod", POD, "p1")]
+        why = "pod fix-login-0 failed (Evicted: The node was low on resource: memory)"
+        assert ("Warning", "PodFailed", f"Workspace {why}; a new pod starts in 1s.") in told
+
+        v.pods = FakeIndex({})  # gone: its successor waits, and status says why
+        await reconciler.reconcile(KEY, back(v))
+        assert api.pods_created() == []
+        assert (
+            api.status["phase"] == "Pending" and condition(api.status, "Ready")["reason"] == "PodRestarting"
+        )
+        assert api.status["message"] == f"Workspace is pending: {why}; a new pod starts in 1s."
+        due = reconciler.queue.due_in(KEY)
+        assert due is not None and 0 < due <= reconcile.RETRY_DELAYS[0]
+        loop.ahead += due / 2
+        await reconciler.reconcile(KEY, back(v))  # an event meanwhile: it still waits
+        assert api.pods_created() == []
+
+        loop.ahead += due / 2
+        await reconciler.reconcile(KEY, back(v))  # the timer's
+        [successor] = api.pods_created()
+        assert lifetime_of(successor) == "2"
+
+        # The successor fails before it was ever Ready: the next one waits longer.
+        v.pods = FakeIndex({KEY: replace(PodView.parse(successor), phase="Failed", reason="Error")})
+        await reconciler.reconcile(KEY, back(v))
+        assert api.deletes()[-1] == ("delete", "Pod", POD, successor["metadata"]["uid"])
+        assert any(m.endswith("failed (Error); a new pod starts in 2s.") for _, _, m in told)
+        v.pods = FakeIndex({})
+        await reconciler.reconcile(KEY, back(v))
+        assert len(api.pods_created()) == 1
+        await reconciler.stop()
+
+    on_a_clock(scenario)
+    assert "PodRecreated" not in events  # we deleted it, and said why
+
+
+def test_a_pod_deleted_by_someone_else_is_recreated_with_a_warning(api: FakeApi) -> None:
+    reconciler = reconciler_with([], api)
+    told = telling(reconciler)
+    counting_reconciles(reconciler)
+    run(reconciler, views(task_body("5"), api))  # Active
+
+    v = views(task_body(str(api.version), api.status), api)
+    v.pods = FakeIndex({})  # deleted by hand, or lost with its node
+    run(reconciler, v)
+    [pod] = api.pods_created()
+    assert lifetime_of(pod) == "2" and [c[:2] for c in api.calls] == [("create", "Pod")]
+    recreated = [(kind, message) for kind, reason, message in told if reason == "PodRecreated"]
+    assert recreated == [
+        (
+            "Warning",
+            "The workspace pod went away while the task runs (deleted, or lost with its node); "
+            f"started pod {POD} (lifetime 2).",
+        )
+    ]
+
+
+def test_an_upgraded_workspace_has_its_claim_adopted_and_its_pod_replaced(api: FakeApi) -> None:
+    """An earlier release's StatefulSet, retired at start-up, leaves its pod and claim without an owner:
+    the claim, with the files, becomes the task's; the pod, made without a spec hash, is replaced."""
+    reconciler, told, agents, conversation = with_a_conversation(api)
+    agents.agent.messages = lambda: _async(conversation)  # type: ignore[method-assign]
+    claim = {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": CLAIM, "namespace": NS, "uid": "c-old", "labels": workspace.labels(NAME)},
+    }
+    old = workspace.pod(Task.model_validate(task_body("5")), template(), 3)
+    old["metadata"].update(
+        uid="p-old",
+        ownerReferences=[],  # its StatefulSet's, taken off as it was deleted with propagation Orphan
+        annotations={"taskpod.dev/lifetime": "3"},  # no spec hash; the lifetime where a StatefulSet put it
+        labels=workspace.labels(NAME),
+    )
+    api.objects[("PersistentVolumeClaim", CLAIM)] = claim
+    api.objects[("Pod", POD)] = old
+    status = {"phase": "Active", "workspace": {"statefulSet": NAME, "pod": POD, "lifetime": 3}}
+
+    v = views(task_body("5", status), api)
+    v.claims = FakeIndex({KEY: ClaimView.parse(claim)})
+    v.pods = FakeIndex({KEY: running(old, uid="p-old")})
+    assert _one_value(v.pods).lifetime == 3 and _one_value(v.pods).owner_uid is None
+    run(reconciler, v)
+    assert api.calls == [
+        ("apply", "ConfigMap", f"{NAME}-snapshot"),  # its conversation kept, then
+        ("adopt", "PersistentVolumeClaim", CLAIM, "c-old"),
+        ("delete", "Pod", POD, "p-old"),
+    ]
+    owner = api.objects[("PersistentVolumeClaim", CLAIM)]["metadata"]["ownerReferences"]
+    assert owner == [workspace.owner_reference(Task.model_validate(task_body("5")))]
+    assert [reason for _, reason, _ in told] == ["PodReplaced"]
+
+    run(reconciler, watch_catches_up(v, api))  # the claim is ours, the old pod gone
+    [pod] = api.pods_created()
+    assert lifetime_of(pod) == "4" and [c[0] for c in api.calls[3:]] == ["create"]  # no claim made
+    assert [reason for _, reason, _ in told] == ["PodReplaced"]
+
+
+@pytest.mark.parametrize(
+    "unseen",
+    [["Pod"], ["PersistentVolumeClaim"], ["PersistentVolumeClaim", "Pod"]],
+    ids=["pod", "claim", "both"],
+)
+def test_a_create_answered_already_exists_creates_nothing_more_and_does_not_fail(
+    api: FakeApi, unseen: list[str]
+) -> None:
+    """The watch has yet to show what an earlier reconcile (say, of an operator since restarted) made.
+    A claim of its name may be a deleted namesake's: no pod goes on it before the watch shows whose."""
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+    names = {"Pod": POD, "PersistentVolumeClaim": CLAIM}
+    for kind in unseen:
+        api.objects[(kind, names[kind])] = {"kind": kind, "metadata": {"name": names[kind], "uid": "x"}}
+    run(reconciler, no_workspace(task_body("5"), api))
+    claim_unseen = "PersistentVolumeClaim" in unseen
+    tried = ["PersistentVolumeClaim"] if claim_unseen else ["PersistentVolumeClaim", "Pod"]
+    assert [c[:2] for c in api.calls] == [("create", kind) for kind in tried]
+    assert [o["kind"] for o in api.created] == [k for k in tried if k not in unseen]
+    assert "ReconcileFailed" not in events
+    assert api.status["phase"] == "Pending" and not api.status["message"].startswith("Reconcile failed")
+    assert ("WorkspaceCreated" in events) is not (claim_unseen or "Pod" in unseen)  # what it made
+    assert (KEY in reconciler.memory.created) is not (claim_unseen or "Pod" in unseen)
+
+
+def test_a_refused_workspace_is_an_error_told_once_and_asked_for_again(api: FakeApi) -> None:
+    reconciler = reconciler_with([], api)
+    told = telling(reconciler)
+    counting_reconciles(reconciler)
+    why = (
+        'pods "fix-login-0" is forbidden: violates PodSecurity "restricted:latest": privileged '
+        '(container "agent" must not set securityContext.privileged=true)'
+    )
+    api.refusal = _failure(403, why)
+
+    async def scenario(loop: ClockLoop) -> None:
+        v = views(task_body("5"), api)  # its claim there, its pod not yet
+        v.pods = FakeIndex({})
+        await reconciler.reconcile(KEY, v)
+        assert api.status["phase"] == "Error"
+        assert api.status["message"] == f"The API server refuses the workspace pod: {why}"
+        assert [(kind, reason) for kind, reason, _ in told] == [("Warning", "InvalidWorkspace")]
+        due = reconciler.queue.due_in(KEY)
+        assert due is not None and reconcile.REFUSED_RETRY - 1 < due <= reconcile.REFUSED_RETRY
+
+        loop.ahead += due
+        v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, v)  # the timer's: refused again, nothing new to write or tell
+        assert len(api.status_patches) == 1 and len(told) == 1
+
+        api.refusal = None  # what refused it (a policy, a quota, a webhook) has gone
+        loop.ahead += reconcile.REFUSED_RETRY
+        await reconciler.reconcile(KEY, v)
+        await reconciler.stop()
+
+    on_a_clock(scenario)
+    assert api.calls == [("create", "Pod", POD)] * 3
+    [pod] = api.pods_created()
+    assert lifetime_of(pod) == "1" and api.status["phase"] == "Pending"
+    assert [reason for _, reason, _ in told] == ["InvalidWorkspace", "WorkspaceCreated"]
+
+
+def test_a_deleted_namesakes_workspace_is_waited_for_never_used(api: FakeApi) -> None:
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+
+    async def scenario() -> None:
+        v = no_workspace(task_body("5"), api)
+        v.claims = FakeIndex({KEY: ClaimView(CLAIM, uid="c0", owner_uid="u0")})  # a deleted task's
+        await reconciler.reconcile(KEY, v)
+        assert api.calls == [] and condition(api.status, "Ready")["reason"] == "PreviousWorkspace"
+        assert f"PersistentVolumeClaim {CLAIM}" in api.status["message"]
+        due = reconciler.queue.due_in(KEY)
+        assert due is not None and 0 < due <= reconcile.LEFTOVER_RECHECK
+
+        v.claims = FakeIndex({})  # garbage collection has removed it
+        await reconciler.reconcile(KEY, v)
+        await reconciler.stop()
+
+    asyncio.run(scenario())
+    assert [c[:2] for c in api.calls] == [("create", "PersistentVolumeClaim"), ("create", "Pod")]
+    assert events == ["WorkspaceCreated"]
+
+
+# -- the agent: prompt, reports ------------------------------------------------------------------------
+
+
+def test_a_refused_prompt_is_retried_with_back_off_and_told_once(api: FakeApi) -> None:
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    attempts: list[str] = []
+
+    async def busy(content: str, kind: str = "user") -> None:
+        attempts.append(content)
+        if len(attempts) < 3:
+            raise AgentError("agent is busy")
+        agents.agent.sent.append(content)
+
+    agents.agent.send = busy
+
+    async def scenario(loop: ClockLoop) -> float | None:
+        v = views(task_body("5"), api)
+        await reconciler.reconcile(KEY, v)
+        first = reconciler.queue.due_in(KEY)
+        await reconciler.reconcile(KEY, v)  # an event before the retry is due: no attempt
+        assert len(attempts) == 1
+        loop.ahead += reconcile.RETRY_DELAYS[0]
+        await reconciler.reconcile(KEY, v)  # the timer's
+        assert len(attempts) == 2
+        assert condition(api.status, "PromptDelivered")["message"] == (
+            "The agent refused the prompt 2 times; retrying in 2s: the agent did not take it"
+        )
+        loop.ahead += reconcile.RETRY_DELAYS[0]
+        await reconciler.reconcile(KEY, v)  # the second wait is longer: still none
+        assert len(attempts) == 2
+        loop.ahead += reconcile.RETRY_DELAYS[1] - reconcile.RETRY_DELAYS[0]
+        await reconciler.reconcile(KEY, v)
+        await reconciler.stop()
+        return first
+
+    first = on_a_clock(scenario)
+    assert first is not None and 0 < first <= reconcile.RETRY_DELAYS[0]
+    assert len(attempts) == 3 and agents.agent.sent == ["Fix the flaky login test"]
+    assert events.count("PromptDeliveryFailed") == 1 and events[-1] == "PromptDelivered"
+    assert condition(api.status, "PromptDelivered")["status"] == "True"
+
+
+def test_only_the_current_pods_agent_is_heard(api: FakeApi) -> None:
+    reconciler = reconciler_with([], api)
+    said = reports.AgentReport(
+        AgentState.COMPLETE, "Fixed: it waited on a timer.", None, dt.datetime(2026, 11, 30, 9, tzinfo=dt.UTC)
+    )
+
+    async def scenario() -> list[str | None]:
+        await reconciler.reconcile(KEY, views(task_body("5"), api))
+        answers = [
+            await reconciler.accept_report(reports.Reporter(NS, POD, "p0"), said),  # a pod before it
+            await reconciler.accept_report(reports.Reporter(NS, POD, "p1"), said),
+        ]
+        await reconciler.reconcile(KEY, views(task_body(str(api.version), api.status), api))
+        await reconciler.stop()
+        return answers
+
+    earlier, current = asyncio.run(scenario())
+    assert earlier == f"pod {POD} is not the current workspace of a task; its report is ignored"
+    assert current is None
+    assert api.status["state"]["state"] == "complete"
+    assert api.status["state"]["message"] == "Fixed: it waited on a timer."
+
+
+def test_a_pod_stopped_before_the_watch_showed_it_is_not_stopped_again(api: FakeApi) -> None:
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+
+    async def scenario() -> None:
+        v = no_workspace(task_body("5"), api)
+        await reconciler.reconcile(KEY, v)  # creates the claim and the pod
+        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, v)  # paused at once: the pod we created is deleted
+        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, v)  # the watch has shown neither the pod nor its going
+        await reconciler.stop()
+
+    asyncio.run(scenario())
+    [pod] = api.pods_created()
+    assert api.deletes() == [("delete", "Pod", POD, pod["metadata"]["uid"])]
+    assert events.count("Pausing") == 1
 
 
 @pytest.mark.parametrize(
     ("failure", "refused", "terminating"),
     [
         (
-            _failure(422, 'StatefulSet.apps "x" is invalid: spec.template.annotations: Invalid value'),
+            _failure(422, 'Pod "x-0" is invalid: metadata.annotations: Invalid value'),
             True,
             False,
         ),
-        (_failure(403, 'statefulsets.apps "x" is forbidden: exceeded quota: q'), True, False),
         (
-            _failure(500, "failed to create typed patch object (/x): .spec.replicas: expected numeric"),
+            _failure(403, 'persistentvolumeclaims "workspace-x-0" is forbidden: exceeded quota: q'),
+            True,
+            False,
+        ),
+        (
+            _failure(500, "failed to create typed patch object (/x-snapshot): .data: expected map"),
             True,
             False,
         ),
@@ -689,55 +1246,3 @@ def test_a_refusal_is_told_from_a_failure_to_answer(
     """A refusal is the task's Error until the task or template changes; a failure to answer is retried."""
     assert kube.refused(failure) is refused
     assert kube.namespace_terminating(failure) is terminating
-
-
-def _sts(uid: str = "s1", owner: str | None = "u1", revision: str | None = "r2") -> StatefulSetView:
-    return StatefulSetView(NAME, 1, 1, "h", {}, uid=uid, owner_uid=owner, update_revision=revision)
-
-
-def _pod(owner: str | None = "s1", revision: str | None = "r2", **kw: Any) -> PodView:
-    return PodView(
-        f"{NAME}-0", kw.pop("phase", "Running"), uid="p1", owner_uid=owner, revision=revision, **kw
-    )
-
-
-TASK = Task.model_validate(
-    {"metadata": {"name": NAME, "namespace": NS, "uid": "u1"}, "spec": {"prompt": "p"}}
-)
-
-
-@pytest.mark.parametrize(
-    ("sts", "pod", "leftover"),
-    [
-        (_sts(), _pod(), None),
-        (None, None, None),
-        (_sts(owner="u0"), _pod(owner="s0"), f"StatefulSet {NAME}"),  # a deleted task's, same name
-        (None, _pod(owner="s0"), f"pod {NAME}-0"),  # its StatefulSet gone, its pod not yet
-        (_sts(), _pod(owner="s0"), f"pod {NAME}-0"),  # ours made, the old pod still going
-        (_sts(owner=None), _pod(owner=None), None),  # no owner said: nothing to tell apart
-    ],
-    ids=["ours", "nothing", "old statefulset", "old pod alone", "old pod beside ours", "unowned"],
-)
-def test_a_deleted_tasks_workspace_is_never_taken_for_ours(
-    sts: StatefulSetView | None, pod: PodView | None, leftover: str | None
-) -> None:
-    assert plan.leftover(TASK, sts, pod) == leftover
-
-
-BACKOFF = (ContainerProblem("agent", "ImagePullBackOff", "not found"),)
-
-
-@pytest.mark.parametrize(
-    ("pod", "stuck"),
-    [
-        (_pod(revision="r1", phase="Pending", waiting=BACKOFF), True),
-        (_pod(revision="r1", phase="Failed"), True),
-        (_pod(revision="r2", phase="Pending", waiting=BACKOFF), False),  # the current revision: Error
-        (_pod(revision="r1", ready=True), False),  # rolls by itself
-        (_pod(revision="r1", phase="Pending"), False),  # still starting
-        (_pod(revision="r1", phase="Failed", deleting=True), False),  # going already
-    ],
-    ids=["older, cannot pull", "older, failed", "current", "older, ready", "older, starting", "deleting"],
-)
-def test_a_pod_stuck_at_an_older_revision_is_replaced(pod: PodView, stuck: bool) -> None:
-    assert plan.stuck_at_an_older_revision(_sts(), pod) is stuck

@@ -72,34 +72,54 @@ def task(
 
 
 def child(
-    kind: str, name: str, owner: str, *, task: str = "s00", uid: str = "c1", created: float = 1, **extra: Any
+    kind: str,
+    name: str,
+    owner: str,
+    *,
+    task: str = "s00",
+    uid: str = "c1",
+    created: float = 1,
+    controller: bool = True,
+    **extra: Any,
 ) -> dict[str, Any]:
     meta = {
         "name": name,
         "namespace": NS,
         "uid": uid,
         "labels": {"taskpod.dev/task": task},
-        "ownerReferences": [{"uid": owner}] if owner else [],
+        "ownerReferences": [{"uid": owner, "controller": controller}] if owner else [],
         "creationTimestamp": stamp(created)[:19] + "Z",
     }
     return {"kind": kind, "metadata": meta, **extra}
 
 
-def statefulset(replicas: int = 1, owner: str = "u1", uid: str = "sts1") -> dict[str, Any]:
-    return child("StatefulSet", "s00", owner, uid=uid, spec={"replicas": replicas})
+def claim(*, owner: str = "u1", deleting: bool = False) -> dict[str, Any]:
+    obj = child("PersistentVolumeClaim", "workspace-s00-0", owner, uid="pvc1", status={"phase": "Bound"})
+    if deleting:
+        obj["metadata"]["deletionTimestamp"] = stamp(30)
+    return obj
 
 
 def pod(
-    *, ready: bool = True, phase: str = "Running", lifetime: int = 1, owner: str = "sts1"
+    *,
+    ready: bool = True,
+    phase: str = "Running",
+    lifetime: int = 1,
+    owner: str = "u1",
+    mounts: str = "workspace-s00-0",
+    deleting: bool = False,
 ) -> dict[str, Any]:
     obj = child(
         "Pod",
         "s00-0",
         owner,
         uid="p1",
+        spec={"volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": mounts}}]},
         status={"phase": phase, "conditions": [{"type": "Ready", "status": str(ready)}]},
     )
-    obj["metadata"]["annotations"] = {"taskpod.dev/lifetime": str(lifetime)}
+    obj["metadata"]["labels"]["taskpod.dev/lifetime"] = str(lifetime)
+    if deleting:
+        obj["metadata"]["deletionTimestamp"] = stamp(30)
     return obj
 
 
@@ -200,26 +220,51 @@ def test_a_new_task_in_a_slot_takes_its_last_name_again_or_a_new_one() -> None:
 @pytest.mark.parametrize(
     ("observed", "broken", "problem"),
     [
-        (Observed(tasks=[task()], statefulsets=[statefulset()], pods=[pod()]), set(), None),
-        (Observed(tasks=[task()], statefulsets=[statefulset()]), set(), "Active, but it has no pod"),
-        (Observed(tasks=[task()], statefulsets=[statefulset()], pods=[pod(ready=False)]), set(), "not Ready"),
-        (Observed(tasks=[task()], statefulsets=[statefulset()], pods=[pod(lifetime=2)]), set(), "lifetime 2"),
+        (Observed(tasks=[task()], claims=[claim()], pods=[pod()]), set(), None),
+        (Observed(tasks=[task()], claims=[claim()]), set(), "Active, but it has no pod"),
+        (Observed(tasks=[task()], claims=[claim()], pods=[pod(ready=False)]), set(), "not Ready"),
+        (Observed(tasks=[task()], claims=[claim()], pods=[pod(phase="Pending")]), set(), "Pending"),
+        (Observed(tasks=[task()], claims=[claim()], pods=[pod(deleting=True)]), set(), "being deleted"),
+        (Observed(tasks=[task()], claims=[claim()], pods=[pod(lifetime=2)]), set(), "lifetime 2"),
         (
-            Observed(tasks=[task(phase="Paused", paused=True)], statefulsets=[statefulset(0)]),
+            Observed(tasks=[task(lifetime=3)], claims=[claim()], pods=[pod(lifetime=3)]),
             set(),
             None,
         ),
+        (Observed(tasks=[task()], pods=[pod()]), set(), "its pod runs with no volume claim"),
         (
-            Observed(tasks=[task(phase="Paused", paused=True)], statefulsets=[statefulset(0)], pods=[pod()]),
+            Observed(tasks=[task()], claims=[claim(deleting=True)], pods=[pod()]),
             set(),
-            "its pod is still there",
+            "its pod runs with volume claim Bound, being deleted",
         ),
         (
-            Observed(tasks=[task(phase="Paused", paused=True)], statefulsets=[statefulset(1)]),
+            Observed(tasks=[task()], claims=[claim()], pods=[pod(mounts="workspace-s01-0")]),
             set(),
-            "replicas 1",
+            "does not mount workspace-s00-0 (volume claims: workspace-s01-0)",
         ),
-        (Observed(tasks=[task(phase="Paused", paused=True)]), set(), "no StatefulSet"),
+        (Observed(tasks=[task(phase="Paused", paused=True)], claims=[claim()]), set(), None),
+        # created paused: no pod yet, so no files to keep
+        (Observed(tasks=[task(phase="Paused", paused=True, lifetime=0)]), set(), None),
+        (
+            Observed(tasks=[task(phase="Paused", paused=True)], claims=[claim()], pods=[pod()]),
+            set(),
+            "its pod is still there (Running, Ready)",
+        ),
+        (
+            Observed(tasks=[task(phase="Paused", paused=True)], claims=[claim()], pods=[pod(deleting=True)]),
+            set(),
+            "its pod is still there (Running, Ready, being deleted)",
+        ),
+        (
+            Observed(tasks=[task(phase="Paused", paused=True)]),
+            set(),
+            "Paused after lifetime 1, but it has no volume claim",
+        ),
+        (
+            Observed(tasks=[task(phase="Paused", paused=True)], claims=[claim(deleting=True)]),
+            set(),
+            "its volume claim is being deleted",
+        ),
         (Observed(tasks=[task(phase="Pending", paused=True)]), set(), "spec.paused, but phase Pending"),
         (Observed(tasks=[task(phase="Paused")]), set(), "phase Paused after the settle"),
         (Observed(tasks=[task(phase="Initializing")]), set(), "phase Initializing after the settle"),
@@ -236,7 +281,7 @@ def test_a_new_task_in_a_slot_takes_its_last_name_again_or_a_new_one() -> None:
             "though its template is not broken",
         ),
         (
-            Observed(tasks=[task(generation=3, observed=2)], statefulsets=[statefulset()], pods=[pod()]),
+            Observed(tasks=[task(generation=3, observed=2)], claims=[claim()], pods=[pod()]),
             set(),
             "status.observedGeneration 2, generation 3",
         ),
@@ -254,7 +299,7 @@ def test_phases(observed: Observed, broken: set[tuple[str, str]], problem: str |
 @pytest.mark.parametrize(
     ("before", "now", "broken", "touched", "flagged"),
     [
-        # Error at both looks, its template healed before the first: a rollout stuck behind the bad pod
+        # Error at both looks, its template healed before the first: a pod of the bad template never replaced
         (
             [task(phase="Error", message="ImagePullBackOff")],
             [task(phase="Error", message="x")],
@@ -417,13 +462,18 @@ def test_the_last_user_message_before_the_pause_is_the_one_the_snapshot_must_hol
 # -- 4. orphans ---------------------------------------------------------------------------------
 
 
-def workspace(owner: str = "u1", created: float = 1) -> list[dict[str, Any]]:
+def workspace(owner: str = "u1", created: float = 1, controller: bool = True) -> list[dict[str, Any]]:
     return [
-        child("StatefulSet", "s00", owner, uid="sts1", created=created),
-        child("Service", "s00", owner, uid="svc1", created=created),
-        child("ConfigMap", "s00-snapshot", owner, uid="cm1", created=created),
-        child("Pod", "s00-0", "sts1", uid="p1", created=created),
-        child("PersistentVolumeClaim", "workspace-s00-0", "sts1", uid="pvc1", created=created),
+        child("ConfigMap", "s00-snapshot", owner, uid="cm1", created=created, controller=controller),
+        child("Pod", "s00-0", owner, uid="p1", created=created, controller=controller),
+        child(
+            "PersistentVolumeClaim",
+            "workspace-s00-0",
+            owner,
+            uid="pvc1",
+            created=created,
+            controller=controller,
+        ),
     ]
 
 
@@ -431,12 +481,13 @@ def split(objects: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> Observe
     by = {k: [o for o in objects if o["kind"] == k] for k in {o["kind"] for o in objects}}
     return Observed(
         tasks=tasks,
-        statefulsets=by.get("StatefulSet", []),
-        services=by.get("Service", []),
         configmaps=by.get("ConfigMap", []),
         pods=by.get("Pod", []),
         claims=by.get("PersistentVolumeClaim", []),
     )
+
+
+KINDS = ["ConfigMap s00-snapshot", "PersistentVolumeClaim workspace-s00-0", "Pod s00-0"]
 
 
 def test_a_workspace_owned_by_its_task_is_no_orphan() -> None:
@@ -445,32 +496,29 @@ def test_a_workspace_owned_by_its_task_is_no_orphan() -> None:
 
 def test_everything_left_of_a_deleted_task_is_an_orphan() -> None:
     found = check_orphans(split(workspace(), []))
-    assert len(found) == 5 and all("is left of a deleted task" in v.seen for v in found)
+    assert len(found) == 3 and all("is left of a deleted task" in v.seen for v in found)
     assert {v.task for v in found} == {f"{NS}/s00"}
 
 
 def test_a_workspace_owned_by_an_earlier_task_of_the_same_name_is_an_orphan() -> None:
     found = check_orphans(split(workspace(owner="u0"), [task(uid="u1")]))
-    assert sorted(v.seen.split(" is ")[0] for v in found) == [
-        "ConfigMap s00-snapshot",
-        "Service s00",
-        "StatefulSet s00",
-    ]
-    assert all("['u0'], not by its task" in v.seen for v in found)
+    assert sorted(v.seen.split(" is ")[0] for v in found) == KINDS
+    assert all("controlled by u0, not by its task (u1)" in v.seen for v in found)
 
 
 def test_a_workspace_older_than_its_task_was_adopted_from_a_deleted_one() -> None:
     found = check_orphans(split(workspace(created=-60), [task()]))
-    assert len(found) == 5 and all("before its task" in v.seen for v in found)
+    assert len(found) == 3 and all("before its task" in v.seen for v in found)
 
 
-def test_a_pod_or_claim_without_a_statefulset_to_belong_to() -> None:
-    objects = [o for o in workspace() if o["kind"] != "StatefulSet"]
-    found = check_orphans(split(objects, [task()]))
-    assert sorted(v.seen for v in found) == [
-        "PersistentVolumeClaim workspace-s00-0 has no StatefulSet to belong to",
-        "Pod s00-0 has no StatefulSet to belong to",
-    ]
+def test_a_child_its_task_does_not_control_is_an_orphan() -> None:
+    # no owner at all (say, a StatefulSet's pod and claim an upgrade left and nothing adopted) ...
+    found = check_orphans(split(workspace(owner=""), [task()]))
+    assert sorted(v.seen.split(" is ")[0] for v in found) == KINDS
+    assert all("controlled by nothing, not by its task (u1)" in v.seen for v in found)
+    # ... or the task as an owner, but not as the controller
+    found = check_orphans(split(workspace(controller=False), [task()]))
+    assert len(found) == 3 and all("controlled by nothing" in v.seen for v in found)
 
 
 # -- 5. the operator ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The workspace a Task owns, as the user sees it with kubectl: its headless Service and StatefulSet."""
+"""The workspace a Task owns, as the user sees it with kubectl: its volume claim and its pod."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from typing import Any
 import pytest
 
 from taskpod.api.models import Task, TaskTemplate
-from taskpod.core.lifecycle import StatefulSetView
+from taskpod.core.lifecycle import PodView
 from taskpod.core.workspace import (
-    desired_replicas,
+    WorkspaceNames,
+    claim,
+    labels,
     merged_env,
+    names,
     next_lifetime,
+    pod,
     selector,
-    service,
     spec_hash,
-    statefulset,
 )
 
 LIFETIME = "taskpod.dev/lifetime"
@@ -30,6 +32,7 @@ OWNER = {
     "blockOwnerDeletion": True,
 }
 OURS = {"app.kubernetes.io/managed-by": "taskpod", "taskpod.dev/task": "fix-bug"}
+WORKSPACE_LABELS = {**OURS, "app.kubernetes.io/name": "taskpod-workspace"}
 SECRET_KEY = {"secretKeyRef": {"name": "anthropic", "key": "api-key"}}
 RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": 2147483648}}
 CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False}
@@ -41,6 +44,7 @@ TEMPLATE_ENV: list[dict[str, Any]] = [
 ]
 POD: dict[str, Any] = {
     "image": "ghcr.io/acme/agent:1",
+    "imagePullPolicy": "Always",
     "command": ["agentapi", "server"],
     "args": ["--port", "8080", "--", "claude"],
     "env": TEMPLATE_ENV,
@@ -53,11 +57,13 @@ POD: dict[str, Any] = {
         "example.com/tier": "agents",
         "taskpod.dev/task": "hijack",
         "app.kubernetes.io/managed-by": "x",
+        "app.kubernetes.io/name": "mine",
     },
     "nodeSelector": {"kubernetes.io/arch": "amd64"},
     "tolerations": TOLERATIONS,
 }
 STORAGE = {"size": "20Gi", "storageClassName": "fast", "mountPath": "/home/agent/work"}
+REPORT_URL = "https://taskpod-operator.taskpod-system.svc:8081/report"
 
 
 def make_task(paused: bool = False, env: list[dict[str, Any]] | None = None) -> Task:
@@ -80,134 +86,147 @@ MINIMAL = TaskTemplate.model_validate(
 )
 
 
-def build(task: Task = TASK, template: TaskTemplate = TEMPLATE, **kwargs: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {"replicas": desired_replicas(task), "lifetime": 3, "observed": None}
-    return statefulset(task, template, **{**args, **kwargs})
+def build(
+    task: Task = TASK, template: TaskTemplate = TEMPLATE, lifetime: int = 3, report_url: str | None = None
+) -> dict[str, Any]:
+    return pod(task, template, lifetime, report_url)
 
 
-def container(sts: dict[str, Any]) -> dict[str, Any]:
-    (agent,) = sts["spec"]["template"]["spec"]["containers"]
+def container(body: dict[str, Any]) -> dict[str, Any]:
+    (agent,) = body["spec"]["containers"]
     return dict(agent)
 
 
-def claim(sts: dict[str, Any]) -> dict[str, Any]:
-    (template,) = sts["spec"]["volumeClaimTemplates"]
-    return dict(template)
+def volumes(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in body["spec"]["volumes"]}
 
 
-def observed(size: str | None, storage_class: str | None) -> StatefulSetView:
-    return StatefulSetView("fix-bug", 1, 3, "h", {"size": size, "storageClassName": storage_class})
+def test_names_are_those_the_statefulset_gave_so_an_upgraded_task_keeps_its_volume() -> None:
+    assert names("fix-bug") == WorkspaceNames(pod="fix-bug-0", claim="workspace-fix-bug-0")
+    assert build()["metadata"]["name"] == "fix-bug-0"
+    assert claim(TASK, TEMPLATE)["metadata"]["name"] == "workspace-fix-bug-0"
 
 
-@pytest.mark.parametrize(("paused", "replicas"), [(False, 1), (True, 0)], ids=["running", "paused"])
-def test_replicas_follow_spec_paused(paused: bool, replicas: int) -> None:
-    task = make_task(paused=paused)
-    assert desired_replicas(task) == replicas
-    assert build(task)["spec"]["replicas"] == replicas
+def test_claim_and_pod_identity_and_labels() -> None:
+    volume, body = claim(TASK, TEMPLATE), build()
+    assert (volume["apiVersion"], volume["kind"]) == ("v1", "PersistentVolumeClaim")
+    assert (body["apiVersion"], body["kind"]) == ("v1", "Pod")
+    assert volume["metadata"]["namespace"] == body["metadata"]["namespace"] == "dev"
+    assert labels("fix-bug") == WORKSPACE_LABELS
+    assert selector("fix-bug") == OURS
+    assert volume["metadata"]["labels"] == WORKSPACE_LABELS
+    # The template's labels are carried over, but ours win: the operator finds its pod by them.
+    assert body["metadata"]["labels"] == {**WORKSPACE_LABELS, "example.com/tier": "agents", LIFETIME: "3"}
 
 
-def test_statefulset_identity_selector_and_labels() -> None:
-    sts = build()
-    assert (sts["apiVersion"], sts["kind"]) == ("apps/v1", "StatefulSet")
-    assert (sts["metadata"]["name"], sts["metadata"]["namespace"]) == ("fix-bug", "dev")
-    assert sts["spec"]["serviceName"] == service(TASK, TEMPLATE)["metadata"]["name"] == "fix-bug"
-    assert sts["spec"]["selector"] == {"matchLabels": OURS} == {"matchLabels": selector("fix-bug")}
-    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
-    for carrier in (sts["metadata"]["labels"], pod_labels, claim(sts)["metadata"]["labels"]):
-        assert OURS.items() <= carrier.items()
-    assert pod_labels["example.com/tier"] == "agents"  # template labels are carried over...
-    assert sts["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()  # ...but ours win
+def test_both_are_owned_by_the_task() -> None:
+    assert claim(TASK, TEMPLATE)["metadata"]["ownerReferences"] == [OWNER]
+    assert build()["metadata"]["ownerReferences"] == [OWNER]
+    assert PodView.parse(build()).owner_uid == OWNER["uid"]
 
 
-def test_owned_by_the_task_except_the_claim_which_the_statefulset_owns() -> None:
-    sts, svc = build(), service(TASK, TEMPLATE)
-    assert sts["metadata"]["ownerReferences"] == [OWNER]
-    assert svc["metadata"]["ownerReferences"] == [OWNER]
-    assert "ownerReferences" not in claim(sts)["metadata"]
-    policy = sts["spec"]["persistentVolumeClaimRetentionPolicy"]
-    assert policy == {"whenScaled": "Retain", "whenDeleted": "Delete"}
+CLAIMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "size and class": (STORAGE, {"storage": "20Gi", "storageClassName": "fast"}),
+    "no class: the cluster default": ({"size": "5Gi"}, {"storage": "5Gi"}),
+    "default size": ({"storageClassName": "slow"}, {"storage": "10Gi", "storageClassName": "slow"}),
+    "size in bytes": ({"size": 1073741824}, {"storage": "1073741824"}),
+}
 
 
-def test_the_volume_is_mounted_with_the_template_size_and_class() -> None:
-    sts = build()
-    volume = claim(sts)
-    assert volume["metadata"]["name"] == "workspace"
-    assert volume["spec"]["resources"] == {"requests": {"storage": "20Gi"}}
-    assert volume["spec"]["storageClassName"] == "fast"
-    assert volume["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert container(sts)["volumeMounts"] == [{"name": "workspace", "mountPath": "/home/agent/work"}]
+@pytest.mark.parametrize(("storage", "expected"), CLAIMS.values(), ids=CLAIMS.keys())
+def test_the_claim_has_the_template_size_and_class(storage: dict[str, Any], expected: dict[str, Any]) -> None:
+    spec = claim(TASK, make_template(storage=storage))["spec"]
+    assert spec["accessModes"] == ["ReadWriteOnce"]
+    assert spec["resources"] == {"requests": {"storage": expected["storage"]}}
+    assert spec.get("storageClassName") == expected.get("storageClassName")
+    assert set(spec) <= {"accessModes", "resources", "storageClassName"}
 
 
-def test_no_storage_class_means_the_cluster_default() -> None:
-    sts = build(template=make_template(storage={"size": "5Gi"}))
-    assert "storageClassName" not in claim(sts)["spec"]
-    assert claim(sts)["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    assert container(sts)["volumeMounts"][0]["mountPath"] == "/workspace"
-
-
-CLAIMS: dict[str, tuple[StatefulSetView, dict[str, Any], str, str | None]] = {
-    "template grew, class changed": (observed("20Gi", "fast"), {"size": "50Gi", "storageClassName": "slow"},
-                                     "20Gi", "fast"),
-    "template gained a class": (observed("20Gi", None), STORAGE, "20Gi", None),
-    "template dropped its class": (observed("10Gi", "fast"), {"size": "10Gi"}, "10Gi", "fast"),
-    "observed size unknown": (observed(None, "fast"), {"size": "30Gi", "storageClassName": "fast"},
-                              "30Gi", "fast"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize(("view", "storage", "size", "storage_class"), CLAIMS.values(), ids=CLAIMS.keys())
-def test_an_existing_workspace_keeps_its_volume_claim(
-    view: StatefulSetView, storage: dict[str, Any], size: str, storage_class: str | None
-) -> None:
-    spec = claim(build(template=make_template(storage=storage), observed=view))["spec"]
-    assert spec["resources"]["requests"]["storage"] == size
-    assert spec.get("storageClassName") == storage_class
+@pytest.mark.parametrize(
+    ("template", "mount_path"),
+    [(TEMPLATE, "/home/agent/work"), (MINIMAL, "/workspace")],
+    ids=["set", "default"],
+)
+def test_the_pod_mounts_the_claim(template: TaskTemplate, mount_path: str) -> None:
+    body = build(template=template)
+    assert body["spec"]["volumes"] == [
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": "workspace-fix-bug-0"}}
+    ]
+    assert container(body)["volumeMounts"] == [{"name": "workspace", "mountPath": mount_path}]
 
 
 def test_the_agent_port_is_named_and_probed() -> None:
     agent = container(build())
     assert agent["ports"] == [{"name": "agentapi", "containerPort": 8080, "protocol": "TCP"}]
     assert agent["readinessProbe"]["httpGet"] == {"path": "/status", "port": "agentapi"}
+    assert PodView.parse(build()).agent_port == 8080
 
 
 def test_the_template_pod_settings_are_carried_over() -> None:
-    sts = build()
-    agent, pod = container(sts), sts["spec"]["template"]
+    body = build()
+    agent, spec = container(body), body["spec"]
     assert agent["name"] == "agent"
     assert (agent["image"], agent["command"], agent["args"]) == (POD["image"], POD["command"], POD["args"])
+    assert agent["imagePullPolicy"] == "Always"
     assert agent["resources"] == RESOURCES
     assert agent["securityContext"] == CONTAINER_SECURITY
-    assert pod["spec"]["securityContext"] == POD_SECURITY
-    assert pod["spec"]["serviceAccountName"] == "agent"
-    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
-    assert pod["spec"]["tolerations"] == TOLERATIONS
-    assert pod["spec"]["automountServiceAccountToken"] is False
-    assert pod["metadata"]["annotations"]["example.com/team"] == "core"
-    assert pod["metadata"]["labels"] == {
-        **OURS,
-        "example.com/tier": "agents",
-        "app.kubernetes.io/name": "taskpod-workspace",
-    }
+    assert spec["securityContext"] == POD_SECURITY
+    assert spec["serviceAccountName"] == "agent"
+    assert spec["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+    assert spec["tolerations"] == TOLERATIONS
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    assert body["metadata"]["annotations"]["example.com/team"] == "core"
+    for key in ("hostname", "subdomain"):  # the StatefulSet's; no Service resolves them any more
+        assert key not in spec
 
 
 def test_a_minimal_template_leaves_optional_fields_out() -> None:
-    sts = build(template=MINIMAL)
-    agent, pod_spec = container(sts), sts["spec"]["template"]["spec"]
+    body = build(template=MINIMAL)
+    agent, spec = container(body), body["spec"]
     assert agent["image"] == "agent:2"
     assert agent["ports"][0]["containerPort"] == 3284
     for key in ("command", "args", "resources", "securityContext", "imagePullPolicy"):
         assert key not in agent
     for key in ("securityContext", "serviceAccountName", "nodeSelector", "tolerations"):
-        assert key not in pod_spec
-    assert pod_spec["automountServiceAccountToken"] is False
+        assert key not in spec
+    assert spec["automountServiceAccountToken"] is False
     assert agent["env"] == []
+    assert set(body["metadata"]["annotations"]) == {HASH}
+    assert body["metadata"]["labels"] == {**WORKSPACE_LABELS, LIFETIME: "3"}
 
 
-@pytest.mark.parametrize("lifetime", [0, 1, 7])
-def test_the_pod_template_carries_the_lifetime(lifetime: int) -> None:
-    sts = build(lifetime=lifetime)
-    assert sts["spec"]["template"]["metadata"]["annotations"][LIFETIME] == str(lifetime)
-    assert StatefulSetView.parse(sts).lifetime == lifetime
+def test_with_a_report_url_the_agent_gets_a_token_for_the_operator_only() -> None:
+    body = build(report_url=REPORT_URL)
+    agent = container(body)
+    token = {"audience": "taskpod", "expirationSeconds": 3600, "path": "token"}
+    assert volumes(body)["taskpod-report"] == {
+        "name": "taskpod-report",
+        "projected": {"sources": [{"serviceAccountToken": token}]},
+    }
+    assert agent["volumeMounts"][1:] == [
+        {"name": "taskpod-report", "mountPath": "/var/run/taskpod", "readOnly": True}
+    ]
+    assert agent["env"] == [
+        *TEMPLATE_ENV,
+        {"name": "TASKPOD_REPORT_URL", "value": REPORT_URL},
+        {"name": "TASKPOD_REPORT_TOKEN_FILE", "value": "/var/run/taskpod/token"},
+    ]
+    assert body["spec"]["automountServiceAccountToken"] is False  # the token is the projected one only
+
+
+def test_without_a_report_url_there_is_no_token() -> None:
+    body = build()
+    assert list(volumes(body)) == ["workspace"]
+    assert not any(e["name"].startswith("TASKPOD_REPORT") for e in container(body)["env"])
+
+
+@pytest.mark.parametrize("lifetime", [1, 2, 7])
+def test_the_pod_carries_its_lifetime_as_a_label(lifetime: int) -> None:
+    body = build(lifetime=lifetime)
+    assert body["metadata"]["labels"][LIFETIME] == str(lifetime)
+    assert LIFETIME not in body["metadata"]["annotations"]
+    assert PodView.parse(body).lifetime == lifetime
 
 
 ENVS: dict[str, tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]] = {
@@ -232,36 +251,65 @@ def test_merged_env(task_env: list[dict[str, Any]] | None, expected: list[dict[s
     assert container(build(task))["env"] == expected
 
 
-LIFETIMES: dict[str, tuple[StatefulSetView | None, int, int]] = {
-    "created running": (None, 1, 1),
-    "created paused": (None, 0, 0),
-    "resumed from zero": (StatefulSetView("fix-bug", 0, 3, "h", {}), 1, 4),
-    "steady running": (StatefulSetView("fix-bug", 1, 3, "h", {}), 1, 3),
-    "pausing": (StatefulSetView("fix-bug", 1, 3, "h", {}), 0, 3),
-    "staying paused": (StatefulSetView("fix-bug", 0, 3, "h", {}), 0, 3),
+def view(lifetime: int | None) -> PodView:
+    return PodView("fix-bug-0", "Running", lifetime=lifetime)
+
+
+LIFETIMES: dict[str, tuple[int, PodView | None, int]] = {
+    "first pod": (0, None, 1),
+    "resumed": (3, None, 4),
+    "replaced": (3, view(3), 4),
+    "a pod made just before a crash, not recorded": (3, view(4), 5),
+    "recorded is newer than the pod": (5, view(2), 6),
+    "a pod without a lifetime": (2, view(None), 3),
+    "a pod without a lifetime, nothing recorded": (0, view(None), 1),
 }
 
 
-@pytest.mark.parametrize(("view", "replicas", "lifetime"), LIFETIMES.values(), ids=LIFETIMES.keys())
-def test_next_lifetime(view: StatefulSetView | None, replicas: int, lifetime: int) -> None:
-    assert next_lifetime(view, replicas) == lifetime
+@pytest.mark.parametrize(("recorded", "current", "expected"), LIFETIMES.values(), ids=LIFETIMES.keys())
+def test_next_lifetime(recorded: int, current: PodView | None, expected: int) -> None:
+    assert next_lifetime(recorded, current) == expected
 
 
-def test_identical_inputs_give_identical_hashes_on_both_objects() -> None:
-    first, second = build(), build()
+def test_identical_inputs_give_identical_pods_and_hashes() -> None:
+    first, second = build(report_url=REPORT_URL), build(report_url=REPORT_URL)
     assert first == second and spec_hash(first) == spec_hash(second)
-    assert spec_hash(service(TASK, TEMPLATE)) == spec_hash(service(TASK, TEMPLATE))
-    for obj in (first, service(TASK, TEMPLATE)):
-        assert obj["metadata"]["annotations"][HASH] == spec_hash(obj) != ""
-    assert StatefulSetView.parse(first).spec_hash == spec_hash(first)
+    assert first["metadata"]["annotations"][HASH] == spec_hash(first) != ""
+    assert PodView.parse(first).spec_hash == spec_hash(first)
+
+
+def test_building_a_pod_leaves_the_template_as_it_was() -> None:
+    template = make_template()
+    before = template.model_dump()
+    build(template=template, report_url=REPORT_URL)
+    assert template.model_dump() == before
+    assert HASH not in (template.spec.pod.annotations or {})
+
+
+SAME_HASH: dict[str, dict[str, Any]] = {
+    "another lifetime": {"lifetime": 4},
+    "the first lifetime": {"lifetime": 1},
+    "storage size (the claim's alone)": {"template": make_template(storage={**STORAGE, "size": "50Gi"})},
+    "storage class (the claim's alone)": {
+        "template": make_template(storage={**STORAGE, "storageClassName": "x"})
+    },
+    "paused": {"task": make_task(paused=True)},
+}
+
+
+@pytest.mark.parametrize("change", SAME_HASH.values(), ids=SAME_HASH.keys())
+def test_what_the_pod_is_not_made_of_keeps_the_hash(change: dict[str, Any]) -> None:
+    assert spec_hash(build(**change)) == spec_hash(build())
 
 
 HASH_CHANGES: dict[str, dict[str, Any]] = {
     "image": {"template": make_template(pod={"image": "ghcr.io/acme/agent:2"})},
     "template env": {"template": make_template(pod={"env": [{"name": "MODEL", "value": "haiku"}]})},
     "task env": {"task": make_task(env=[{"name": "REPO", "value": "acme/app"}])},
-    "replicas": {"replicas": 0},
-    "lifetime": {"lifetime": 4},
+    "template label": {"template": make_template(pod={"labels": {"example.com/tier": "other"}})},
+    "template annotation": {"template": make_template(pod={"annotations": {"example.com/team": "ops"}})},
+    "mount path": {"template": make_template(storage={**STORAGE, "mountPath": "/src"})},
+    "report url": {"report_url": REPORT_URL},
 }
 
 
@@ -270,23 +318,10 @@ def test_a_changed_input_changes_the_hash(change: dict[str, Any]) -> None:
     assert spec_hash(build(**change)) != spec_hash(build())
 
 
-def test_service_is_headless_and_selects_the_statefulset_pod() -> None:
-    svc, sts = service(TASK, TEMPLATE), build()
-    assert (svc["apiVersion"], svc["kind"]) == ("v1", "Service")
-    assert (svc["metadata"]["name"], svc["metadata"]["namespace"]) == ("fix-bug", "dev")
-    assert OURS.items() <= svc["metadata"]["labels"].items()
-    assert svc["spec"]["clusterIP"] == "None"
-    assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
-    assert svc["spec"]["publishNotReadyAddresses"] is True
-    (port,) = svc["spec"]["ports"]
-    assert (port["name"], port["port"]) == ("agentapi", 8080)
-    assert service(TASK, MINIMAL)["spec"]["ports"][0]["port"] == 3284
-
-
 @pytest.mark.parametrize(
     "obj",
-    [build(), build(template=MINIMAL, observed=observed("20Gi", "fast")), service(TASK, TEMPLATE)],
-    ids=["statefulset", "minimal, observed", "service"],
+    [build(), build(template=MINIMAL, report_url=REPORT_URL), claim(TASK, TEMPLATE), claim(TASK, MINIMAL)],
+    ids=["pod", "minimal pod, report", "claim", "minimal claim"],
 )
 def test_everything_is_plain_json(obj: dict[str, Any]) -> None:
     assert json.loads(json.dumps(obj)) == obj

@@ -111,7 +111,7 @@ class Condition(Model):
 
 
 class WorkspaceStatus(Model):
-    stateful_set: str | None = None
+    claim: str | None = None
     pod: str | None = None
     pod_ip: str | None = Field(default=None, alias="podIP")
     lifetime: int | None = Field(default=None, ge=0)

@@ -400,9 +400,9 @@ def describe(task: Task) -> str:
     ]
     if s.prompt is not None:
         rows.append(("Prompt", f"delivered {ago(s.prompt.delivered_at)} (lifetime {s.prompt.lifetime})"))
-    if s.workspace is not None and s.workspace.stateful_set:
+    if s.workspace is not None and (s.workspace.claim or s.workspace.pod):
         pod = s.workspace.pod or "none"
-        rows.append(("Workspace", f"StatefulSet {s.workspace.stateful_set}, pod {pod}"))
+        rows.append(("Workspace", f"pod {pod}, volume claim {s.workspace.claim or 'none'}"))
     if s.log_snapshot is not None:
         snap = s.log_snapshot
         # A pause with nothing new to keep leaves the earlier snapshot, so say when it is from.

@@ -23,12 +23,13 @@ from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Transport
 from taskpod.controller.reconcile import Options, Reconciler, Views
 from taskpod.controller.settings import Settings
-from taskpod.core.lifecycle import SPEC_HASH_ANNOTATION, NodeView, PodView, StatefulSetView
+from taskpod.core.lifecycle import ClaimView, NodeView, PodView
 from taskpod.core.workspace import MANAGED_BY, TASK_LABEL
 
 TASKS = (GROUP, VERSION, "tasks")
 TEMPLATES = (GROUP, VERSION, "tasktemplates")
 MANAGED = {MANAGED_BY: "taskpod", TASK_LABEL: kopf.PRESENT}
+log = logging.getLogger("taskpod")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 RECONCILE_WORKERS = 64
 
@@ -100,6 +101,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.servers.append(runner)
 
 
+@kopf.on.startup()
+async def upgrade_from_statefulsets(memo: kopf.Memo, **_: Any) -> None:
+    """Before the watches start, the StatefulSets of earlier releases give their pods and volume claims
+    up: reconciles adopt the claims and replace the pods, snapshot first (see kube.retire_statefulsets)."""
+    ours: Settings = memo.settings
+    selector = f"{MANAGED_BY}=taskpod,{TASK_LABEL}"
+    for retired in await kube.retire_statefulsets(list(ours.namespaces) or None, selector):
+        log.info("upgrade: retired StatefulSet %s; its pod and volume claim are the operator's now", retired)
+
+
 @kopf.on.cleanup()
 async def stop_following(memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
@@ -147,21 +158,14 @@ async def templates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dic
         return {(namespace, name): f'TaskTemplate "{name}" is invalid: {exc.errors()[0]["msg"]}'}
 
 
-@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
-async def statefulsets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[TASK_LABEL]): StatefulSetView.parse(body)}
+@kopf.index("", "v1", "persistentvolumeclaims", labels=MANAGED)
+async def claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[TASK_LABEL]): ClaimView.parse(body)}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
 async def pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[TASK_LABEL]): PodView.parse(body)}
-
-
-@kopf.index("", "v1", "services", labels=MANAGED)
-async def services(
-    namespace: str, labels: kopf.Labels, annotations: kopf.Annotations, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[TASK_LABEL]): annotations.get(SPEC_HASH_ANNOTATION)}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
@@ -180,7 +184,7 @@ def _reconciler(kw: dict[str, Any]) -> Reconciler:
 
 
 def _views(kw: dict[str, Any]) -> Views:
-    return Views(kw["tasks"], kw["templates"], kw["statefulsets"], kw["pods"], kw["services"], kw["nodes"])
+    return Views(kw["tasks"], kw["templates"], kw["pods"], kw["claims"], kw["nodes"])
 
 
 # -- what each change triggers -------------------------------------------------------------------
@@ -199,11 +203,11 @@ async def template_changed(
         _reconciler(kw).enqueue((namespace, task), _views(kw))
 
 
-@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
-async def statefulset_changed(namespace: str, labels: kopf.Labels, event: kopf.RawEvent, **kw: Any) -> None:
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def pod_changed(namespace: str, labels: kopf.Labels, event: kopf.RawEvent, **kw: Any) -> None:
     key = (namespace, labels[TASK_LABEL])
     if event.get("type") == "DELETED":
-        _reconciler(kw).statefulset_deleted(key)
+        _reconciler(kw).pod_deleted(key, (event.get("object") or {}).get("metadata", {}).get("uid", ""))
     _reconciler(kw).enqueue(key, _views(kw))
 
 
@@ -215,7 +219,6 @@ async def node_changed(name: str, pods_by_node: kopf.Index[Any, Key], **kw: Any)
         _reconciler(kw).enqueue(key, _views(kw))
 
 
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
-@kopf.on.event("", "v1", "services", labels=MANAGED)
-async def child_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
+async def claim_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:
     _reconciler(kw).enqueue((namespace, labels[TASK_LABEL]), _views(kw))

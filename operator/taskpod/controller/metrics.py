@@ -33,8 +33,8 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter("taskpod_reconcile_errors_total", "Reconciles that failed and were retried.")
 RECONCILES_SKIPPED = Counter(
     "taskpod_reconciles_skipped_total",
-    "Watch events that changed nothing a reconcile reads (our own status write coming back, a "
-    "StatefulSet's status), so no reconcile ran.",
+    "Watch events that changed nothing a reconcile reads (our own status write coming back, a pod's "
+    "status update that no view keeps), so no reconcile ran.",
 )
 PROMPT_DELIVERIES = Counter(
     "taskpod_prompt_deliveries_total",

@@ -1,6 +1,6 @@
 """One reconcile per task: gather what the watches saw, decide, act, and write status once.
 
-Every trigger (the Task, its template, its pod, StatefulSet or Service changing) runs the same
+Every trigger (the Task, its template, its pod or volume claim changing) runs the same
 level-triggered reconcile, serialised per task so that the last writer always saw the newest facts:
 two writers racing could otherwise leave an older observation in status. It writes only what differs,
 so an idle cluster costs no API calls.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +26,7 @@ from taskpod.controller.agents import Agents, Target, deliver_prompt
 from taskpod.controller.names import Namer
 from taskpod.controller.workqueue import Backoff, WorkQueue
 from taskpod.core import agentstate, clock, lifecycle, plan, snapshots, workspace
-from taskpod.core.lifecycle import AgentView, NodeView, Observation, PodView, StatefulSetView
+from taskpod.core.lifecycle import AgentView, ClaimView, NodeView, Observation, PodView
 
 log = logging.getLogger("taskpod")
 SNAPSHOT_TIMEOUT = 5.0  # seconds; a pause never waits longer on an unreachable agent
@@ -36,14 +37,13 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # watch), and so do the answer to a spec change and where a transition ends (Active, Paused, Error,
 # Unknown). On the way down to Paused the phase is Pending throughout, with nothing new in each step.
 STATUS_HOLD = 1.0  # seconds
-# The StatefulSet watch can be a moment behind our own apply, and a reconcile that reads it then would
-# apply (and tell of it) again: at N = 1,000, 18 tasks got a second WorkspaceCreated. So the StatefulSet
-# as applied stands in for the watch's older one, until the watch shows it or this long has passed.
-APPLIED_TRUST = 30.0  # seconds
+# The pod watch can be a moment behind our own writes, and a reconcile that reads it then would create
+# (or delete) again. So the pod as we created it stands in for the watch's nothing, and the pod we
+# deleted counts as going, until the watch shows it or this long has passed.
+WRITE_TRUST = 30.0  # seconds
 IDLE_SNAPSHOT_RETRY = 10.0  # seconds before an idle agent's unread conversation is read again
-REFUSED_RETRY = 60.0  # seconds before a workspace the API server refused is applied again
+REFUSED_RETRY = 10.0  # seconds before a pod or claim the API server refused is asked for again
 LEFTOVER_RECHECK = 5.0  # seconds between looks at a deleted task's workspace that garbage collection removes
-POD_CHECK = 10.0  # seconds between dry runs of a workspace pod that its controller does not make
 MAX_MESSAGE = 4096  # characters of an error kept in status.message
 
 
@@ -68,9 +68,8 @@ class _Inputs:
     deleting: bool
     status_version: str
     template: Any  # TaskTemplate, or the reason it is invalid, or None
-    statefulset: StatefulSetView | None
     pod: PodView | None
-    service: str | None
+    claim: ClaimView | None
     node: NodeView | None
     agent: AgentView | None
 
@@ -92,13 +91,13 @@ class Api(Protocol):
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]: ...
 
-    async def scale_statefulset(self, namespace: str, name: str, replicas: int) -> dict[str, Any]: ...
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def adopt(self, obj: Mapping[str, Any], owner: dict[str, Any], uid: str) -> dict[str, Any]: ...
 
     async def delete_pod(self, namespace: str, name: str, uid: str) -> None: ...
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any]: ...
-
-    async def pod_refusal(self, pod: dict[str, Any]) -> str | None: ...
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -113,9 +112,8 @@ class Views:
 
     tasks: Index
     templates: Index
-    statefulsets: Index
     pods: Index
-    services: Index
+    claims: Index
     nodes: Index
 
 
@@ -128,9 +126,7 @@ def _node(views: Views, pod: PodView | None) -> NodeView | None:
     return _one(views.nodes, pod.node_name) if pod is not None and pod.node_name else None
 
 
-def _target(
-    task: Task, sts: StatefulSetView | None, pod: PodView | None, even_if_paused: bool = False
-) -> Target | None:
+def _target(task: Task, pod: PodView | None, even_if_paused: bool = False) -> Target | None:
     """The agent to follow: the one in the running pod, unless the task is pausing. A pausing agent is
     being stopped: following it on made a reconcile of every reconnect as it went (at N = 1,000, 13 CPU-s
     more in a pause). The pod says where its agent listens, so neither needs the template."""
@@ -138,16 +134,15 @@ def _target(
         return None
     if pod is None or pod.deleting or pod.phase != "Running" or not pod.pod_ip or pod.agent_port is None:
         return None
-    lifetime = pod.lifetime if pod.lifetime is not None else (sts.lifetime if sts else 0)
-    return Target(pod.uid, task.namespace, pod.name, pod.pod_ip, pod.agent_port, lifetime)
+    return Target(pod.uid, task.namespace, pod.name, pod.pod_ip, pod.agent_port, pod.lifetime or 0)
 
 
 @dataclass(frozen=True)
 class _Children:
-    """A workspace's StatefulSet and Service (its spec hash), as a reconcile read or left them."""
+    """A workspace's pod and claim, as a reconcile read or left them."""
 
-    statefulset: StatefulSetView | None
-    service: str | None
+    pod: PodView | None
+    claim: ClaimView | None
 
 
 @dataclass
@@ -158,19 +153,30 @@ class _Pass:
     raw: Mapping[str, Any]
     key: Key
     template: TaskTemplate | None
-    sts: StatefulSetView | None
     pod: PodView | None
-    service: str | None  # the Service's spec hash
+    claim: ClaimView | None
+    lifetime: int  # the current pod's, else the last one's as status recorded it
+    action: plan.PodAction = plan.PodAction.NONE
     workspace_error: str | None = None
     leftover: str | None = None  # what a deleted task of the same name left
+    restarting: str | None = None  # why no pod runs while a failed one's successor waits
 
 
 @dataclass(frozen=True)
-class _Applied:
-    """The StatefulSet as our last apply left it, and when (loop time)."""
+class _Created:
+    """The pod as our create left it, and when (loop time)."""
 
-    view: StatefulSetView
+    view: PodView
     at: float
+
+
+@dataclass(frozen=True)
+class _Recreation:
+    """Failed pods replaced in a row, and when (loop time) the next may start."""
+
+    count: int
+    due: float
+    why: str
 
 
 @dataclass(frozen=True)
@@ -190,13 +196,15 @@ class Memory:
     differs, while the watches may still show what was there before our own writes."""
 
     written: dict[Key, _Written] = field(default_factory=dict)  # the status we last wrote
-    applied: dict[Key, _Applied] = field(default_factory=dict)  # the StatefulSet, until the watch shows it
+    created: dict[Key, _Created] = field(default_factory=dict)  # the pod, until the watch shows it
+    deleted: dict[Key, tuple[str, float]] = field(default_factory=dict)  # pod uid and when, until it goes
+    recreations: dict[Key, _Recreation] = field(default_factory=dict)  # failed pods, until one is Ready
+    told_claim_deleting: dict[Key, str] = field(default_factory=dict)  # uid of the claim we warned of
+    # what makes the wanted pod (task uid and generation, template version) and its spec hash
+    wanted: dict[Key, tuple[tuple[str, int, str], str]] = field(default_factory=dict)
     snapshot_digests: dict[Key, str] = field(default_factory=dict)  # of the last snapshot written
     seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
     asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
-    # spec hash, loop time and answer of the last dry run of a workspace pod its controller did not make
-    pod_refusals: dict[Key, tuple[str | None, float, str | None]] = field(default_factory=dict)
-    restarted: dict[Key, str] = field(default_factory=dict)  # uid of the pod last deleted as stuck
 
     def wrote_status(self, key: Key, uid: str, read_version: str, written: Mapping[str, Any]) -> None:
         """Our status write: the task as `written` back, over the version read (`read_version`), which
@@ -310,7 +318,7 @@ class Reconciler:
     async def reconcile(self, key: Key, views: Views, *, if_changed: bool = False) -> None:
         """Bring one task in line with what the watches saw. `if_changed` (a watch event): skip it when
         nothing the reconcile reads has changed since the last one, e.g. our own status write coming
-        back, or a StatefulSet status update, which no view keeps."""
+        back, or a pod status update that no view keeps."""
         self._views = views
         async with self.queue.serialised(key):
             raw = _one(views.tasks, key)
@@ -334,13 +342,10 @@ class Reconciler:
                 else:
                     self._backoff.succeeded(key)
                     # As read before the reconcile (what changed meanwhile must run the next one), but
-                    # with what our own writes produced, which the watches will bring back: at N = 1,000,
-                    # the StatefulSet's coming back ran 1,000 reconciles a phase that had nothing to do.
+                    # with what our own writes produced, which the watches will bring back: a pod we
+                    # created coming back is no news.
                     self.memory.seen[key] = replace(
-                        inputs,
-                        status_version=self._status_version(key, raw),
-                        statefulset=left.statefulset,
-                        service=left.service,
+                        inputs, status_version=self._status_version(key, raw), pod=left.pod, claim=left.claim
                     )
                 finally:
                     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
@@ -349,88 +354,198 @@ class Reconciler:
         self.queue.forget(key)
 
     async def _reconcile(self, raw: Mapping[str, Any], views: Views) -> _Children:
-        """The steps, in order. Returns the workspace's children as this reconcile left them."""
+        """The steps, in order. Returns the workspace's pod and claim as this reconcile left them."""
         task = Task.model_validate(raw)
         key = (task.namespace, task.name)
         template = _one(views.templates, (task.namespace, task.spec.template))
+        recorded = (self._current_status(task, raw).get("workspace") or {}).get("lifetime") or 0
         step = _Pass(
             task,
             raw,
             key,
             template if isinstance(template, TaskTemplate) else None,
-            _one(views.statefulsets, key),
-            _one(views.pods, key),
-            _one(views.services, key),
+            self._as_known(key, _one(views.pods, key)),
+            _one(views.claims, key),
+            lifetime=recorded,
             workspace_error=template if isinstance(template, str) else None,  # the reason it is invalid
         )
         if task.metadata.deletion_timestamp is not None:
-            return _Children(step.sts, step.service)
+            return _Children(step.pod, step.claim)
         self._note_wish(key, task.spec.paused)
         if task.spec.paused:
             self.news.delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
-        observed = self._as_applied(key, step.sts)
-        if (leftover := plan.leftover(task, observed, step.pod)) is not None:
-            # Never applied over (its files, its conversation): it goes by garbage collection.
-            step.sts = observed = step.pod = None
+        if (leftover := plan.leftover(task, step.claim, step.pod)) is not None:
+            # Never used (its files, its conversation): it goes by garbage collection.
+            step.pod = step.claim = None
             step.leftover = leftover
             self.queue.add_after(key, LEFTOVER_RECHECK)
-        pausing = await self._keep_the_conversation(step, observed)
-        await self._apply_workspace(step, observed, pausing)
+        else:
+            if step.pod is not None and step.pod.lifetime is not None:
+                step.lifetime = step.pod.lifetime  # newer than status, should a crash have come between
+            step.action = plan.pod_action(task.spec.paused, step.pod, self._wanted_hash(step))
+        await self._keep_the_conversation(step)
+        await self._apply_workspace(step)
         obs = self._observe(step, views)
         verdict = lifecycle.derive_phase(obs)  # once: every step after this reads it
         await self._converse(step, obs, verdict)
         await self._write_status(task, raw, obs, verdict)
-        return _Children(step.sts, step.service)
+        return _Children(step.pod, step.claim)
 
-    async def _keep_the_conversation(self, step: _Pass, observed: StatefulSetView | None) -> bool:
-        """A pause starts with a snapshot of the conversation. Returns whether the task is pausing."""
+    def _wanted_hash(self, step: _Pass) -> str | None:
+        """The spec hash of the pod that task and template make now (see plan.pod_action), built only
+        when either has changed since."""
+        task, template = step.task, step.template
+        if template is None or step.workspace_error is not None:
+            return None
+        made_of = (task.metadata.uid, task.metadata.generation, template.metadata.resource_version or "")
+        known = self.memory.wanted.get(step.key)
+        if known is None or known[0] != made_of:
+            wanted = workspace.pod(task, template, 0, self.options.report_url)
+            known = self.memory.wanted[step.key] = (made_of, workspace.spec_hash(wanted))
+        return known[1]
+
+    async def _keep_the_conversation(self, step: _Pass) -> None:
+        """A pod that is to stop (a pause, or a replacement) first has its conversation kept."""
         task, raw = step.task, step.raw
-        pausing = task.spec.paused and observed is not None and observed.replicas > 0
-        if pausing:
-            self.event(
-                raw, type="Normal", reason="Pausing", message="Pausing: scaling the workspace to zero."
-            )
+        if step.action in (plan.PodAction.STOP, plan.PodAction.REPLACE):
+            if step.action is plan.PodAction.STOP:
+                message = "Pausing: stopping the workspace pod; its files are kept."
+                self.event(raw, type="Normal", reason="Pausing", message=message)
             # The agent to snapshot, followed or not (e.g. just restarted).
-            target = _target(task, step.sts, step.pod, even_if_paused=True)
-            await self._snapshot(task, raw, quiet=False, target=target)
-        elif task.spec.paused and observed is not None and observed.replicas == 0:
+            target = _target(task, step.pod, even_if_paused=True)
+            await self._snapshot(task, raw, quiet=step.action is plan.PodAction.REPLACE, target=target)
+        elif task.spec.paused and step.pod is None:
             await self._recover_snapshot_record(task, raw)
-        return pausing
 
-    async def _apply_workspace(self, step: _Pass, observed: StatefulSetView | None, pausing: bool) -> None:
-        """Bring the children in line; say why the API server refuses them or their pod; scale down a
-        pausing workspace even without its template; replace a pod stuck at an older revision."""
-        key, template = step.key, step.template
-        if template is not None and step.leftover is None:
-            try:
-                left = await self._ensure_children(step.task, template, observed, step.service, step.raw)
-                step.sts, step.service = left.statefulset, left.service
-            except kube.ApiException as exc:
-                if not kube.refused(exc) or kube.namespace_terminating(exc):
-                    raise
-                step.workspace_error = f"The workspace cannot be applied: {kube.api_message(exc)}"
-                self.queue.add_after(key, REFUSED_RETRY)  # what refused it may go (a quota, a webhook)
-        if pausing and (template is None or step.workspace_error is not None):
-            # Pausing never depends on the template: what runs is scaled down as it is.
-            step.sts = await self._scale_to_zero(key)
-        sts, pod = step.sts, step.pod
-        if (
-            step.workspace_error is None
-            and template is not None
-            and sts is not None
-            and sts.short
-            and not pod
+    async def _apply_workspace(self, step: _Pass) -> None:
+        """Do what plan.pod_action said: stop, replace or recreate the pod, or create the claim and a pod.
+        An orphaned claim (an upgrade's) is adopted; what the API server refuses is told in status."""
+        key, pod, claim = step.key, step.pod, step.claim
+        if claim is not None and claim.owner_uid is None and step.leftover is None:
+            owner = workspace.owner_reference(step.task)
+            named = {"kind": "PersistentVolumeClaim", "metadata": {"namespace": key[0], "name": claim.name}}
+            step.claim = claim = ClaimView.parse(await self.api.adopt(named, owner, claim.uid))
+        if claim is not None and claim.deleting and self.memory.told_claim_deleting.get(key) != claim.uid:
+            self.memory.told_claim_deleting[key] = claim.uid
+            message = (
+                f"Volume claim {claim.name} is being deleted, not by taskpod: the workspace's files go with "
+                "it once no pod uses it, and the next pod starts on a new, empty claim."
+            )
+            self.event(step.raw, type="Warning", reason="ClaimDeleting", message=message)
+        if pod is not None and pod.ready:
+            self.memory.recreations.pop(key, None)  # one that runs: the next failure starts afresh
+        if pod is not None and step.action in (
+            plan.PodAction.STOP,
+            plan.PodAction.REPLACE,
+            plan.PodAction.RECREATE,
         ):
-            step.workspace_error = await self._pod_refusal(step.task, template, sts)
-        if sts is not None and pod is not None and plan.stuck_at_an_older_revision(sts, pod):
-            await self._restart(step.raw, pod)
+            if step.action is plan.PodAction.REPLACE:
+                why = (
+                    "it was made by the StatefulSet of an earlier release"
+                    if pod.spec_hash is None
+                    else "its task or template changed since it was made"
+                )
+                message = f"Replacing pod {pod.name}: {why}."
+                self.event(step.raw, type="Normal", reason="PodReplaced", message=message)
+            elif step.action is plan.PodAction.RECREATE:
+                self._recreating(step, pod)
+            await self.api.delete_pod(key[0], pod.name, pod.uid)
+            self.memory.deleted[key] = (pod.uid, asyncio.get_running_loop().time())
+            step.pod = replace(pod, deleting=True)
+        elif step.action is plan.PodAction.CREATE and step.template is not None:
+            await self._create_pod(step, step.template)
+        waiting = self.memory.recreations.get(key)
+        if waiting is not None and not step.task.spec.paused and (step.pod is None or step.pod.deleting):
+            left = waiting.due - asyncio.get_running_loop().time()
+            when = f"in {math.ceil(left)}s" if left > 0 else "once it is gone" if step.pod else "now"
+            step.restarting = f"{waiting.why}; a new pod starts {when}."
+
+    def _recreating(self, step: _Pass, pod: PodView) -> None:
+        """A failed or exited pod: say why, and when its successor starts (with back-off)."""
+        key = step.key
+        before = self.memory.recreations.get(key)
+        count = before.count + 1 if before is not None else 1
+        delay = RETRY_DELAYS[min(count - 1, len(RETRY_DELAYS) - 1)]
+        what = "exited" if pod.phase == "Succeeded" else "failed"
+        detail = ": ".join(x for x in (pod.reason, pod.message) if x) or "no reason given"
+        why = f"pod {pod.name} {what} ({detail.rstrip('.')})"
+        self.memory.recreations[key] = _Recreation(count, asyncio.get_running_loop().time() + delay, why)
+        message = f"Workspace {why}; a new pod starts in {delay:.0f}s."
+        self.event(step.raw, type="Warning", reason="PodFailed", message=message)
+
+    async def _create_pod(self, step: _Pass, template: TaskTemplate) -> None:
+        """The claim if it is missing, then the next pod, unless a failed one's successor must wait or
+        the claim is on its way out."""
+        task, key, raw = step.task, step.key, step.raw
+        loop_time = asyncio.get_running_loop().time()
+        waiting = self.memory.recreations.get(key)
+        if waiting is not None and waiting.due > loop_time:
+            self.queue.add_after(key, waiting.due - loop_time)
+            return
+        if step.claim is not None and step.claim.deleting:
+            self.queue.add_after(key, LEFTOVER_RECHECK)  # a pod on it would never start: wait for it to go
+            return
+        what = "volume claim"
+        try:
+            if step.claim is None:
+                made = await self._create_if_absent(workspace.claim(task, template))
+                if not made:
+                    # One of its name exists that the watch has not shown: whose it is, it shows soon.
+                    self.queue.add_after(key, 1.0)
+                    return
+                step.claim = ClaimView.parse(made)
+            what = "pod"
+            lifetime = workspace.next_lifetime(step.lifetime, None)
+            made = await self._create_if_absent(
+                workspace.pod(task, template, lifetime, self.options.report_url)
+            )
+        except kube.ApiException as exc:
+            if not kube.refused(exc) or kube.namespace_terminating(exc):
+                raise
+            step.workspace_error = f"The API server refuses the workspace {what}: {kube.api_message(exc)}"
+            self.queue.add_after(key, REFUSED_RETRY)  # what refused it may go (a quota, a webhook, a policy)
+            return
+        if not made:
+            return  # one of its name exists: the watch shows it soon
+        step.pod = PodView.parse(made)
+        step.lifetime = lifetime
+        self.memory.created[key] = _Created(step.pod, loop_time)
+        ours = self.memory.deleted.pop(key, None) is not None  # we stopped its predecessor, and told why
+        paused_before = any(
+            c.get("type") == lifecycle.PAUSED and c.get("status") == "True"
+            for c in self._current_status(task, raw).get("conditions") or []
+        )
+        if lifetime == 1:
+            message = (
+                f"Created pod {step.pod.name} on volume claim {step.claim.name} "
+                f"from TaskTemplate {template.metadata.name}."
+            )
+            self.event(raw, type="Normal", reason="WorkspaceCreated", message=message)
+        elif paused_before:
+            message = f"Resuming: started pod {step.pod.name} (lifetime {lifetime})."
+            self.event(raw, type="Normal", reason="Resuming", message=message)
+        elif not ours:
+            message = (
+                f"The workspace pod went away while the task runs (deleted, or lost with its node); "
+                f"started pod {step.pod.name} (lifetime {lifetime})."
+            )
+            self.event(raw, type="Warning", reason="PodRecreated", message=message)
+
+    async def _create_if_absent(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create `obj`; if one of its name exists (the watch is behind), return {}."""
+        try:
+            return await self.api.create(obj)
+        except kube.ApiException as exc:
+            if exc.status == 409 and "AlreadyExists" in str(exc.body):
+                return {}
+            raise
 
     def _observe(self, step: _Pass, views: Views) -> Observation:
         """Follow the agent of the current pod, and put together what the phase is derived from."""
         task, key = step.task, step.key
         agent = None
         if self.agents is not None:
-            target = _target(task, step.sts, step.pod)
+            target = _target(task, step.pod)
             current = self._current_status(task, step.raw)
             workspace_status = current.get("workspace") or {}
             answered_before = bool(
@@ -451,9 +566,11 @@ class Reconciler:
             paused=task.spec.paused,
             template_name=task.spec.template,
             template=step.template,
-            statefulset=step.sts,
+            claim=step.claim,
             pod=step.pod,
+            lifetime=step.lifetime,
             workspace_error=step.workspace_error,
+            restarting=step.restarting,
             agent=agent,
             node=_node(views, step.pod),
             leftover=step.leftover,
@@ -481,117 +598,42 @@ class Reconciler:
                 self.agents.idle_pending.add(key)
                 self.queue.add_after(key, IDLE_SNAPSHOT_RETRY)
 
-    async def _ensure_children(
-        self,
-        task: Task,
-        template: TaskTemplate,
-        observed: StatefulSetView | None,
-        service_hash: str | None,
-        raw: Mapping[str, Any],
-    ) -> _Children:
-        """Bring the Service and StatefulSet in line with task and template; write only what differs.
-        `observed`: the StatefulSet as the watch shows it, or as we last applied it (see _as_applied)."""
-        desired_service = workspace.service(task, template)
-        if service_hash != (service_hash_wanted := workspace.spec_hash(desired_service)):
-            await self.api.apply(desired_service)
-
-        key = (task.namespace, task.name)
-        replicas = workspace.desired_replicas(task)
-        lifetime = workspace.next_lifetime(observed, replicas)
-        desired = workspace.statefulset(task, template, replicas, lifetime, observed, self.options.report_url)
-        # The hash covers what we asked for; replicas are also checked, should someone scale it by hand.
-        if (
-            observed is not None
-            and observed.replicas == replicas
-            and observed.spec_hash == workspace.spec_hash(desired)
-        ):
-            return _Children(observed, service_hash_wanted)
-        self.memory.applied.pop(key, None)  # should the apply fail, the watch alone says what is there
-        live = StatefulSetView.parse(await self.api.apply(desired))
-        self.memory.applied[key] = _Applied(live, asyncio.get_running_loop().time())
-        if observed is None:
-            self.event(
-                raw,
-                type="Normal",
-                reason="WorkspaceCreated",
-                message=f"Created StatefulSet {live.name} from TaskTemplate {template.metadata.name}.",
-            )
-        elif observed.replicas == 0 and replicas > 0:
-            self.event(
-                raw,
-                type="Normal",
-                reason="Resuming",
-                message=f"Resuming: scaling the workspace back up (lifetime {lifetime}).",
-            )
-        return _Children(live, service_hash_wanted)
-
     async def _recover_snapshot_record(self, task: Task, raw: Mapping[str, Any]) -> None:
-        """A workspace already scaled to zero while status still says the task runs: the operator
-        stopped between the pause's scale-down and its status write. Its snapshot is in the ConfigMap,
+        """A workspace pod already gone while status still says the task runs: the operator stopped
+        between the pause's pod deletion and its status write. Its snapshot is in the ConfigMap,
         not in status: read it back (a rare GET), so that status tells the conversation as kept."""
         key = (task.namespace, task.name)
-        paused = [
-            c for c in self._current_status(task, raw).get("conditions") or [] if c.get("type") == "Paused"
-        ]
-        if key in self.news.snapshots or (paused and paused[0].get("reason") != "Running"):
-            return
+        current = self._current_status(task, raw)
+        paused = [c for c in current.get("conditions") or [] if c.get("type") == "Paused"]
+        if key in self.news.snapshots or not paused or paused[0].get("reason") != "Running":
+            return  # status tells it already, or the task never ran (it was made paused)
         configmap = await self.api.read_configmap(task.namespace, snapshots.configmap_name(task.name))
         entry = snapshots.status_entry_of(configmap, task.metadata.uid) if configmap is not None else None
         if entry is not None:
             self.news.snapshots[key] = entry
 
-    async def _pod_refusal(self, task: Task, template: TaskTemplate, sts: StatefulSetView) -> str | None:
-        """Why the API server refuses the workspace's pod (Pod Security, a missing ServiceAccount, ...),
-        which only the StatefulSet controller hears: asked by a dry run, at most every POD_CHECK seconds."""
-        key = (task.namespace, task.name)
+    def _as_known(self, key: Key, observed: PodView | None) -> PodView | None:
+        """The pod as our own writes left it while the watch shows an older state (see WRITE_TRUST): the
+        pod we created while it shows none, the pod we deleted as going; else what the watch shows."""
         now = asyncio.get_running_loop().time()
-        known = self.memory.pod_refusals.get(key)
-        if known is None or known[0] != sts.spec_hash or known[1] + POD_CHECK <= now:
-            desired = workspace.statefulset(
-                task, template, sts.replicas, sts.lifetime, sts, self.options.report_url
-            )
-            refusal = await self.api.pod_refusal(workspace.first_pod(desired))
-            known = self.memory.pod_refusals[key] = (sts.spec_hash, now, refusal)
-            self.queue.add_after(key, POD_CHECK)  # still no pod then: ask again
-        return f"The API server refuses the workspace pod: {known[2]}" if known[2] else None
+        created = self.memory.created.get(key)
+        if created is not None:
+            if observed is not None or created.at + WRITE_TRUST <= now:
+                del self.memory.created[key]  # the watch has caught up (or should have: then it is believed)
+            else:
+                self.queue.add_after(key, created.at + WRITE_TRUST - now)
+                observed = created.view
+        deleted = self.memory.deleted.get(key)
+        going = observed is not None and deleted is not None and deleted[0] == observed.uid
+        if going and deleted is not None and observed is not None and deleted[1] + WRITE_TRUST > now:
+            return replace(observed, deleting=True)
+        return observed
 
-    async def _restart(self, raw: Mapping[str, Any], pod: PodView) -> None:
-        """Delete a workspace pod that its StatefulSet controller will not replace by itself, once."""
-        meta = raw.get("metadata") or {}
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        if self.memory.restarted.get(key) == pod.uid:
-            return  # asked already; the watch has not shown it go yet
-        self.memory.restarted[key] = pod.uid
-        await self.api.delete_pod(key[0], pod.name, pod.uid)
-        message = (
-            f"Deleted pod {pod.name}, which never became ready at an older revision of the workspace: "
-            "its StatefulSet controller does not replace such a pod by itself."
-        )
-        self.event(raw, type="Normal", reason="PodReplaced", message=message)
-
-    async def _scale_to_zero(self, key: Key) -> StatefulSetView:
-        """Scale the workspace down as it is, for a pause that cannot apply the workspace (no template,
-        or one the API server refuses); the next apply takes the field back."""
-        live = StatefulSetView.parse(await self.api.scale_statefulset(*key, replicas=0))
-        self.memory.applied[key] = _Applied(live, asyncio.get_running_loop().time())
-        return live
-
-    def _as_applied(self, key: Key, observed: StatefulSetView | None) -> StatefulSetView | None:
-        """The StatefulSet as we last applied it while the watch shows an older one, or none (see
-        APPLIED_TRUST); else what the watch shows."""
-        applied = self.memory.applied.get(key)
-        if applied is None:
-            return observed
-        left = applied.at + APPLIED_TRUST - asyncio.get_running_loop().time()
-        if (observed is not None and observed.spec_hash == applied.view.spec_hash) or left <= 0:
-            del self.memory.applied[key]  # the watch has caught up (or should have: then it is believed)
-            return observed
-        self.queue.add_after(key, left)  # look at the watch again then, should nothing else come
-        return applied.view
-
-    def statefulset_deleted(self, key: Key) -> None:
-        """The watch saw the task's StatefulSet deleted: what we applied before is no longer there."""
-        self.memory.applied.pop(key, None)
+    def pod_deleted(self, key: Key, uid: str) -> None:
+        """The watch saw a workspace pod go: what we created before is no longer there."""
+        created = self.memory.created.get(key)
+        if created is not None and created.view.uid == uid:
+            del self.memory.created[key]
 
     def _inputs(self, key: Key, raw: Mapping[str, Any], views: Views) -> _Inputs:
         meta = raw.get("metadata") or {}
@@ -603,9 +645,8 @@ class Reconciler:
             deleting=meta.get("deletionTimestamp") is not None,
             status_version=self._status_version(key, raw),
             template=_one(views.templates, (key[0], template)),
-            statefulset=_one(views.statefulsets, key),
             pod=pod,
-            service=_one(views.services, key),
+            claim=_one(views.claims, key),
             node=_node(views, pod),
             agent=self.agents.views.get(key) if self.agents is not None else None,
         )

@@ -166,7 +166,7 @@ def task_status(
     `verdict`: derive_phase(obs), when the caller has it already."""
     verdict = verdict or derive_phase(obs)
     status = lifecycle_status(task, obs, now, verdict)
-    lifetime = obs.statefulset.lifetime if obs.statefulset else 0
+    lifetime = obs.lifetime
     state = derive_state(task.status.state, verdict, obs.agent, report, lifetime, now)
     if state is not None:
         status["state"] = state

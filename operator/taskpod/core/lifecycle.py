@@ -1,7 +1,7 @@
 """The task's phase and conditions, derived purely from what the cluster reports.
 
 Coder took the first status that is not "active" from build, agent and app health, in that order; we do
-the same with the StatefulSet, the pod, its conditions and its container states.
+the same with the volume claim, the pod, its conditions and its container states.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from taskpod.api.models import AgentStatus, Condition, ConditionStatus, Phase, Task, TaskTemplate
 
-LIFETIME_ANNOTATION = "taskpod.dev/lifetime"
-REVISION_LABEL = "controller-revision-hash"  # the StatefulSet revision a pod was made from
+LIFETIME_LABEL = "taskpod.dev/lifetime"  # on the pod: which of its task's pods it is (1, 2, ...)
+LIFETIME_ANNOTATION = LIFETIME_LABEL  # where the StatefulSet of earlier releases put it
 AGENT_PORT_NAME = "agentapi"  # the workspace container's port where AgentAPI listens
 SPEC_HASH_ANNOTATION = "taskpod.dev/spec-hash"
 READY = "Ready"
@@ -60,8 +60,9 @@ class PodView:
     message: str | None = None
     lifetime: int | None = None
     agent_port: int | None = None  # the container port named "agentapi": where its agent listens
-    owner_uid: str | None = None  # its controller's (the StatefulSet's) uid
-    revision: str | None = None  # the StatefulSet revision it was made from
+    owner_uid: str | None = None  # its controller's (the Task's) uid
+    owner_kind: str | None = None  # its controller's kind: a Task, or an earlier release's StatefulSet
+    spec_hash: str | None = None  # of what it was made from (see workspace.pod)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> PodView:
@@ -73,7 +74,9 @@ class PodView:
             for cs in status.get("containerStatuses") or []
             if (w := (cs.get("state") or {}).get("waiting")) and w.get("reason")
         )
-        lifetime = (meta.get("annotations") or {}).get(LIFETIME_ANNOTATION)
+        annotations = meta.get("annotations") or {}
+        said = ((meta.get("labels") or {}).get(LIFETIME_LABEL), annotations.get(LIFETIME_ANNOTATION))
+        lifetime = next((int(x) for x in said if isinstance(x, str) and x.isdigit()), None)
         return cls(
             name=meta.get("name", ""),
             phase=status.get("phase") or "Pending",
@@ -87,16 +90,17 @@ class PodView:
             waiting=waiting,
             reason=status.get("reason"),
             message=status.get("message"),
-            lifetime=int(lifetime) if lifetime and lifetime.isdigit() else None,
+            lifetime=lifetime,
             agent_port=_agent_port(spec),
-            owner_uid=_controller_uid(meta),
-            revision=(meta.get("labels") or {}).get(REVISION_LABEL),
+            owner_uid=_controller(meta, "uid"),
+            owner_kind=_controller(meta, "kind"),
+            spec_hash=annotations.get(SPEC_HASH_ANNOTATION),
         )
 
 
-def _controller_uid(meta: Mapping[str, Any]) -> str | None:
-    """The uid of the object's controller (its owner with controller: true)."""
-    return next((o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
+def _controller(meta: Mapping[str, Any], field: str) -> str | None:
+    """A field (uid, kind) of the object's controller: its owner with controller: true."""
+    return next((o.get(field) for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
 
 
 def _why_not(condition: Mapping[str, Any] | None) -> str | None:
@@ -143,44 +147,24 @@ def _unschedulable(scheduled: Mapping[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
-class StatefulSetView:
+class ClaimView:
+    """The workspace's volume claim: whose it is. Its status (bound or not) shows in the pod's."""
+
     name: str
-    replicas: int
-    lifetime: int
-    spec_hash: str | None
-    storage: Mapping[str, Any]  # the (immutable) volume claim template's size and class
-    # Its controller has seen the current spec and still counts fewer pods than wanted: its pod
-    # creation may be refused (a FailedCreate Event), or the pod just went.
-    short: bool = False
-    uid: str | None = None
-    owner_uid: str | None = None  # its controller's (the Task's) uid
-    update_revision: str | None = None  # the revision its controller makes pods from now
+    uid: str = ""
+    owner_uid: str | None = None  # its controller's (the Task's) uid; None for one left by an upgrade
+    owner_kind: str | None = None
+    deleting: bool = False
 
     @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> StatefulSetView:
-        meta, spec = body.get("metadata", {}), body.get("spec", {})
-        status = body.get("status") or {}
-        replicas = int(spec.get("replicas", 1))
-        template_meta = (spec.get("template") or {}).get("metadata") or {}
-        lifetime = (template_meta.get("annotations") or {}).get(LIFETIME_ANNOTATION, "0")
-        claims = spec.get("volumeClaimTemplates") or [{}]
-        claim_spec = claims[0].get("spec") or {}
+    def parse(cls, body: Mapping[str, Any]) -> ClaimView:
+        meta = body.get("metadata", {})
         return cls(
             name=meta.get("name", ""),
-            replicas=replicas,
-            lifetime=int(lifetime) if str(lifetime).isdigit() else 0,
-            spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
-            storage={
-                "size": ((claim_spec.get("resources") or {}).get("requests") or {}).get("storage"),
-                "storageClassName": claim_spec.get("storageClassName"),
-            },
-            short=(
-                status.get("observedGeneration", 0) >= meta.get("generation", 1)
-                and int(status.get("replicas") or 0) < replicas
-            ),
-            uid=meta.get("uid"),
-            owner_uid=_controller_uid(meta),
-            update_revision=status.get("updateRevision"),
+            uid=meta.get("uid", ""),
+            owner_uid=_controller(meta, "uid"),
+            owner_kind=_controller(meta, "kind"),
+            deleting=bool(meta.get("deletionTimestamp")),
         )
 
 
@@ -209,12 +193,14 @@ class Observation:
     paused: bool
     template_name: str
     template: TaskTemplate | None
-    statefulset: StatefulSetView | None
+    claim: ClaimView | None
     pod: PodView | None
+    lifetime: int = 0  # the current (or, with no pod, the last) pod's
     workspace_error: str | None = None  # the API server refused the workspace we built (a template problem)
+    restarting: str | None = None  # why the previous pod went and when the next starts, while it waits
     agent: AgentView | None = None  # None: nothing heard from the agent of the current pod yet
     node: NodeView | None = None  # the pod's node, where the operator may watch nodes
-    leftover: str | None = None  # what a deleted task of the same name left, not removed yet
+    leftover: str | None = None  # why what is there is not this task's yet (see plan.leftover)
     now: dt.datetime | None = None
     agent_grace: dt.timedelta = AGENT_GRACE  # how long an agent may be silent before the phase is Unknown
 
@@ -231,7 +217,7 @@ def derive_phase(obs: Observation) -> Verdict:
     if obs.paused:
         if obs.pod is None:
             return Verdict(
-                Phase.PAUSED, "Paused", "Task is paused: the workspace is scaled to zero; its files are kept."
+                Phase.PAUSED, "Paused", "Task is paused: its workspace pod is stopped; its files are kept."
             )
         # On its way down, as Coder's task was while its stop build ran: Pending, whatever step the pod
         # is at, so that each step is not a status write of its own. Its conversation is kept first; its
@@ -253,14 +239,16 @@ def derive_phase(obs: Observation) -> Verdict:
 
 
 def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
-    sts, pod = obs.statefulset, obs.pod
+    pod = obs.pod
     if obs.leftover is not None:
         return Verdict(
             Phase.PENDING,
             "PreviousWorkspace",
-            f"Workspace is pending: the {obs.leftover} of a deleted task of the same name is being removed.",
+            f"Workspace is pending: {obs.leftover}.",
         )
-    if sts is None:
+    if obs.restarting is not None and (pod is None or pod.deleting):
+        return Verdict(Phase.PENDING, "PodRestarting", f"Workspace is pending: {obs.restarting}")
+    if pod is None and obs.claim is None:
         return Verdict(Phase.PENDING, "WorkspaceCreating", "Workspace is being created.")
     if pod is None:
         return Verdict(
@@ -379,7 +367,7 @@ def lifecycle_status(
         now,
     )
     if obs.paused and obs.pod is None:
-        paused = (ConditionStatus.TRUE, "Paused", "The workspace is scaled to zero.")
+        paused = (ConditionStatus.TRUE, "Paused", "The workspace pod is stopped.")
     elif obs.paused:
         paused = (
             ConditionStatus.FALSE,
@@ -391,10 +379,13 @@ def lifecycle_status(
     conditions = set_condition(conditions, PAUSED, *paused, obs.generation, now)
 
     workspace: dict[str, Any] = {}
-    if obs.statefulset is not None:
-        workspace = {"statefulSet": obs.statefulset.name, "lifetime": obs.statefulset.lifetime}
-        workspace["pod"] = obs.pod.name if obs.pod else None
-        workspace["podIP"] = obs.pod.pod_ip if obs.pod else None
+    if obs.claim is not None or obs.pod is not None or obs.lifetime:
+        workspace = {
+            "claim": obs.claim.name if obs.claim else None,
+            "pod": obs.pod.name if obs.pod else None,
+            "podIP": obs.pod.pod_ip if obs.pod else None,
+            "lifetime": obs.lifetime,
+        }
     spec = obs.template.spec if obs.template is not None else None
     # Explicit None removes what a previous template showed: a merge patch keeps keys it is not told to drop.
     template = {

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 
 log = logging.getLogger("taskpod.core.naming")
 
-# A StatefulSet's pods carry `controller-revision-hash=<name>-<10 chars>`, a label value of at most 63.
+# The limit of the StatefulSet of earlier releases (see the Task CRD), kept so that no task becomes invalid.
 MAX_TASK_NAME = 52
 STEM_MAX = 27  # a generated name is at most 27 + len("-3fa9") = 32
 DISPLAY_MAX = 64

@@ -1,7 +1,6 @@
-"""The reconcile's decisions, made purely and tested by tables: what to do with the status it composed
-(write it, hold it, or leave it) and which Event tells the story; which workspace is a deleted task's
-leftover; which pod its StatefulSet controller will never replace. More join them with the workspace as
-a Pod."""
+"""The reconcile's decisions, made purely and tested by tables: what to do with the workspace's pod
+(create, stop, replace), what to do with the status it composed (write it, hold it, or leave it) and
+which Event tells the story, and which workspace is a deleted task's leftover."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from taskpod.api.models import Phase, Task
-from taskpod.core.lifecycle import FATAL_WAITING, PodView, StatefulSetView, Verdict, status_changed
+from taskpod.core.lifecycle import ClaimView, PodView, Verdict, status_changed
 
 # Phases worth an Event of their own; the steps between them are visible in status, not in the story.
 STORY_PHASES = frozenset({Phase.ACTIVE, Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN})
@@ -50,19 +49,43 @@ def story_event(old_phase: str | None, verdict: Verdict) -> Event | None:
     return Event("Warning" if warning else "Normal", verdict.reason, verdict.message)
 
 
-def leftover(task: Task, sts: StatefulSetView | None, pod: PodView | None) -> str | None:
-    """What a deleted task of the same name left, that garbage collection has not removed yet: applying
-    over it would make it this task's, files and conversation included."""
-    if sts is not None and sts.owner_uid is not None and sts.owner_uid != task.metadata.uid:
-        return f"StatefulSet {sts.name}"
-    if pod is not None and pod.owner_uid is not None and (sts is None or pod.owner_uid != sts.uid):
-        return f"pod {pod.name}"
+def leftover(task: Task, claim: ClaimView | None, pod: PodView | None) -> str | None:
+    """Why the claim or pod of this task's name is not this task's (yet), or None. A deleted task of
+    the same name may have left it, for garbage collection to remove: using it would make it this
+    task's, files and conversation included. An earlier release's StatefulSet may still own it, for a
+    moment after the upgrade retired it. One with no owner at all was left by that upgrade: this task's
+    to adopt."""
+    for kind, found in (("PersistentVolumeClaim", claim), ("pod", pod)):
+        if found is None or found.owner_uid is None or found.owner_uid == task.metadata.uid:
+            continue
+        if found.owner_kind == "StatefulSet":
+            return f"the {kind} {found.name} is being handed over by the StatefulSet of an earlier release"
+        return f"the {kind} {found.name} of a deleted task of the same name is being removed"
     return None
 
 
-def stuck_at_an_older_revision(sts: StatefulSetView, pod: PodView) -> bool:
-    """A pod of an older revision that cannot start (a bad image, a crash loop): with OrderedReady, its
-    StatefulSet controller waits for it to be ready before replacing it, which it never will be."""
-    older = sts.update_revision is not None and pod.revision not in (None, sts.update_revision)
-    failing = pod.phase == "Failed" or any(p.reason in FATAL_WAITING for p in pod.waiting)
-    return older and failing and not pod.ready and not pod.deleting
+class PodAction(StrEnum):
+    NONE = "none"  # as it should be, or on its way there
+    CREATE = "create"
+    STOP = "stop"  # paused: delete the pod, keep the claim
+    REPLACE = "replace"  # made from an older template or task spec: a pod's spec is immutable
+    RECREATE = "recreate"  # failed or exited (evicted, its node shut down): a new one, with back-off
+
+
+def pod_action(paused: bool, pod: PodView | None, wanted_hash: str | None) -> PodAction:
+    """What the workspace's pod needs. `wanted_hash`: the spec hash of the pod the task and template
+    make now; None when there is no such pod to make (no template, or one the API server refuses), in
+    which case what runs is left alone: it is never worse than nothing."""
+    if pod is not None and pod.deleting:
+        return PodAction.NONE  # its successor, if any, comes once it is gone
+    if paused:
+        return PodAction.STOP if pod is not None else PodAction.NONE
+    if wanted_hash is None:
+        return PodAction.NONE
+    if pod is None:
+        return PodAction.CREATE
+    if pod.phase in ("Failed", "Succeeded"):
+        return PodAction.RECREATE
+    if pod.spec_hash != wanted_hash:
+        return PodAction.REPLACE
+    return PodAction.NONE

@@ -1,8 +1,10 @@
-"""The workspace a Task owns, as plain data: a headless Service and a one-pod StatefulSet (pure).
+"""The workspace a Task owns, as plain data: a PersistentVolumeClaim and one Pod (pure).
 
-The StatefulSet's volumeClaimTemplate keeps the files across pauses. Its PVC retention policy
-(whenScaled: Retain, whenDeleted: Delete) makes the StatefulSet the PVC's owner; we never give the PVC
-a second controller owner, which would silently switch that policy off.
+The operator creates both, owned by the Task, so that garbage collection removes them with it. A pause
+deletes the pod and keeps the claim, and with it the files; a resume creates a new pod on the same claim.
+Their names are those the StatefulSet of earlier releases gave them (pod "<task>-0", claim
+"workspace-<task>-0"): one name per task means never two pods, and an upgraded task keeps its volume
+where it is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskpod.api.models import API_VERSION, EnvVar, Task, TaskTemplate
-from taskpod.core.lifecycle import AGENT_PORT_NAME, LIFETIME_ANNOTATION, SPEC_HASH_ANNOTATION, StatefulSetView
+from taskpod.core.lifecycle import AGENT_PORT_NAME, LIFETIME_LABEL, SPEC_HASH_ANNOTATION, PodView
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 TASK_LABEL = "taskpod.dev/task"
@@ -28,14 +30,12 @@ REPORT_DIR = "/var/run/taskpod"
 
 @dataclass(frozen=True)
 class WorkspaceNames:
-    statefulset: str
-    service: str
     pod: str
     claim: str
 
 
 def names(task_name: str) -> WorkspaceNames:
-    return WorkspaceNames(task_name, task_name, f"{task_name}-0", f"{VOLUME}-{task_name}-0")
+    return WorkspaceNames(f"{task_name}-0", f"{VOLUME}-{task_name}-0")
 
 
 def selector(task_name: str) -> dict[str, str]:
@@ -57,17 +57,11 @@ def owner_reference(task: Task) -> dict[str, Any]:
     }
 
 
-def desired_replicas(task: Task) -> int:
-    return 0 if task.spec.paused else 1
-
-
-def next_lifetime(observed: StatefulSetView | None, replicas: int) -> int:
-    """Lifetimes count starts: 1 at creation, one more each time a scaled-down workspace scales up."""
-    if observed is None:
-        return 1 if replicas else 0
-    if observed.replicas == 0 and replicas > 0:
-        return observed.lifetime + 1
-    return observed.lifetime
+def next_lifetime(recorded: int, pod: PodView | None) -> int:
+    """Lifetimes count pods: 1 for the first, one more for each pod after it (a resume, a replacement).
+    `recorded`: the lifetime status last showed; a pod made just before a crash may be newer."""
+    current = max(recorded, (pod.lifetime or 0) if pod is not None else 0)
+    return current + 1
 
 
 def merged_env(template: TaskTemplate, task: Task) -> list[dict[str, Any]]:
@@ -82,68 +76,43 @@ def _spec_hash(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
-    """Record a hash of what we asked for, so a watch event tells us cheaply whether it still holds."""
-    obj["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = _spec_hash(obj)
-    return obj
-
-
 def spec_hash(obj: dict[str, Any]) -> str:
     return str(obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
 
 
-def service(task: Task, template: TaskTemplate) -> dict[str, Any]:
-    """A headless Service: the StatefulSet's network identity for the agent port."""
-    n = names(task.name)
-    return _stamp(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": n.service,
-                "namespace": task.namespace,
-                "labels": labels(task.name),
-                "ownerReferences": [owner_reference(task)],
-            },
-            "spec": {
-                "clusterIP": "None",
-                "selector": selector(task.name),
-                "publishNotReadyAddresses": True,
-                "ports": [{"name": PORT_NAME, "port": template.spec.agent.port, "targetPort": PORT_NAME}],
-            },
-        }
-    )
-
-
-def statefulset(
-    task: Task,
-    template: TaskTemplate,
-    replicas: int,
-    lifetime: int,
-    observed: StatefulSetView | None,
-    report_url: str | None = None,
-) -> dict[str, Any]:
-    """The one-pod StatefulSet that runs the agent, scaled to `replicas`, stamped with its `lifetime`."""
-    n = names(task.name)
-    pod = template.spec.pod
+def claim(task: Task, template: TaskTemplate) -> dict[str, Any]:
+    """The workspace's volume claim. Made once: a claim's spec is immutable, so a template's later
+    storage change applies to new tasks only."""
     storage = template.spec.storage
-    claim_spec: dict[str, Any] = {
+    spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": str(storage.size)}},
     }
     if storage.storage_class_name:
-        claim_spec["storageClassName"] = storage.storage_class_name
-    if observed is not None:
-        # volumeClaimTemplates are immutable: an existing workspace keeps the volume it was made with.
-        claim_spec["resources"]["requests"]["storage"] = observed.storage.get("size") or str(storage.size)
-        if observed.storage.get("storageClassName"):
-            claim_spec["storageClassName"] = observed.storage["storageClassName"]
-        else:
-            claim_spec.pop("storageClassName", None)
+        spec["storageClassName"] = storage.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": names(task.name).claim,
+            "namespace": task.namespace,
+            "labels": labels(task.name),
+            "ownerReferences": [owner_reference(task)],
+        },
+        "spec": spec,
+    }
 
+
+def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | None = None) -> dict[str, Any]:
+    """The pod that runs the agent on the workspace's claim. It carries a hash of what it was made from
+    (all but its `lifetime`), so that a changed template or task is seen cheaply: a pod's spec is
+    immutable, so such a change means a new pod."""
+    n = names(task.name)
+    pod_template = template.spec.pod
+    storage = template.spec.storage
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": pod.image,
+        "image": pod_template.image,
         "ports": [{"name": PORT_NAME, "containerPort": template.spec.agent.port, "protocol": "TCP"}],
         "env": merged_env(template, task),
         "volumeMounts": [{"name": VOLUME, "mountPath": storage.mount_path}],
@@ -154,15 +123,15 @@ def statefulset(
         },
     }
     optional = {
-        "imagePullPolicy": pod.image_pull_policy,
-        "command": pod.command,
-        "args": pod.args,
-        "resources": pod.resources.dump() if pod.resources else None,
-        "securityContext": pod.security_context,
+        "imagePullPolicy": pod_template.image_pull_policy,
+        "command": pod_template.command,
+        "args": pod_template.args,
+        "resources": pod_template.resources.dump() if pod_template.resources else None,
+        "securityContext": pod_template.security_context,
     }
     container.update({k: v for k, v in optional.items() if v})
 
-    volumes: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": n.claim}}]
     if report_url:
         # The agent reports complete/failed with a token bound to this pod, for the operator only.
         token = {"audience": REPORT_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
@@ -174,75 +143,29 @@ def statefulset(
         ]
     pod_spec: dict[str, Any] = {
         "containers": [container],
+        "volumes": volumes,
         "automountServiceAccountToken": False,  # the agent needs no Kubernetes API access
         "enableServiceLinks": False,
     }
     pod_optional = {
-        "securityContext": pod.pod_security_context,
-        "serviceAccountName": pod.service_account_name,
-        "nodeSelector": pod.node_selector,
-        "tolerations": pod.tolerations,
+        "securityContext": pod_template.pod_security_context,
+        "serviceAccountName": pod_template.service_account_name,
+        "nodeSelector": pod_template.node_selector,
+        "tolerations": pod_template.tolerations,
     }
     pod_spec.update({k: v for k, v in pod_optional.items() if v})
-    if volumes:
-        pod_spec["volumes"] = volumes
-
-    return _stamp(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": {
-                "name": n.statefulset,
-                "namespace": task.namespace,
-                "labels": labels(task.name),
-                "ownerReferences": [owner_reference(task)],
-            },
-            "spec": {
-                "replicas": replicas,
-                "serviceName": n.service,
-                "selector": {"matchLabels": selector(task.name)},
-                "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Delete"},
-                "template": {
-                    "metadata": {
-                        "labels": {**(pod.labels or {}), **labels(task.name)},
-                        "annotations": {**(pod.annotations or {}), LIFETIME_ANNOTATION: str(lifetime)},
-                    },
-                    "spec": pod_spec,
-                },
-                "volumeClaimTemplates": [
-                    {
-                        "apiVersion": "v1",
-                        "kind": "PersistentVolumeClaim",
-                        "metadata": {"name": VOLUME, "labels": labels(task.name)},
-                        "spec": claim_spec,
-                    }
-                ],
-            },
-        }
-    )
-
-
-def first_pod(statefulset: dict[str, Any]) -> dict[str, Any]:
-    """The pod its StatefulSet controller would create first, as near as admission sees it: to ask the
-    API server (by a dry run) why it refuses the pod, which it tells only the controller."""
-    meta, spec = statefulset["metadata"], statefulset["spec"]
-    template = spec["template"]
-    claims = [
-        {
-            "name": c["metadata"]["name"],
-            "persistentVolumeClaim": {"claimName": f"{c['metadata']['name']}-{meta['name']}-0"},
-        }
-        for c in spec.get("volumeClaimTemplates") or []
-    ]
-    pod_spec = {**template["spec"], "hostname": f"{meta['name']}-0", "subdomain": spec.get("serviceName")}
-    pod_spec["volumes"] = [*claims, *(pod_spec.get("volumes") or [])]
-    return {
+    body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            **template.get("metadata", {}),
-            "name": f"{meta['name']}-0",
-            "namespace": meta["namespace"],
+            "name": n.pod,
+            "namespace": task.namespace,
+            "labels": {**(pod_template.labels or {}), **labels(task.name)},
+            "annotations": dict(pod_template.annotations or {}),
+            "ownerReferences": [owner_reference(task)],
         },
         "spec": pod_spec,
     }
+    body["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = _spec_hash(body)
+    body["metadata"]["labels"][LIFETIME_LABEL] = str(lifetime)  # in the write that creates it
+    return body
