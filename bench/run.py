@@ -1,5 +1,6 @@
-"""One benchmark run for N tasks: the operator's phases on one fresh control plane, then the floor (the
-same child objects made directly, no operator) on another, and what each cost."""
+"""One benchmark run for N tasks: the operator's phases on one fresh control plane, then the pod floor
+(the same volume claims and pods made and deleted directly, no operator) on another, and what each
+cost."""
 
 from __future__ import annotations
 
@@ -96,11 +97,12 @@ class Watcher:
         now = time.monotonic()
         if times.active is None and phase == "Active" and status.get("prompt"):
             times.active = now
-        # The operator snapshots before it scales down (or keeps the idle-time one when nothing changed
-        # since), and Paused means the pod is gone: Paused with a snapshot recorded is the milestone.
+        # The operator snapshots before it deletes the pod (or keeps the idle-time one when nothing
+        # changed since), and Paused means the pod is gone: Paused with a snapshot recorded is the
+        # milestone, as "every pod gone" is the pod floor's.
         if times.paused is None and phase == "Paused" and status.get("logSnapshot"):
             times.paused = now
-        lifetime = (status.get("workspace") or {}).get("lifetime")
+        lifetime = (status.get("workspace") or {}).get("lifetime")  # 2: the task's second pod
         if times.resumed is None and phase == "Active" and lifetime == 2:
             times.resumed = now
 
@@ -428,12 +430,15 @@ async def single_task_pauses(rest: Rest, watcher: Watcher, count: int) -> dict[s
 
 
 async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
-    """The same Services and StatefulSets made and scaled directly: what the cluster itself needs."""
+    """The pod floor: the same volume claims and pods made and deleted directly by a client, with no
+    controller: what the cluster itself needs. Apply creates each task's claim and pod, pause deletes the
+    pod (the claim stays), resume creates the pod again (lifetime 2), as the operator does."""
     cluster = _cluster(directory, n)
     simulator = _simulator(cluster)
     rest = Rest(cluster.user_kubeconfig(FLOOR_USER))
     template = TaskTemplate.model_validate(TEMPLATE)
     pods = f"/api/v1/namespaces/{NS}/pods"
+    claims = f"/api/v1/namespaces/{NS}/persistentvolumeclaims"
     ready: set[str] = set()
     alive: set[str] = set()
 
@@ -456,6 +461,8 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
                 say(f"listing pods: {exc!r}; again in 1s")
                 await asyncio.sleep(1)
                 continue
+            alive.clear()  # a new listing: what it lacks went while the watch was down
+            ready.clear()
             for pod in listing["items"]:
                 see(pod)
             with contextlib.suppress(Exception):
@@ -466,7 +473,7 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
         deadline = time.monotonic() + 120 + n * 0.5
         while not done():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"floor {what}")
+                raise TimeoutError(f"pod floor {what}: {len(ready)} pods Ready, {len(alive)} there")
             await asyncio.sleep(0.1)
 
     watch = asyncio.create_task(follow())
@@ -486,47 +493,37 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
             result[name] = {
                 "all_seconds": round(time.monotonic() - t0, 2),
                 "api_requests": dict(sorted(requests.items())),
+                "api_writes": audit.writes(requests),
                 "cpu_seconds_by_process": procstat.since(cpu0, procstat.cpu_by_process()),
             }
-            say(f"N={n} floor {name}: {result[name]['all_seconds']}s")
+            say(f"N={n} pod floor {name}: {result[name]['all_seconds']}s")
 
         def unowned(obj: dict[str, Any]) -> dict[str, Any]:
             obj["metadata"].pop("ownerReferences", None)  # no Task to own them here
             return obj
 
         async def create() -> None:
-            calls = []
-            for task in tasks:
-                calls.append(
-                    lambda t=task: rest.create(
-                        f"/api/v1/namespaces/{NS}/services", unowned(workspace.service(t, template))
-                    )
-                )
-                calls.append(
-                    lambda t=task: rest.create(
-                        f"/apis/apps/v1/namespaces/{NS}/statefulsets",
-                        unowned(workspace.statefulset(t, template, 1, 1, None)),
-                    )
-                )
-            await _all(calls)
+            async def one(t: Task) -> None:  # the claim, then the pod on it, as a reconcile makes them
+                await rest.create(claims, unowned(workspace.claim(t, template)))
+                await rest.create(pods, unowned(workspace.pod(t, template, 1)))
 
-        def scale(replicas: int) -> Any:
-            async def act() -> None:
-                await _all(
-                    [
-                        lambda t=t: rest.merge(
-                            f"/apis/apps/v1/namespaces/{NS}/statefulsets/{t.name}",
-                            {"spec": {"replicas": replicas}},
-                        )
-                        for t in tasks
-                    ]
-                )
+            await _all([lambda t=t: one(t) for t in tasks])
 
-            return act
+        async def pause() -> None:  # the pod goes (default grace, as the operator's delete); the claim stays
+            async def one(t: Task) -> None:
+                path = f"{pods}/{workspace.names(t.name).pod}"
+                response = await rest.http.delete(path)
+                if response.status_code not in (200, 202):
+                    raise RuntimeError(f"DELETE {path}: {response.status_code} {response.text[:300]}")
+
+            await _all([lambda t=t: one(t) for t in tasks])
+
+        async def resume() -> None:  # a new pod on the same claim: the task's second
+            await _all([lambda t=t: rest.create(pods, unowned(workspace.pod(t, template, 2))) for t in tasks])
 
         await timed("apply", create, lambda: len(ready) >= n)
-        await timed("pause", scale(0), lambda: not alive)
-        await timed("resume", scale(1), lambda: len(ready) >= n)
+        await timed("pause", pause, lambda: not alive)
+        await timed("resume", resume, lambda: len(ready) >= n)
     finally:
         watch.cancel()
         await rest.close()

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.soak import (
-    LIFETIME_ANNOTATION,
+    LIFETIME_LABEL,
     TASK_LABEL,
+    claim_name,
+    pod_name,
 )
 
 INVARIANTS = {
-    "phase": "every task in a phase that matches its pod",
+    "phase": "every task in a phase that matches its pod and volume claim",
     "prompt": "each prompt delivered at most once (and an Active task's delivered)",
     "snapshot": "every pause with its snapshot or a SnapshotSkipped reason",
     "orphans": "no orphaned objects, no workspace of a deleted task",
@@ -40,8 +42,6 @@ class Observed:
     """What the API and the agents showed, as plain JSON objects."""
 
     tasks: list[dict[str, Any]] = field(default_factory=list)
-    statefulsets: list[dict[str, Any]] = field(default_factory=list)
-    services: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
     configmaps: list[dict[str, Any]] = field(default_factory=list)
@@ -103,23 +103,47 @@ def describe_pod(pod: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def describe_workspace(statefulset: dict[str, Any] | None, pod: dict[str, Any] | None) -> str:
-    """The pod, and whether it is of the revision its StatefulSet wants (a rollout stuck behind it)."""
-    if statefulset is None:
-        return "no StatefulSet" + (f"; pod {describe_pod(pod)}" if pod else "")
-    replicas = statefulset.get("spec", {}).get("replicas")
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """The uid of the object's controller (its owner with controller: true), if it has one."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller")), None)
+
+
+def lifetime_of(pod: dict[str, Any]) -> str | None:
+    """Which of its task's pods it is, as its label says."""
+    return (pod["metadata"].get("labels") or {}).get(LIFETIME_LABEL)
+
+
+def _deleting(obj: dict[str, Any]) -> bool:
+    return bool(obj["metadata"].get("deletionTimestamp"))
+
+
+def _mounted_claims(pod: dict[str, Any]) -> list[str]:
+    volumes = (pod.get("spec") or {}).get("volumes") or []
+    return [
+        v["persistentVolumeClaim"].get("claimName", "") for v in volumes if v.get("persistentVolumeClaim")
+    ]
+
+
+def describe_claim(claim: dict[str, Any] | None) -> str:
+    if claim is None:
+        return "no volume claim"
+    phase = (claim.get("status") or {}).get("phase") or "no phase"
+    return f"volume claim {phase}" + (", being deleted" if _deleting(claim) else "")
+
+
+def describe_workspace(claim: dict[str, Any] | None, pod: dict[str, Any] | None) -> str:
+    """The volume claim, and the pod with its lifetime."""
     if pod is None:
-        return f"StatefulSet replicas {replicas}, no pod"
-    revision = (pod["metadata"].get("labels") or {}).get("controller-revision-hash")
-    wanted = (statefulset.get("status") or {}).get("updateRevision")
-    behind = f", of revision {revision} while its StatefulSet wants {wanted}" if revision != wanted else ""
-    return f"StatefulSet replicas {replicas}, pod {describe_pod(pod)}{behind}"
+        return f"{describe_claim(claim)}, no pod"
+    return f"{describe_claim(claim)}, pod of lifetime {lifetime_of(pod)}: {describe_pod(pod)}"
 
 
 def check_phases(observed: Observed, history: History) -> list[Violation]:
-    """Paused: spec.paused, no pod, replicas 0. Active: a Running Ready pod of the recorded lifetime.
-    Error: only on a template the schedule left broken, with a message. Nothing else after the settle."""
-    statefulsets = {key_of(s): s for s in observed.statefulsets}
+    """Paused: spec.paused and no pod; its volume claim kept once it has had a pod. Active: a Running Ready
+    pod of the recorded lifetime, on its volume claim. Error: only on a template the schedule left broken,
+    with a message. Nothing else after the settle."""
+    claims = {key_of(c): c for c in observed.claims}
     pods = {key_of(p): p for p in observed.pods}
     found = []
     for task in observed.tasks:
@@ -131,41 +155,38 @@ def check_phases(observed: Observed, history: History) -> list[Violation]:
         if status.get("observedGeneration") != generation:
             why = f"status.observedGeneration {status.get('observedGeneration')}, generation {generation}"
             found.append(Violation("phase", who_of(task), f"{why}; {seen}"))
-        statefulset = statefulsets.get((namespace, name))
-        replicas = (statefulset or {}).get("spec", {}).get("replicas")
-        pod = pods.get((namespace, f"{name}-0"))
+        claim = claims.get((namespace, claim_name(name)))
+        pod = pods.get((namespace, pod_name(name)))
+        lifetime = (status.get("workspace") or {}).get("lifetime") or 0
         problem = None
         if spec.get("paused"):
             if phase != "Paused":
                 problem = f"spec.paused, but {seen}"
             elif pod is not None:
                 problem = f"Paused, but its pod is still there ({describe_pod(pod)})"
-            elif statefulset is None:
-                problem = "Paused, but it has no StatefulSet"
-            elif replicas != 0:
-                problem = f"Paused, but its StatefulSet has replicas {replicas}"
+            elif claim is None and lifetime > 0:  # a task created paused has had no pod, nor files
+                problem = f"Paused after lifetime {lifetime}, but it has no volume claim: its files are gone"
+            elif claim is not None and _deleting(claim):
+                problem = "Paused, but its volume claim is being deleted"
         elif phase == "Active":
-            lifetime = (status.get("workspace") or {}).get("lifetime")
-            stamped = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(LIFETIME_ANNOTATION)
             if pod is None:
                 problem = "Active, but it has no pod"
-            elif (
-                (pod.get("status") or {}).get("phase") != "Running"
-                or not _ready(pod)
-                or pod["metadata"].get("deletionTimestamp")
-            ):
+            elif (pod.get("status") or {}).get("phase") != "Running" or not _ready(pod) or _deleting(pod):
                 problem = f"Active, but its pod is {describe_pod(pod)}"
-            elif replicas != 1:
-                problem = f"Active, but its StatefulSet has replicas {replicas}"
-            elif stamped != str(lifetime):
-                problem = f"Active in lifetime {lifetime}, but its pod is of lifetime {stamped}"
+            elif claim is None or _deleting(claim):
+                problem = f"Active, but its pod runs with {describe_claim(claim)}"
+            elif claim_name(name) not in _mounted_claims(pod):
+                mounted = ", ".join(_mounted_claims(pod)) or "none"
+                problem = f"Active, but its pod does not mount {claim_name(name)} (volume claims: {mounted})"
+            elif lifetime_of(pod) != str(lifetime):
+                problem = f"Active in lifetime {lifetime}, but its pod is of lifetime {lifetime_of(pod)}"
         elif phase == "Error":
             if (namespace, spec.get("template", "default")) not in history.broken:
-                problem = f"{seen}, though its template is not broken; {describe_workspace(statefulset, pod)}"
+                problem = f"{seen}, though its template is not broken; {describe_workspace(claim, pod)}"
             elif not message:
                 problem = "Error, with no message"
         else:
-            problem = f"{seen} after the settle; {describe_workspace(statefulset, pod)}"
+            problem = f"{seen} after the settle; {describe_workspace(claim, pod)}"
         if problem:
             found.append(Violation("phase", who_of(task), problem))
     return found
@@ -278,23 +299,20 @@ def _created(obj: dict[str, Any]) -> float:
 
 
 def check_orphans(observed: Observed) -> list[Violation]:
-    """Each labelled object belongs to its existing task: StatefulSet, Service and ConfigMap owned by the
-    task, Pod and PVC by its StatefulSet, none older than the task (left by a deleted one of that name)."""
+    """Each labelled Pod, PVC and ConfigMap belongs to its existing task: has it as controller owner (by
+    uid: a deleted task of the same name is another), and is no older than it (else it was left by a
+    deleted one of that name, and adopted)."""
     tasks = {key_of(t): t for t in observed.tasks}
-    statefulsets = {key_of(s): s for s in observed.statefulsets}
     found = []
     groups = (
-        ("StatefulSet", observed.statefulsets, False),
-        ("Service", observed.services, False),
-        ("ConfigMap", observed.configmaps, False),
-        ("Pod", observed.pods, True),
-        ("PersistentVolumeClaim", observed.claims, True),
+        ("ConfigMap", observed.configmaps),
+        ("Pod", observed.pods),
+        ("PersistentVolumeClaim", observed.claims),
     )
-    for kind, objects, by_statefulset in groups:
+    for kind, objects in groups:
         for obj in objects:
             namespace, name = key_of(obj)
             label = (obj["metadata"].get("labels") or {}).get(TASK_LABEL, "")
-            owners = {r.get("uid") for r in obj["metadata"].get("ownerReferences") or []}
             task = tasks.get((namespace, label))
             what = f"{kind} {name}"
             if task is None:
@@ -302,13 +320,9 @@ def check_orphans(observed: Observed) -> list[Violation]:
                     Violation("orphans", f"{namespace}/{label}", f"{what} is left of a deleted task")
                 )
                 continue
-            owner = statefulsets.get((namespace, label)) if by_statefulset else task
-            if owner is None:
-                found.append(Violation("orphans", who_of(task), f"{what} has no StatefulSet to belong to"))
-            elif owner["metadata"].get("uid") not in owners:
-                seen = f"{what} is owned by {sorted(u for u in owners if u) or 'nothing'}, not by its " + (
-                    "StatefulSet" if by_statefulset else "task"
-                )
+            controller, uid = controller_uid(obj), task["metadata"].get("uid")
+            if controller != uid:
+                seen = f"{what} is controlled by {controller or 'nothing'}, not by its task ({uid})"
                 found.append(Violation("orphans", who_of(task), seen))
             elif _created(obj) < _created(task):
                 seen = (

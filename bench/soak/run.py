@@ -31,6 +31,8 @@ from bench.soak import (
     TEMPLATES,
     WAITING,
     T,
+    claim_name,
+    pod_name,
     say,
 )
 from bench.soak.checks import (
@@ -305,7 +307,7 @@ class Soak:
         return list(response.json()["items"])
 
     async def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        response = await self.call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}-0")
+        response = await self.call("GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name(name)}")
         return dict(response.json()) if response.status_code == 200 else None
 
     @staticmethod
@@ -531,23 +533,21 @@ class Soak:
         observed = Observed()
         labelled = f"?labelSelector={TASK_LABEL}"
         for namespace in NAMESPACES:
-            core, apps = f"/api/v1/namespaces/{namespace}", f"/apis/apps/v1/namespaces/{namespace}"
+            core = f"/api/v1/namespaces/{namespace}"
             observed.tasks += await self.items(f"{API}/namespaces/{namespace}/tasks")
-            observed.statefulsets += await self.items(f"{apps}/statefulsets{labelled}")
-            observed.services += await self.items(f"{core}/services{labelled}")
             observed.pods += await self.items(f"{core}/pods{labelled}")
             observed.claims += await self.items(f"{core}/persistentvolumeclaims{labelled}")
             observed.configmaps += await self.items(f"{core}/configmaps{labelled}")
             observed.events += await self.items(f"{core}/events?fieldSelector=reason%3DSnapshotSkipped")
         pods = {key_of(p): p for p in observed.pods}
-        # The simulator keeps a conversation per workspace volume: per the StatefulSet's uid.
-        volumes = {key_of(s): s["metadata"]["uid"] for s in observed.statefulsets}
         current = set()
         for task in observed.tasks:
             namespace, name = key_of(task)
-            state = self.state_dir / namespace / name / f"{volumes.get((namespace, name), 'none')}.json"
+            # The simulator keeps a conversation per workspace volume, by the uid of the pod's controller:
+            # the task's. Another uid's file under the same name is a deleted task's.
+            state = self.state_dir / namespace / name / f"{task['metadata']['uid']}.json"
             current.add(state)
-            url = self.agent_url(pods.get((namespace, f"{name}-0")))
+            url = self.agent_url(pods.get((namespace, pod_name(name))))
             live = None
             if (task.get("status") or {}).get("phase") == "Active" and url is not None:
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
@@ -622,12 +622,11 @@ class Soak:
                 uid = task["metadata"]["uid"]
                 if uid not in self.lingering:
                     namespace, name = key_of(task)
-                    statefulset = await self.call(
-                        "GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
+                    claim = await self.call(
+                        "GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim_name(name)}"
                     )
                     workspace = describe_workspace(
-                        statefulset.json() if statefulset.status_code == 200 else None,
-                        await self.pod(namespace, name),
+                        claim.json() if claim.status_code == 200 else None, await self.pod(namespace, name)
                     )
                     self.lingering[uid] = Violation("phase", violation.task, f"{violation.seen}; {workspace}")
                     say(f"{violation.task}: {self.lingering[uid].seen}")
