@@ -56,14 +56,6 @@ class Demo:
         print(f"$ kubectl get tasks -n {NAMESPACE} --watch", flush=True)
         last, header_shown, deadline = "", False, time.monotonic() + timeout
         while time.monotonic() < deadline:
-            table = self.kubectl("get", "tasks", "-n", NAMESPACE, show=False)
-            lines = table.splitlines()
-            if len(lines) > 1 and lines[1] != last:
-                if not header_shown:
-                    print(lines[0])
-                    header_shown = True
-                print(lines[1], flush=True)
-                last = lines[1]
             phase = self.kubectl(
                 "get",
                 "task",
@@ -75,7 +67,16 @@ class Demo:
                 show=False,
                 check=False,
             )
-            if until(phase):
+            done = until(phase)  # asked before the table is read, so the table shows where it got to
+            table = self.kubectl("get", "tasks", "-n", NAMESPACE, show=False)
+            lines = table.splitlines()
+            if len(lines) > 1 and lines[1] != last:
+                if not header_shown:
+                    print(lines[0])
+                    header_shown = True
+                print(lines[1], flush=True)
+                last = lines[1]
+            if done:
                 return
             time.sleep(0.3)
         raise SystemExit(f"the task did not get there in {timeout:.0f}s; see {self.directory}/operator.log")
@@ -138,13 +139,13 @@ class Demo:
         say("Applying the example TaskTemplate and Task")
         self.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples"))
         self.watch_tasks(lambda phase: phase == "Active")
-        self.kubectl("get", "statefulsets,pods,pvc", "-n", NAMESPACE)
+        self.kubectl("get", "pods,pvc", "-n", NAMESPACE)
 
         say("The operator delivered the prompt once the agent was stable; the agent works, then goes idle")
         self.watch_tasks(lambda _: self.state() == "idle")
         self.kubectl("get", "task", TASK, "-n", NAMESPACE, "-o", JSONPATH_AGENT)
 
-        say("Pausing the task: the workspace scales to zero, its volume stays")
+        say("Pausing the task: a snapshot of its conversation, then its pod deleted; its volume stays")
         self.kubectl(
             "patch", "task", TASK, "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"paused":true}}'
         )
@@ -157,7 +158,7 @@ class Demo:
         say("Reading the logs while paused: the snapshot, marked as such")
         self.show_logs()
 
-        say("Resuming it: the same volume comes back in a new pod (lifetime 2)")
+        say("Resuming it: a new pod (lifetime 2) on the same volume claim")
         self.kubectl(
             "patch", "task", TASK, "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"paused":false}}'
         )
