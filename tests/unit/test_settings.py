@@ -62,6 +62,14 @@ def test_a_flag_wins_over_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         ([], {"TASKPOD_AGENT_TRANSPORT": "carrier-pigeon"}, "agent_transport: Input should be 'direct' or"),
         ([], {"TASKPOD_NAMESPACES": "a", "TASKPOD_ALL_NAMESPACES": "true"}, "not both"),
         ([], {"TASKPOD_LEADER_ELECTION": "maybe"}, "leader_election: Input should be a valid boolean"),
+        ([], {"TASKPOD_NAMESPACES": " , "}, "namespaces: Value error, names no namespace"),
+        (
+            [],
+            {"TASKPOD_REPORT_LISTEN": "nonsense"},
+            "report_listen: Value error, 'nonsense' is not HOST:PORT",
+        ),
+        (["--report-listen", "0.0.0.0:99999"], {}, "report_listen: Value error, '0.0.0.0:99999'"),
+        (["--http-listen", "localhost:http"], {}, "http_listen: Value error, 'localhost:http' is not"),
     ],
 )
 def test_a_bad_setting_stops_it_at_once_naming_the_setting(

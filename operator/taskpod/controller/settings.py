@@ -73,7 +73,21 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+            names = tuple(ns.strip() for ns in value.split(",") if ns.strip())
+            if not names:  # " , " would otherwise mean every namespace: the widest scope, by a typo
+                raise ValueError("names no namespace; leave it unset to watch every namespace")
+            return names
+        return value
+
+    @field_validator("report_listen", "http_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        """HOST:PORT, HOST optional ("0.0.0.0" then); refused here rather than when the server starts."""
+        if value is None:
+            return None
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT (a port from 1 to 65535)")
         return value
 
     @model_validator(mode="after")
