@@ -18,7 +18,15 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -129,11 +137,12 @@ class TasksByPhase(Collector):
 
 class _Handler(BaseHTTPRequestHandler):
     health: Health  # set on the subclass each server makes
+    tasks: CollectorRegistry  # this server's own: taskpod_tasks from its Health
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            self._reply(200, generate_latest(REGISTRY) + generate_latest(self.tasks), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok = self.health.alive()
             self._reply(200 if ok else 503, b"ok\n" if ok else b"event loop not answering\n")
@@ -154,10 +163,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(listen: str, health: Health) -> ThreadingHTTPServer:
-    """Start serving /metrics, /healthz and /readyz on HOST:PORT in a daemon thread (once a process)."""
+    """Start serving /metrics, /healthz and /readyz on HOST:PORT in a daemon thread."""
     host, _sep, port = listen.rpartition(":")
-    REGISTRY.register(TasksByPhase(health))
-    handler = type("Handler", (_Handler,), {"health": health})
+    tasks = CollectorRegistry(auto_describe=True)  # not the process's REGISTRY: each server, its own
+    tasks.register(TasksByPhase(health))
+    handler = type("Handler", (_Handler,), {"health": health, "tasks": tasks})
     server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="taskpod-http", daemon=True).start()
