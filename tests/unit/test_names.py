@@ -39,6 +39,7 @@ def test_with_a_key_anthropic_is_asked_once_in_the_background(monkeypatch: pytes
         while not answered:
             await asyncio.sleep(0)
         names.append(namer.name(KEY, "Fix it"))
+        assert namer.in_flight == 0  # answered: nothing in flight is kept
         namer.written(KEY, "Something else")  # another name written: this answer stays
         names.append(namer.name(KEY, "Fix it"))
         namer.written(KEY, "Repair the login test")

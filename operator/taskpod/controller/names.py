@@ -18,7 +18,8 @@ class Namer:
         self.env = env
         self.answered = answered
         self._slots = asyncio.Semaphore(at_once)
-        self._asking: dict[Key, asyncio.Task[None]] = {}
+        self._asked: set[Key] = set()  # once per task, for as long as it lives
+        self._asking: dict[Key, asyncio.Task[None]] = {}  # in flight only
         self._names: dict[Key, str] = {}  # answered, not yet in status
 
     def name(self, key: Key, prompt: str) -> str | None:
@@ -27,9 +28,15 @@ class Namer:
             return self._names[key]
         if not self.env.get("ANTHROPIC_API_KEY"):
             return naming.display_from_prompt(prompt)
-        if key not in self._asking:
+        if key not in self._asked:
+            self._asked.add(key)
             self._asking[key] = asyncio.get_running_loop().create_task(self._ask(key, prompt))
         return None
+
+    @property
+    def in_flight(self) -> int:
+        """Questions to Anthropic not answered yet."""
+        return len(self._asking)
 
     def written(self, key: Key, name: str) -> None:
         """`name` is in the task's status now (unless another answer came in meanwhile)."""
@@ -38,10 +45,14 @@ class Namer:
 
     def forget(self, key: Key) -> None:
         self._names.pop(key, None)
+        self._asked.discard(key)
         if (asking := self._asking.pop(key, None)) is not None:
             asking.cancel()
 
     async def _ask(self, key: Key, prompt: str) -> None:
-        async with self._slots:
-            self._names[key] = await naming.display_name_for(prompt, self.env)
+        try:
+            async with self._slots:
+                self._names[key] = await naming.display_name_for(prompt, self.env)
+        finally:
+            self._asking.pop(key, None)  # a finished task need not be kept until its Task is deleted
         self.answered(key)
