@@ -476,7 +476,7 @@ class Reconciler:
     async def _create_pod(self, step: _Pass, template: TaskTemplate) -> None:
         """The claim if it is missing, then the next pod, unless a failed one's successor must wait or
         the claim is on its way out."""
-        task, key, raw = step.task, step.key, step.raw
+        task, key = step.task, step.key
         loop_time = asyncio.get_running_loop().time()
         waiting = self.memory.recreations.get(key)
         if waiting is not None and waiting.due > loop_time:
@@ -511,23 +511,26 @@ class Reconciler:
         step.lifetime = lifetime
         self.memory.created[key] = _Created(step.pod, loop_time)
         ours = self.memory.deleted.pop(key, None) is not None  # we stopped its predecessor, and told why
+        self._tell_started(step, template.metadata.name, ours)
+
+    def _tell_started(self, step: _Pass, template: str | None, ours: bool) -> None:
+        """The Event of a new pod: the first, a resume's, or one after a pod that went unasked."""
+        assert step.pod is not None and step.claim is not None
+        pod, lifetime, raw = step.pod.name, step.lifetime, step.raw
         paused_before = any(
             c.get("type") == lifecycle.PAUSED and c.get("status") == "True"
-            for c in self._current_status(task, raw).get("conditions") or []
+            for c in self._current_status(step.task, raw).get("conditions") or []
         )
         if lifetime == 1:
-            message = (
-                f"Created pod {step.pod.name} on volume claim {step.claim.name} "
-                f"from TaskTemplate {template.metadata.name}."
-            )
+            message = f"Created pod {pod} on volume claim {step.claim.name} from TaskTemplate {template}."
             self.event(raw, type="Normal", reason="WorkspaceCreated", message=message)
         elif paused_before:
-            message = f"Resuming: started pod {step.pod.name} (lifetime {lifetime})."
+            message = f"Resuming: started pod {pod} (lifetime {lifetime})."
             self.event(raw, type="Normal", reason="Resuming", message=message)
         elif not ours:
             message = (
-                f"The workspace pod went away while the task runs (deleted, or lost with its node); "
-                f"started pod {step.pod.name} (lifetime {lifetime})."
+                "The workspace pod went away while the task runs (deleted, or lost with its node); "
+                f"started pod {pod} (lifetime {lifetime})."
             )
             self.event(raw, type="Warning", reason="PodRecreated", message=message)
 
