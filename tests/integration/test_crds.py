@@ -196,7 +196,7 @@ def test_kubectl_explains_and_lists_tasks(kube: Kube, crds: list[str], namespace
 
     # The schema's descriptions are published (OpenAPI can lag the CRD's establishment by a moment).
     explained = wait_for(
-        lambda: "scales the workspace to zero" in kubectl(kube, "explain", "task.spec.paused"),
+        lambda: "stops the workspace pod" in kubectl(kube, "explain", "task.spec.paused"),
         30,
         "kubectl explain to show the Task schema",
     )
