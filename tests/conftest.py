@@ -76,7 +76,7 @@ def crds(kube: Kube) -> list[str]:
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test, deleted afterwards."""
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{base}-{secrets.token_hex(2)}"
+    name = f"{base}-{secrets.token_hex(4)}"  # the tests of a parametrized one share the base
     yield create_namespace(kube, name)
     delete_namespace(kube, name)
 

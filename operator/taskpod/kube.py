@@ -199,16 +199,23 @@ async def _custom(method: str, namespace: str, name: str, *body: dict[str, Any])
     return dict(await asyncio.to_thread(call, GROUP, VERSION, namespace, "tasks", name, *body, **extra))
 
 
-async def delete_pod(namespace: str, name: str, uid: str) -> None:
-    """Delete this pod (its uid: not a successor of the same name); gone already is fine."""
+async def delete_pod(namespace: str, name: str, uid: str) -> bool:
+    """Delete this pod (its uid: not a successor of the same name). False when it is gone already (a
+    404, or a 409: another pod has its name now), which the watch may not have said."""
     api = client.CoreV1Api(api_client())
     try:
         await asyncio.to_thread(
-            api.delete_namespaced_pod, name, namespace, body={"preconditions": {"uid": uid}}
+            api.delete_namespaced_pod,
+            name,
+            namespace,
+            body={"preconditions": {"uid": uid}},
+            _preload_content=False,
         )
     except ApiException as exc:
         if exc.status not in (404, 409):
             raise
+        return False
+    return True
 
 
 async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

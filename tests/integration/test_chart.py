@@ -517,6 +517,8 @@ def test_the_charts_rbac_allows_nothing_more(kube: Kube, release: Release, tmp_p
     allowed: list[Callable[[], object]] = [
         lambda: custom.list_namespaced_custom_object(*task, team, "tasks"),
         lambda: core.list_namespaced_pod(team),
+        lambda: core.list_namespaced_persistent_volume_claim(team),
+        lambda: apps.list_namespaced_stateful_set(team),  # the upgrade from StatefulSets, at start
         lambda: core.list_node(),  # a lost node makes its tasks Unknown
     ]
     for call in allowed:
@@ -536,7 +538,8 @@ def test_the_charts_rbac_allows_nothing_more(kube: Kube, release: Release, tmp_p
         "pod proxy (direct transport)": partial(
             raw, api, "GET", f"/api/v1/namespaces/{team}/pods/x:3284/proxy/status"
         ),
-        "read configmaps": lambda: core.read_namespaced_config_map("x", team),
+        "list configmaps": lambda: core.list_namespaced_config_map(team),  # get only: a snapshot, by name
+        "read configmaps in its own namespace": lambda: core.read_namespaced_config_map("x", ops),
         "read a node": lambda: core.read_node("x"),
         "create pods elsewhere": lambda: core.create_namespaced_pod(ops, POD, dry_run="All"),
         "a Lease elsewhere": lambda: client.CoordinationV1Api(api).create_namespaced_lease(

@@ -80,6 +80,7 @@ class FakeApi:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, name): what the server holds
         self.created: list[dict[str, Any]] = []  # as created, with the uid the server gave
         self.calls: list[tuple[str, ...]] = []  # every write but status, in order
+        self.gone: set[str] = set()  # uids of pods deleted
         self.refusal: kube.ApiException | None = None  # the answer to a create, while set
         self._uids = itertools.count(1)
 
@@ -115,11 +116,15 @@ class FakeApi:
         held["metadata"]["ownerReferences"] = [owner]
         return copy.deepcopy(held)
 
-    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> bool:
+        """True unless that pod is known to be gone: deleted before, or another holds its name."""
         self.calls.append(("delete", "Pod", name, uid))
         held = self.objects.get(("Pod", name))
-        if held is not None and held["metadata"].get("uid") == uid:
-            del self.objects[("Pod", name)]
+        if uid in self.gone or (held is not None and held["metadata"].get("uid") != uid):
+            return False
+        self.objects.pop(("Pod", name), None)
+        self.gone.add(uid)
+        return True
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any]:
         return task_body(str(self.version), self.status)
@@ -805,6 +810,38 @@ def test_our_own_writes_coming_back_run_no_reconcile_but_a_change_by_someone_els
 
 
 # -- pause and resume ---------------------------------------------------------------------------------
+
+
+def test_a_pause_ends_though_the_watch_never_shows_the_pod_go(api: FakeApi) -> None:
+    """Found by the fault matrix: the pod deleted while the watch was down (an API server restart). Kopf
+    re-lists after such a gap, which adds what it finds and never removes what it missed: the watch shows
+    the pod running for good. The pause must end all the same, told once, its conversation kept once."""
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    conversation = [AgentMessage(0, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
+    agents.agent.messages = lambda: _async(conversation)
+
+    async def scenario(loop: ClockLoop) -> None:
+        await reconciler.reconcile(KEY, views(task_body("5"), api))  # Active
+        stale = views(paused_body(str(api.version), api.status), api)  # the pod, running for good
+        await reconciler.reconcile(KEY, stale)
+        assert api.deletes() == [("delete", "Pod", POD, "p1")] and api.status["phase"] == "Pending"
+        due = reconciler.queue.due_in(KEY)
+        assert due is not None and due <= reconcile.WRITE_TRUST  # it looks again, though nothing comes
+
+        loop.ahead += reconcile.WRITE_TRUST
+        stale.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, stale)  # deleted again: the API server says it is gone
+        assert api.status["phase"] == "Paused", api.status
+        await reconciler.reconcile(KEY, stale)  # and it stays so
+        await reconciler.stop()
+
+    on_a_clock(scenario)
+    assert api.deletes() == [("delete", "Pod", POD, "p1")] * 2
+    assert events.count("Pausing") == 1 and [a["kind"] for a in api.applies] == ["ConfigMap"]
+    assert api.status["phase"] == "Paused"
 
 
 def test_a_pause_keeps_the_conversation_then_deletes_the_pod_and_needs_no_template(api: FakeApi) -> None:

@@ -95,7 +95,7 @@ class Api(Protocol):
 
     async def adopt(self, obj: Mapping[str, Any], owner: dict[str, Any], uid: str) -> dict[str, Any]: ...
 
-    async def delete_pod(self, namespace: str, name: str, uid: str) -> None: ...
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> bool: ...
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any]: ...
 
@@ -171,6 +171,15 @@ class _Created:
 
 
 @dataclass(frozen=True)
+class _Deleted:
+    """The pod we deleted, when (loop time), and whether the API server has since said it is gone."""
+
+    uid: str
+    at: float
+    gone: bool = False
+
+
+@dataclass(frozen=True)
 class _Recreation:
     """Failed pods replaced in a row, and when (loop time) the next may start."""
 
@@ -197,7 +206,7 @@ class Memory:
 
     written: dict[Key, _Written] = field(default_factory=dict)  # the status we last wrote
     created: dict[Key, _Created] = field(default_factory=dict)  # the pod, until the watch shows it
-    deleted: dict[Key, tuple[str, float]] = field(default_factory=dict)  # pod uid and when, until it goes
+    deleted: dict[Key, _Deleted] = field(default_factory=dict)  # the pod last deleted, until the next one
     recreations: dict[Key, _Recreation] = field(default_factory=dict)  # failed pods, until one is Ready
     told_claim_deleting: dict[Key, str] = field(default_factory=dict)  # uid of the claim we warned of
     # what makes the wanted pod (task uid and generation, template version) and its spec hash
@@ -407,7 +416,7 @@ class Reconciler:
     async def _keep_the_conversation(self, step: _Pass) -> None:
         """A pod that is to stop (a pause, or a replacement) first has its conversation kept."""
         task, raw = step.task, step.raw
-        if step.action in (plan.PodAction.STOP, plan.PodAction.REPLACE):
+        if step.action in (plan.PodAction.STOP, plan.PodAction.REPLACE) and not self._stopped_before(step):
             if step.action is plan.PodAction.STOP:
                 message = "Pausing: stopping the workspace pod; its files are kept."
                 self.event(raw, type="Normal", reason="Pausing", message=message)
@@ -439,7 +448,10 @@ class Reconciler:
             plan.PodAction.REPLACE,
             plan.PodAction.RECREATE,
         ):
-            if step.action is plan.PodAction.REPLACE:
+            again = self._stopped_before(step)  # and told, and its conversation kept: just see it go
+            if again:
+                pass
+            elif step.action is plan.PodAction.REPLACE:
                 why = (
                     "it was made by the StatefulSet of an earlier release"
                     if pod.spec_hash is None
@@ -449,9 +461,11 @@ class Reconciler:
                 self.event(step.raw, type="Normal", reason="PodReplaced", message=message)
             elif step.action is plan.PodAction.RECREATE:
                 self._recreating(step, pod)
-            await self.api.delete_pod(key[0], pod.name, pod.uid)
-            self.memory.deleted[key] = (pod.uid, asyncio.get_running_loop().time())
-            step.pod = replace(pod, deleting=True)
+            found = await self.api.delete_pod(key[0], pod.name, pod.uid)
+            self.memory.deleted[key] = _Deleted(pod.uid, asyncio.get_running_loop().time(), gone=not found)
+            step.pod = replace(pod, deleting=True) if found else None
+            if found:  # should the watch never show it go (see _as_known), look again then
+                self.queue.add_after(key, WRITE_TRUST)
         elif step.action is plan.PodAction.CREATE and step.template is not None:
             await self._create_pod(step, step.template)
         waiting = self.memory.recreations.get(key)
@@ -627,10 +641,22 @@ class Reconciler:
                 self.queue.add_after(key, created.at + WRITE_TRUST - now)
                 observed = created.view
         deleted = self.memory.deleted.get(key)
-        going = observed is not None and deleted is not None and deleted[0] == observed.uid
-        if going and deleted is not None and observed is not None and deleted[1] + WRITE_TRUST > now:
-            return replace(observed, deleting=True)
-        return observed
+        if observed is None or deleted is None or deleted.uid != observed.uid:
+            return observed
+        if deleted.gone:
+            # The API server said so; the watch missed it. Kopf keeps a pod deleted while its watch was
+            # down (after an API server restart, say) in its index: a re-list adds, it never removes.
+            return None
+        left = deleted.at + WRITE_TRUST - now
+        if left <= 0:
+            return observed  # still there, as far as the watch knows: a delete again will tell
+        self.queue.add_after(key, left)  # and look again then, should the watch say nothing
+        return replace(observed, deleting=True)
+
+    def _stopped_before(self, step: _Pass) -> bool:
+        """Whether the pod to stop is one we deleted already (the watch still shows it running)."""
+        deleted = self.memory.deleted.get(step.key)
+        return step.pod is not None and deleted is not None and deleted.uid == step.pod.uid
 
     def pod_deleted(self, key: Key, uid: str) -> None:
         """The watch saw a workspace pod go: what we created before is no longer there."""
