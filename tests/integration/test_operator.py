@@ -306,3 +306,21 @@ def test_settled_tasks_are_not_rewritten(kube: Kube, namespace: str, operator: O
     before = versions()
     time.sleep(5)
     assert versions() == before
+
+
+def test_a_task_with_the_longest_name_runs_pauses_and_resumes(
+    kube: Kube, namespace: str, operator: Operator
+) -> None:
+    """52 characters, the CRD's limit: the pod (<task>-0), the claim (workspace-<task>-0) and the task
+    label on both must all still be valid names and values."""
+    name = "a" + "b2-" * 16 + "cde"
+    assert len(name) == 52
+    create_template(kube, namespace)
+    create_task(kube, namespace, name)
+    wait_for(lambda: phase_is(kube, namespace, name, "Active"), 60, "Active")
+    assert children(kube, namespace, name) == {"pods": [f"{name}-0"], "claims": [f"workspace-{name}-0"]}
+    kubectl_pause(kube, namespace, name, paused=True)
+    wait_for(lambda: phase_is(kube, namespace, name, "Paused"), 60, "Paused")
+    kubectl_pause(kube, namespace, name, paused=False)
+    task = wait_for(lambda: phase_is(kube, namespace, name, "Active"), 60, "Active again")
+    assert task["status"]["workspace"]["lifetime"] == 2

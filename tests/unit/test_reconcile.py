@@ -245,6 +245,16 @@ def reconciler_with(events: list[str], api: FakeApi, **options: Any) -> Reconcil
     return r
 
 
+def reconciler_told_the_prompt(events: list[str], api: FakeApi) -> Reconciler:
+    """A reconciler whose agent's conversation is the prompt, said once."""
+    reconciler = reconciler_with(events, api)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    conversation = [AgentMessage(0, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
+    agents.agent.messages = lambda: _async(conversation)
+    return reconciler
+
+
 def telling(reconciler: Reconciler) -> list[tuple[str, str, str]]:
     """Every Event the reconciler tells from now on: type, reason and message."""
     told: list[tuple[str, str, str]] = []
@@ -817,11 +827,7 @@ def test_a_pause_ends_though_the_watch_never_shows_the_pod_go(api: FakeApi) -> N
     re-lists after such a gap, which adds what it finds and never removes what it missed: the watch shows
     the pod running for good. The pause must end all the same, told once, its conversation kept once."""
     events: list[str] = []
-    reconciler = reconciler_with(events, api)
-    agents = reconciler.agents
-    assert isinstance(agents, FakeAgents)
-    conversation = [AgentMessage(0, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
-    agents.agent.messages = lambda: _async(conversation)
+    reconciler = reconciler_told_the_prompt(events, api)
 
     async def scenario(loop: ClockLoop) -> None:
         await reconciler.reconcile(KEY, views(task_body("5"), api))  # Active
@@ -846,11 +852,7 @@ def test_a_pause_ends_though_the_watch_never_shows_the_pod_go(api: FakeApi) -> N
 
 def test_a_pause_keeps_the_conversation_then_deletes_the_pod_and_needs_no_template(api: FakeApi) -> None:
     events: list[str] = []
-    reconciler = reconciler_with(events, api)
-    agents = reconciler.agents
-    assert isinstance(agents, FakeAgents)
-    conversation = [AgentMessage(0, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
-    agents.agent.messages = lambda: _async(conversation)
+    reconciler = reconciler_told_the_prompt(events, api)
     run(reconciler, views(task_body("5"), api))  # Active
 
     v = views(paused_body(str(api.version), api.status), api)

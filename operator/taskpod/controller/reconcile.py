@@ -481,8 +481,7 @@ class Reconciler:
         count = before.count + 1 if before is not None else 1
         delay = RETRY_DELAYS[min(count - 1, len(RETRY_DELAYS) - 1)]
         what = "exited" if pod.phase == "Succeeded" else "failed"
-        detail = ": ".join(x for x in (pod.reason, pod.message) if x) or "no reason given"
-        why = f"pod {pod.name} {what} ({detail.rstrip('.')})"
+        why = f"pod {pod.name} {what} ({pod.ended_why})"
         self.memory.recreations[key] = _Recreation(count, asyncio.get_running_loop().time() + delay, why)
         message = f"Workspace {why}; a new pod starts in {delay:.0f}s."
         self.event(step.raw, type="Warning", reason="PodFailed", message=message)
@@ -531,10 +530,8 @@ class Reconciler:
         """The Event of a new pod: the first, a resume's, or one after a pod that went unasked."""
         assert step.pod is not None and step.claim is not None
         pod, lifetime, raw = step.pod.name, step.lifetime, step.raw
-        paused_before = any(
-            c.get("type") == lifecycle.PAUSED and c.get("status") == "True"
-            for c in self._current_status(step.task, raw).get("conditions") or []
-        )
+        paused = self._paused_condition(step.task, raw)
+        paused_before = paused is not None and paused.get("status") == "True"
         if lifetime == 1:
             message = f"Created pod {pod} on volume claim {step.claim.name} from TaskTemplate {template}."
             self.event(raw, type="Normal", reason="WorkspaceCreated", message=message)
@@ -615,14 +612,18 @@ class Reconciler:
                 self.agents.idle_pending.add(key)
                 self.queue.add_after(key, IDLE_SNAPSHOT_RETRY)
 
+    def _paused_condition(self, task: Task, raw: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The Paused condition of the task's status as we last left it, if it has one."""
+        conditions = self._current_status(task, raw).get("conditions") or []
+        return next((c for c in conditions if c.get("type") == lifecycle.PAUSED), None)
+
     async def _recover_snapshot_record(self, task: Task, raw: Mapping[str, Any]) -> None:
         """A workspace pod already gone while status still says the task runs: the operator stopped
         between the pause's pod deletion and its status write. Its snapshot is in the ConfigMap,
         not in status: read it back (a rare GET), so that status tells the conversation as kept."""
         key = (task.namespace, task.name)
-        current = self._current_status(task, raw)
-        paused = [c for c in current.get("conditions") or [] if c.get("type") == "Paused"]
-        if key in self.news.snapshots or not paused or paused[0].get("reason") != "Running":
+        paused = self._paused_condition(task, raw)
+        if key in self.news.snapshots or paused is None or paused.get("reason") != "Running":
             return  # status tells it already, or the task never ran (it was made paused)
         configmap = await self.api.read_configmap(task.namespace, snapshots.configmap_name(task.name))
         entry = snapshots.status_entry_of(configmap, task.metadata.uid) if configmap is not None else None

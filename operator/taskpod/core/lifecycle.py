@@ -64,6 +64,11 @@ class PodView:
     owner_kind: str | None = None  # its controller's kind: a Task, or an earlier release's StatefulSet
     spec_hash: str | None = None  # of what it was made from (see workspace.pod)
 
+    @property
+    def ended_why(self) -> str:
+        """Why a failed or exited pod ended, as its status says: "Evicted: The node was low on ..."."""
+        return ": ".join(x for x in (self.reason, self.message) if x).rstrip(".") or "no reason given"
+
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> PodView:
         meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {}) or {}
@@ -255,8 +260,7 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
             Phase.PENDING, "PodPending", "Workspace is pending: waiting for its pod to be created."
         )
     if pod.phase == "Failed":
-        detail = ": ".join(x for x in (pod.reason, pod.message) if x) or "no reason given"
-        return Verdict(Phase.ERROR, "PodFailed", f"Workspace pod {pod.name} failed: {detail.rstrip('.')}.")
+        return Verdict(Phase.ERROR, "PodFailed", f"Workspace pod {pod.name} failed: {pod.ended_why}.")
     if pod.phase == "Succeeded":
         return Verdict(
             Phase.ERROR, "PodExited", f"Workspace pod {pod.name} exited; the agent should keep running."
