@@ -41,6 +41,13 @@ class FakeIndex:
         return iter(self.values)
 
 
+class FakeIndexOfMany(FakeIndex):
+    """An index whose keys each hold several values, as a Kopf index does."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return list(self.values[key]) if key in self.values else default
+
+
 class FakeAgent:
     """An agent that is up, stable and has an empty conversation; records what it is sent."""
 
@@ -842,12 +849,23 @@ def test_a_pause_ends_though_the_watch_never_shows_the_pod_go(api: FakeApi) -> N
         await reconciler.reconcile(KEY, stale)  # deleted again: the API server says it is gone
         assert api.status["phase"] == "Paused", api.status
         await reconciler.reconcile(KEY, stale)  # and it stays so
+
+        # Resumed: the new pod, not the stale one still in the index beside it, is the workspace.
+        stale.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, stale)
+        [new] = api.pods_created()
+        both = [_one_value(stale.pods), PodView.parse(new)]
+        stale.pods = FakeIndexOfMany({KEY: both})
+        stale.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        await reconciler.reconcile(KEY, stale)
+        assert api.status["workspace"]["lifetime"] == 2 and len(api.pods_created()) == 1
+        assert len(api.deletes()) == 2, "the new pod taken for the stale one, or the stale for outdated"
         await reconciler.stop()
 
     on_a_clock(scenario)
     assert api.deletes() == [("delete", "Pod", POD, "p1")] * 2
     assert events.count("Pausing") == 1 and [a["kind"] for a in api.applies] == ["ConfigMap"]
-    assert api.status["phase"] == "Paused"
+    assert api.status["workspace"]["pod"] == POD and api.status["phase"] != "Paused"  # resumed
 
 
 def test_a_pause_keeps_the_conversation_then_deletes_the_pod_and_needs_no_template(api: FakeApi) -> None:

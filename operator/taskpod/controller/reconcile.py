@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -172,11 +172,10 @@ class _Created:
 
 @dataclass(frozen=True)
 class _Deleted:
-    """The pod we deleted, when (loop time), and whether the API server has since said it is gone."""
+    """The pod we deleted, and when (loop time)."""
 
     uid: str
     at: float
-    gone: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,6 +206,9 @@ class Memory:
     written: dict[Key, _Written] = field(default_factory=dict)  # the status we last wrote
     created: dict[Key, _Created] = field(default_factory=dict)  # the pod, until the watch shows it
     deleted: dict[Key, _Deleted] = field(default_factory=dict)  # the pod last deleted, until the next one
+    # pods the API server says are gone while the watch still shows them: Kopf's re-list after a watch
+    # gap adds what it finds and never removes what it missed, so such a pod stays in its index for good
+    gone: dict[Key, set[str]] = field(default_factory=dict)
     recreations: dict[Key, _Recreation] = field(default_factory=dict)  # failed pods, until one is Ready
     told_claim_deleting: dict[Key, str] = field(default_factory=dict)  # uid of the claim we warned of
     # what makes the wanted pod (task uid and generation, template version) and its spec hash
@@ -373,7 +375,7 @@ class Reconciler:
             raw,
             key,
             template if isinstance(template, TaskTemplate) else None,
-            self._as_known(key, _one(views.pods, key)),
+            self._as_known(key, views.pods.get(key) or ()),
             _one(views.claims, key),
             lifetime=recorded,
             workspace_error=template if isinstance(template, str) else None,  # the reason it is invalid
@@ -462,7 +464,9 @@ class Reconciler:
             elif step.action is plan.PodAction.RECREATE:
                 self._recreating(step, pod)
             found = await self.api.delete_pod(key[0], pod.name, pod.uid)
-            self.memory.deleted[key] = _Deleted(pod.uid, asyncio.get_running_loop().time(), gone=not found)
+            self.memory.deleted[key] = _Deleted(pod.uid, asyncio.get_running_loop().time())
+            if not found:
+                self.memory.gone.setdefault(key, set()).add(pod.uid)
             step.pod = replace(pod, deleting=True) if found else None
             if found:  # should the watch never show it go (see _as_known), look again then
                 self.queue.add_after(key, WRITE_TRUST)
@@ -630,10 +634,13 @@ class Reconciler:
         if entry is not None:
             self.news.snapshots[key] = entry
 
-    def _as_known(self, key: Key, observed: PodView | None) -> PodView | None:
+    def _as_known(self, key: Key, shown: Iterable[PodView]) -> PodView | None:
         """The pod as our own writes left it while the watch shows an older state (see WRITE_TRUST): the
-        pod we created while it shows none, the pod we deleted as going; else what the watch shows."""
+        pod we created while it shows none, the pod we deleted as going; else what the watch shows, less
+        the pods the API server said are gone."""
         now = asyncio.get_running_loop().time()
+        gone = self.memory.gone.get(key, set())
+        observed = next((p for p in shown if p.uid not in gone), None)
         created = self.memory.created.get(key)
         if created is not None:
             if observed is not None or created.at + WRITE_TRUST <= now:
@@ -644,10 +651,6 @@ class Reconciler:
         deleted = self.memory.deleted.get(key)
         if observed is None or deleted is None or deleted.uid != observed.uid:
             return observed
-        if deleted.gone:
-            # The API server said so; the watch missed it. Kopf keeps a pod deleted while its watch was
-            # down (after an API server restart, say) in its index: a re-list adds, it never removes.
-            return None
         left = deleted.at + WRITE_TRUST - now
         if left <= 0:
             return observed  # still there, as far as the watch knows: a delete again will tell
@@ -664,6 +667,7 @@ class Reconciler:
         created = self.memory.created.get(key)
         if created is not None and created.view.uid == uid:
             del self.memory.created[key]
+        self.memory.gone.get(key, set()).discard(uid)
 
     def _inputs(self, key: Key, raw: Mapping[str, Any], views: Views) -> _Inputs:
         meta = raw.get("metadata") or {}
