@@ -50,7 +50,7 @@ def children(kube: Kube, namespace: str, name: str) -> dict[str, list[str]]:
     }
 
 
-def test_example_goes_pending_initializing_active(kube: Kube, namespace: str, operator: Operator) -> None:
+def test_example_goes_from_pending_to_active(kube: Kube, namespace: str, operator: Operator) -> None:
     recorder = PhaseRecorder(kube, namespace, "fix-flaky-login")
     kubectl(kube, "apply", "-n", namespace, "-f", str(ROOT / "examples"))
 
@@ -58,9 +58,9 @@ def test_example_goes_pending_initializing_active(kube: Kube, namespace: str, op
         lambda: phase_is(kube, namespace, "fix-flaky-login", "Active"), 60, "the example task to be Active"
     )
     phases = recorder.stop()
+    # Forward only. Initializing may fold into Active: each step's write waits a moment for the next.
     assert phases[0] == "Pending" and phases[-1] == "Active", phases
-    assert "Initializing" in phases and phases.index("Initializing") > phases.index("Pending"), phases
-    assert "Error" not in phases, phases
+    assert phases == [p for p in ("Pending", "Initializing", "Active") if p in phases], phases
 
     table = kubectl(kube, "get", "tasks", "-n", namespace)
     header, row = table.splitlines()[:2]
@@ -93,7 +93,7 @@ def test_example_goes_pending_initializing_active(kube: Kube, namespace: str, op
     assert kube.core.list_namespaced_service(namespace).items == []
 
     describe = kubectl(kube, "describe", "task", "-n", namespace, "fix-flaky-login")
-    assert "WorkspaceCreated" in describe and "WorkspaceReady" in describe
+    assert "WorkspaceCreated" in describe and "PromptDelivered" in describe
 
 
 def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
@@ -136,7 +136,7 @@ def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
     events = kubectl(
         kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=refactor"
     )
-    for reason in ("Pausing", "Paused", "Resuming"):
+    for reason in ("Paused", "Resuming"):
         assert reason in events
 
 

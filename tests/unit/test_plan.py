@@ -20,103 +20,86 @@ STARTING = "Workspace is starting: its containers are being created."
 
 
 @pytest.mark.parametrize(
-    ("current", "composed", "news", "hold", "write"),
+    ("current", "composed", "hold", "write"),
     [
-        pytest.param(
-            status("Active", "ready"), status("Active", "ready"), False, True, Write.NONE, id="same"
-        ),
-        pytest.param(
-            status("Active", "ready"),
-            status("Active", "ready"),
-            True,
-            True,
-            Write.NONE,
-            id="news already shown",
-        ),
-        pytest.param({}, status("Pending", "waiting"), False, True, Write.NOW, id="first status"),
-        pytest.param(
-            status("Pending", "created"),
-            status("Initializing", STARTING),
-            False,
-            True,
-            Write.NOW,
-            id="new phase",
-        ),
-        pytest.param(
-            status("Initializing", STARTING),
-            status("Initializing", "agent starting"),
-            False,
-            True,
-            Write.HOLD,
-            id="step within Initializing",
-        ),
+        pytest.param(status("Active", "ready"), status("Active", "ready"), True, Write.NONE, id="same"),
+        pytest.param({}, status("Pending", "waiting"), True, Write.NOW, id="first status: the task is seen"),
+        pytest.param({}, status("Error", "no template"), True, Write.NOW, id="first status in Error"),
         pytest.param(
             status("Pending", "created"),
             status("Pending", "scheduled"),
-            False,
             True,
             Write.HOLD,
-            id="step within Pending",
-        ),
-        pytest.param(
-            status("Initializing", STARTING),
-            status("Initializing", "agent starting"),
-            True,
-            True,
-            Write.NOW,
-            id="step with news",
-        ),
-        pytest.param(
-            status("Initializing", STARTING),
-            status("Initializing", "agent starting"),
-            False,
-            False,
-            Write.NOW,
-            id="holds off",
+            id="within Pending",
         ),
         pytest.param(
             status("Pending", "created"),
-            status("Pending", "pausing", generation=2),
-            False,
+            status("Initializing", STARTING),
             True,
-            Write.NOW,
-            id="answer to a spec change",
+            Write.HOLD,
+            id="Pending to Initializing: the pod starts, more follows",
         ),
         pytest.param(
-            status("Active", "working"),
+            status("Initializing", STARTING),
+            status("Active", "ready"),
+            True,
+            Write.HOLD,
+            id="Active reached: the prompt and the agent's first turn fold in",
+        ),
+        pytest.param(
+            status("Active", "working"), status("Active", "idle"), True, Write.HOLD, id="a turn within Active"
+        ),
+        pytest.param(
             status("Active", "idle"),
-            False,
+            status("Pending", "pausing", generation=2),
             True,
-            Write.NOW,
-            id="step within Active",
+            Write.HOLD,
+            id="pausing: a quick stop writes Paused alone",
         ),
         pytest.param(
-            status("Error", "bad"), status("Error", "worse"), False, True, Write.NOW, id="step within Error"
+            status("Pending", "pausing"), status("Paused", "paused"), True, Write.NOW, id="Paused reached"
         ),
+        pytest.param(
+            status("Active", "idle"), status("Paused", "paused", generation=2), True, Write.NOW, id="paused"
+        ),
+        pytest.param(
+            status("Active", "ready"), status("Error", "failed"), True, Write.NOW, id="Error reached"
+        ),
+        pytest.param(status("Active", "ready"), status("Unknown", "lost"), True, Write.NOW, id="Unknown"),
+        pytest.param(status("Error", "bad"), status("Error", "worse"), True, Write.NOW, id="within Error"),
+        pytest.param(
+            status("Paused", "paused"),
+            status("Paused", "paused", displayName="Fix it"),
+            True,
+            Write.NOW,
+            id="within Paused",
+        ),
+        pytest.param(status("Active", "working"), status("Active", "idle"), False, Write.NOW, id="holds off"),
         pytest.param(
             status("Active", "x", agent={"healthy": True}),
             status("Active", "x", agent=None),
-            False,
             True,
-            Write.NOW,
-            id="a field removed",
+            Write.HOLD,
+            id="a field removed is a change",
         ),
     ],
 )
 def test_when_status_is_written(
-    current: dict[str, Any], composed: dict[str, Any], news: bool, hold: bool, write: Write
+    current: dict[str, Any], composed: dict[str, Any], hold: bool, write: Write
 ) -> None:
-    assert status_write(current, composed, news=news, hold=hold) is write
+    assert status_write(current, composed, hold=hold) is write
 
 
 @pytest.mark.parametrize(
     ("old", "phase", "kind"),
     [
-        ("Initializing", Phase.ACTIVE, "Normal"),
         ("Pending", Phase.PAUSED, "Normal"),
         ("Active", Phase.ERROR, "Warning"),
         ("Active", Phase.UNKNOWN, "Warning"),
         (None, Phase.ERROR, "Warning"),  # a task in Error from its first status
+        ("Error", Phase.ACTIVE, "Normal"),  # recovered: news
+        ("Unknown", Phase.ACTIVE, "Normal"),
+        ("Initializing", Phase.ACTIVE, None),  # the way up: the prompt's Event tells it
         ("Active", Phase.ACTIVE, None),  # no change
         ("Active", Phase.PENDING, None),  # a step on the way (pausing): status tells it
         ("Pending", Phase.INITIALIZING, None),

@@ -31,11 +31,10 @@ from taskpod.core.lifecycle import AgentView, ClaimView, NodeView, Observation, 
 log = logging.getLogger("taskpod")
 SNAPSHOT_TIMEOUT = 5.0  # seconds; a pause never waits longer on an unreachable agent
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-# A workspace on its way somewhere passes several steps within a phase, often a second apart: pod
-# created, then scheduled; containers starting, then the agent. Such a step's status waits this long, so
-# that the next folds into it. Phase changes go at once (Pending -> Initializing -> Active is what users
-# watch), and so do the answer to a spec change and where a transition ends (Active, Paused, Error,
-# Unknown). On the way down to Paused the phase is Pending throughout, with nothing new in each step.
+# A task on its way somewhere passes several steps, often a moment apart: pod created, scheduled,
+# started; the agent answering, taking its prompt, working, reporting, going idle. A change of status
+# waits this long, so that the steps after it fold into one write (see plan.status_write); the first
+# status and reaching Paused, Error or Unknown go at once. So STATE lags the agent by at most this.
 STATUS_HOLD = 1.0  # seconds
 # The pod watch can be a moment behind our own writes, and a reconcile that reads it then would create
 # (or delete) again. So the pod as we created it stands in for the watch's nothing, and the pod we
@@ -419,9 +418,6 @@ class Reconciler:
         """A pod that is to stop (a pause, or a replacement) first has its conversation kept."""
         task, raw = step.task, step.raw
         if step.action in (plan.PodAction.STOP, plan.PodAction.REPLACE) and not self._stopped_before(step):
-            if step.action is plan.PodAction.STOP:
-                message = "Pausing: stopping the workspace pod; its files are kept."
-                self.event(raw, type="Normal", reason="Pausing", message=message)
             # The agent to snapshot, followed or not (e.g. just restarted).
             target = _target(task, step.pod, even_if_paused=True)
             await self._snapshot(task, raw, quiet=step.action is plan.PodAction.REPLACE, target=target)
@@ -829,9 +825,7 @@ class Reconciler:
         named = None
         if not status.get("displayName"):
             status["displayName"] = named = self._namer.name(key, task.spec.prompt)
-        pending = self.news
-        news = report is not None or named is not None or key in pending.prompts or key in pending.snapshots
-        write = plan.status_write(current, status, news=news, hold=self.options.status_hold > 0)
+        write = plan.status_write(current, status, hold=self.options.status_hold > 0)
         if write is plan.Write.NONE:
             self.queue.end_hold(key)
             self.news.prompts.pop(key, None)

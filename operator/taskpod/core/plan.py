@@ -12,13 +12,15 @@ from typing import Any
 from taskpod.api.models import Phase, Task
 from taskpod.core.lifecycle import ClaimView, PodView, Verdict, status_changed
 
-# Phases worth an Event of their own; the steps between them are visible in status, not in the story.
-STORY_PHASES = frozenset({Phase.ACTIVE, Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN})
+# Phases a task settles in, and what users wait for or must act on: reaching one is written at once.
+SETTLED_PHASES = frozenset({Phase.PAUSED, Phase.ERROR, Phase.UNKNOWN})
+# Phases whose Event tells the story; Active is told only when it comes back (see story_event).
+TROUBLE_PHASES = frozenset({Phase.ERROR, Phase.UNKNOWN})
 
 
 class Write(StrEnum):
     NONE = "none"  # nothing changed
-    HOLD = "hold"  # a step within a phase: wait a moment, so that the next step folds into it
+    HOLD = "hold"  # wait a moment, so that the steps that follow fold into one write
     NOW = "now"
 
 
@@ -29,24 +31,31 @@ class Event:
     message: str
 
 
-def status_write(current: Mapping[str, Any], status: Mapping[str, Any], *, news: bool, hold: bool) -> Write:
-    """How to write `status` over `current`. A step within Pending or Initializing is held (when `hold`:
-    holds are on), unless it carries news (a prompt delivered, a snapshot, a report, a name) or answers
-    a spec change. A new phase goes at once: Pending -> Initializing -> Active is what users watch."""
+def status_write(current: Mapping[str, Any], status: Mapping[str, Any], *, hold: bool) -> Write:
+    """How to write `status` over `current`. The task's first status goes at once: it says the operator
+    has the task. So does reaching Paused, Error or Unknown. Every other change is held a moment (when
+    `hold`: holds are on) and written when the hold ends, with whatever followed it folded in:
+    - Pending and Initializing while the pod starts;
+    - Active with the agent's first answer, the prompt's delivery and the agent taking it up;
+    - the turns of the agent's work and its reports while Active;
+    - a pause's Pending while its pod stops, which a quick stop turns into Paused alone."""
     if not status_changed(current, status):
         return Write.NONE
-    phase = status["phase"]
-    step = phase in (Phase.PENDING, Phase.INITIALIZING) and phase == current.get("phase")
-    same_spec = current.get("observedGeneration") == status.get("observedGeneration")
-    return Write.HOLD if hold and step and same_spec and not news else Write.NOW
+    if not hold or not current.get("phase") or status["phase"] in SETTLED_PHASES:
+        return Write.NOW
+    return Write.HOLD
 
 
 def story_event(old_phase: str | None, verdict: Verdict) -> Event | None:
-    """The Event for a phase change users watch (Active, Paused, Error, Unknown); None for the rest."""
-    if old_phase == verdict.phase or verdict.phase not in STORY_PHASES:
+    """The Event of a phase change that is news beyond status: Paused, Error or Unknown reached, and
+    Active again after Error or Unknown. The way up (Pending, Initializing, Active) is told by the
+    workspace's and the prompt's own Events, and status shows it."""
+    if old_phase == verdict.phase:
         return None
-    warning = verdict.phase in (Phase.ERROR, Phase.UNKNOWN)
-    return Event("Warning" if warning else "Normal", verdict.reason, verdict.message)
+    if verdict.phase in SETTLED_PHASES or (verdict.phase is Phase.ACTIVE and old_phase in TROUBLE_PHASES):
+        warning = verdict.phase in TROUBLE_PHASES
+        return Event("Warning" if warning else "Normal", verdict.reason, verdict.message)
+    return None
 
 
 def leftover(task: Task, claim: ClaimView | None, pod: PodView | None) -> str | None:
