@@ -89,9 +89,12 @@ class FakeApi:
         self.calls: list[tuple[str, ...]] = []  # every write but status, in order
         self.gone: set[str] = set()  # uids of pods deleted
         self.refusal: kube.ApiException | None = None  # the answer to a create, while set
+        self.task_deleted = False  # the task is gone: reads and status writes answer 404
         self._uids = itertools.count(1)
 
     async def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        if self.task_deleted:
+            raise _failure(404, f'tasks.taskpod.dev "{name}" not found', reason="NotFound")
         self.status_patches.append(copy.deepcopy(status))
         self.version += 1
         self.status = _merge(self.status, status)
@@ -134,6 +137,8 @@ class FakeApi:
         return True
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any]:
+        if self.task_deleted:
+            raise _failure(404, f'tasks.taskpod.dev "{name}" not found', reason="NotFound")
         return task_body(str(self.version), self.status)
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -1328,3 +1333,28 @@ def test_a_refusal_is_told_from_a_failure_to_answer(
     """A refusal is the task's Error until the task or template changes; a failure to answer is retried."""
     assert kube.refused(failure) is refused
     assert kube.namespace_terminating(failure) is terminating
+
+
+def test_a_task_deleted_while_the_watch_was_down_is_let_be(api: FakeApi) -> None:
+    """Kopf's re-list after a watch gap never removes what it missed: a task deleted meanwhile stays in
+    its index for good. Once the API server says it is gone, it is let be. Before, each pod it made was
+    taken by garbage collection (its owner is gone), and that pod's going made the next one."""
+    reconciler = reconciler_with([], api)
+    ghost = no_workspace(task_body("5"), api)
+    api.task_deleted = True
+    run(reconciler, ghost)  # the pod is made before the status write says the task is gone
+    made = len(api.pods_created())
+    assert made == 1 and api.status_patches == []
+    ghost.pods = FakeIndex({KEY: PodView.parse(api.pods_created()[0])})
+    run(reconciler, ghost)
+    ghost.pods = FakeIndex({})  # garbage collection takes it and the claim: the watch says so
+    api.objects.pop(("Pod", POD)), api.objects.pop(("PersistentVolumeClaim", CLAIM))
+    run(reconciler, ghost)
+    assert len(api.pods_created()) == made and len(api.calls) == 2, api.calls  # the claim and the pod
+
+    api.task_deleted = False  # a new task of the same name is a task like any other
+    fresh = task_body("9")
+    fresh["metadata"]["uid"] = "u2"
+    ghost.tasks = FakeIndex({KEY: fresh})
+    run(reconciler, ghost)
+    assert len(api.pods_created()) == made + 1 and api.status["phase"]

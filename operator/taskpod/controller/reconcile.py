@@ -205,8 +205,9 @@ class Memory:
     written: dict[Key, _Written] = field(default_factory=dict)  # the status we last wrote
     created: dict[Key, _Created] = field(default_factory=dict)  # the pod, until the watch shows it
     deleted: dict[Key, _Deleted] = field(default_factory=dict)  # the pod last deleted, until the next one
-    # pods the API server says are gone while the watch still shows them: Kopf's re-list after a watch
-    # gap adds what it finds and never removes what it missed, so such a pod stays in its index for good
+    # uids of a task's pods, or of the task itself, that the API server says are gone while the watch
+    # still shows them: Kopf's re-list after a watch gap adds what it finds and never removes what it
+    # missed, so such an object stays in its index for good
     gone: dict[Key, set[str]] = field(default_factory=dict)
     recreations: dict[Key, _Recreation] = field(default_factory=dict)  # failed pods, until one is Ready
     told_claim_deleting: dict[Key, str] = field(default_factory=dict)  # uid of the claim we warned of
@@ -332,6 +333,8 @@ class Reconciler:
         self._views = views
         async with self.queue.serialised(key):
             raw = _one(views.tasks, key)
+            if raw is not None and (raw.get("metadata") or {}).get("uid") in self.memory.gone.get(key, ()):
+                return  # deleted while the watch was down, a ghost in the index (see Memory.gone): let be
             if raw is not None:
                 inputs = self._inputs(key, raw, views)
                 if if_changed and self.memory.seen.get(key) == inputs:
@@ -871,7 +874,10 @@ class Reconciler:
         """Retry a failed reconcile with back-off, and say so in an Event and, if it can be written, in
         status: a task must never show nothing while it cannot progress. Returns the version written."""
         if isinstance(exc, kube.ApiException) and exc.status == 404 and await self._gone(key):
-            log.debug("task %s/%s is gone; nothing to retry", *key)  # the watch's DELETED forgets it
+            # The watch's DELETED forgets it; should the watch have been down, this does.
+            log.debug("task %s/%s is gone; nothing to retry", *key)
+            self._forget(key)
+            self.memory.gone[key] = {str((raw.get("metadata") or {}).get("uid"))}
             return None
         retry = self._backoff.failed(key)
         if retry is None:  # failed again before its retry was due: that one tells
