@@ -1358,3 +1358,32 @@ def test_a_task_deleted_while_the_watch_was_down_is_let_be(api: FakeApi) -> None
     ghost.tasks = FakeIndex({KEY: fresh})
     run(reconciler, ghost)
     assert len(api.pods_created()) == made + 1 and api.status["phase"]
+
+
+@pytest.mark.parametrize("watch_saw_it_go", [True, False])
+def test_the_second_look_after_a_pod_delete_runs_only_if_the_watch_never_showed_it_go(
+    api: FakeApi, watch_saw_it_go: bool
+) -> None:
+    """Each pause used to run one more reconcile, 30 s on, in case the watch missed the pod's going: at
+    1,000 tasks, 1,000 reconciles with nothing to do. Now that look is skipped if the watch saw it go."""
+    reconciler = reconciler_told_the_prompt([], api)
+    ran = counting_reconciles(reconciler)
+
+    async def scenario(loop: ClockLoop) -> int:
+        reconciler.start(1)  # the timer's run goes through the queue, as a watch event's does
+        await reconciler.reconcile(KEY, views(task_body("5"), api))
+        v = views(paused_body(str(api.version), api.status), api)
+        await reconciler.reconcile(KEY, v)  # the pod deleted
+        if watch_saw_it_go:
+            v.pods = FakeIndex({})
+        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        reconciler.enqueue(KEY, v)  # the watch event: the pod gone, or (missed) our status write back
+        await asyncio.sleep(0.05)
+        before = len(ran)
+        loop.ahead += reconcile.WRITE_TRUST + 1
+        await asyncio.sleep(0.05)
+        await reconciler.stop()
+        return len(ran) - before
+
+    assert on_a_clock(scenario) == (0 if watch_saw_it_go else 1)
+    assert api.status["phase"] == "Paused"

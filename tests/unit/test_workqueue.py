@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from taskpod.controller.workqueue import Backoff, Retry, WorkQueue
 
 
@@ -91,6 +93,34 @@ def test_add_after_keeps_the_sooner_of_two_timers_and_runs_forced() -> None:
 
     took = run(scenario)
     assert seen == [("a", True)] and took < 0.9
+
+
+@pytest.mark.parametrize(
+    ("timers", "forced"),
+    [
+        ([(0.05, False)], False),  # a second look: skipped by the processor if nothing changed
+        ([(0.05, False), (1.0, True)], True),  # a later forced one folds into the sooner look
+        ([(1.0, True), (0.05, False)], True),  # a sooner look replaces a forced one, and is forced
+        ([(1.0, False), (0.05, False)], False),
+        ([(0.05, True), (1.0, False)], True),
+    ],
+)
+def test_a_timer_is_a_second_look_unless_either_of_two_was_forced(
+    timers: list[tuple[float, bool]], forced: bool
+) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(lambda key, forced: _record(seen, key, forced))
+        queue.start(1)
+        for delay, force in timers:
+            queue.add_after("a", delay, forced=force)
+        while not seen:
+            await asyncio.sleep(0.01)
+        await queue.stop()
+
+    run(scenario)
+    assert seen == [("a", forced)]
 
 
 def test_a_hold_lasts_its_time_then_runs_the_key_once_and_ends_when_told() -> None:

@@ -468,7 +468,7 @@ class Reconciler:
                 self.memory.gone.setdefault(key, set()).add(pod.uid)
             step.pod = replace(pod, deleting=True) if found else None
             if found:  # should the watch never show it go (see _as_known), look again then
-                self.queue.add_after(key, WRITE_TRUST)
+                self.queue.add_after(key, WRITE_TRUST, forced=False)  # skipped if the watch did
         elif step.action is plan.PodAction.CREATE and step.template is not None:
             await self._create_pod(step, step.template)
         waiting = self.memory.recreations.get(key)
@@ -653,7 +653,7 @@ class Reconciler:
         left = deleted.at + WRITE_TRUST - now
         if left <= 0:
             return observed  # still there, as far as the watch knows: a delete again will tell
-        self.queue.add_after(key, left)  # and look again then, should the watch say nothing
+        self.queue.add_after(key, left, forced=False)  # and look again then, should the watch say nothing
         return replace(observed, deleting=True)
 
     def _stopped_before(self, step: _Pass) -> bool:

@@ -32,6 +32,7 @@ class WorkQueue(Generic[K]):
         self._forced: set[K] = set()
         self._locks: dict[K, asyncio.Lock] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._timer_forced: dict[K, bool] = {}
         self._holds: dict[K, asyncio.TimerHandle | None] = {}  # None: the hold is over, not yet ended
         self._workers: list[asyncio.Task[None]] = []
 
@@ -46,20 +47,26 @@ class WorkQueue(Generic[K]):
             self._queued.add(key)
             self._queue.put_nowait(key)
 
-    def add_after(self, key: K, delay: float) -> None:
-        """Run `key` (forced) in `delay` seconds, unless it is due sooner already."""
+    def add_after(self, key: K, delay: float, *, forced: bool = True) -> None:
+        """Run `key` in `delay` seconds, unless it is due sooner already. Not `forced`: a second look,
+        which the processor may skip if nothing changed. Of two timers the sooner stays, forced if
+        either was: each run asks again for the timers it still needs."""
         loop = asyncio.get_running_loop()
         timer = self._timers.get(key)
         if timer is not None:
+            was_forced = self._timer_forced.get(key, True)
             if timer.when() <= loop.time() + delay:
+                self._timer_forced[key] = was_forced or forced
                 return
             timer.cancel()
+            forced = forced or was_forced
 
         def due() -> None:
             self._timers.pop(key, None)
-            self.add(key, forced=True)
+            self.add(key, forced=self._timer_forced.pop(key, True))
 
         self._timers[key] = loop.call_later(delay, due)
+        self._timer_forced[key] = forced
 
     def due_in(self, key: K) -> float | None:
         """Seconds until `key` runs by its timer (`add_after`); None without one."""
@@ -90,6 +97,7 @@ class WorkQueue(Generic[K]):
 
     def forget(self, key: K) -> None:
         """Drop the timers and hold of a key that is gone (a key still queued runs once more)."""
+        self._timer_forced.pop(key, None)
         if (timer := self._timers.pop(key, None)) is not None:
             timer.cancel()
         self.end_hold(key)
@@ -111,6 +119,7 @@ class WorkQueue(Generic[K]):
             if timer is not None:
                 timer.cancel()
         self._timers.clear()
+        self._timer_forced.clear()
         self._holds.clear()
         for worker in self._workers:
             worker.cancel()
