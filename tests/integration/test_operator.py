@@ -211,10 +211,14 @@ def test_template_and_task_changes_reach_the_workspace(
     wait_for(
         lambda: ("LOG_LEVEL", "debug") in [(e.name, e.value) for e in container().env], 30, "the new env"
     )
-    wait_for(lambda: phase_is(kube, namespace, "upgrade-orm", "Active"), 60, "Active after the rollout")
 
-    lifetime = get_task(kube, namespace, "upgrade-orm")["status"]["workspace"]["lifetime"]
-    assert lifetime == 3, "each change is a new pod: a pod's spec cannot change"
+    def active_in(lifetime: int) -> dict[str, Any] | None:
+        """The task once its status says Active in this lifetime (a status change waits a second)."""
+        task = phase_is(kube, namespace, "upgrade-orm", "Active")
+        return task if task and task["status"]["workspace"].get("lifetime") == lifetime else None
+
+    # Each change is a new pod (a pod's spec cannot change): lifetime 3.
+    wait_for(lambda: active_in(3), 60, "Active after the rollout, in lifetime 3")
 
     # Someone deletes the pod by hand: the operator starts another, and says so.
     old = kube.core.read_namespaced_pod("upgrade-orm-0", namespace).metadata.uid
