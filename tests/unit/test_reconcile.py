@@ -90,6 +90,7 @@ class FakeApi:
         self.gone: set[str] = set()  # uids of pods deleted
         self.refusal: kube.ApiException | None = None  # the answer to a create, while set
         self.task_deleted = False  # the task is gone: reads and status writes answer 404
+        self.configmap_reads = 0
         self._uids = itertools.count(1)
 
     async def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +143,7 @@ class FakeApi:
         return task_body(str(self.version), self.status)
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.configmap_reads += 1
         return None
 
     def pods_created(self) -> list[dict[str, Any]]:
@@ -662,6 +664,10 @@ def test_a_quick_pause_writes_paused_alone(api: FakeApi, quick: bool) -> None:
     async def scenario() -> list[str]:
         reconciler.start(1)
         await reconciler.reconcile(KEY, views(task_body("5"), api))  # Active
+        reconciler.agents.idle_pending.add(KEY)  # type: ignore[union-attr]
+        await reconciler.reconcile(KEY, views(task_body(str(api.version), api.status), api))
+        await asyncio.sleep(0.3)  # idle: its conversation kept, and told in status
+        assert [a["kind"] for a in api.applies] == ["ConfigMap"] and api.status["logSnapshot"]
         before = len(api.status_patches)
         v = views(paused_body(str(api.version), api.status), api)
         await reconciler.reconcile(KEY, v)  # the conversation kept, the pod deleted: Pausing, held
@@ -676,6 +682,8 @@ def test_a_quick_pause_writes_paused_alone(api: FakeApi, quick: bool) -> None:
 
     assert asyncio.run(scenario()) == (["Paused"] if quick else ["Pending", "Paused"])
     assert events.count("Paused") == 1
+    # The conversation as kept at idle is the pause's too: neither written again nor read back.
+    assert [a["kind"] for a in api.applies] == ["ConfigMap"] and api.configmap_reads == 0
 
 
 def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> None:

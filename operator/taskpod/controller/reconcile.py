@@ -625,8 +625,10 @@ class Reconciler:
         between the pause's pod deletion and its status write. Its snapshot is in the ConfigMap,
         not in status: read it back (a rare GET), so that status tells the conversation as kept."""
         key = (task.namespace, task.name)
+        if key in self.news.snapshots or key in self.memory.deleted:
+            return  # this process stopped the pod, its conversation kept: the next write tells it
         paused = self._paused_condition(task, raw)
-        if key in self.news.snapshots or paused is None or paused.get("reason") != "Running":
+        if paused is None or paused.get("reason") != "Running":
             return  # status tells it already, or the task never ran (it was made paused)
         configmap = await self.api.read_configmap(task.namespace, snapshots.configmap_name(task.name))
         entry = snapshots.status_entry_of(configmap, task.metadata.uid) if configmap is not None else None
