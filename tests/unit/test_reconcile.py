@@ -1395,3 +1395,35 @@ def test_the_second_look_after_a_pod_delete_runs_only_if_the_watch_never_showed_
 
     assert on_a_clock(scenario) == (0 if watch_saw_it_go else 1)
     assert api.status["phase"] == "Paused"
+
+
+def test_an_agents_turn_during_a_hold_is_one_reconcile_at_its_end(api: FakeApi) -> None:
+    """The agent's pokes (status running, each message, stable again, its report) each ran a reconcile,
+    though its status was held: at 1,000 tasks, 11 reconciles per task in the apply. While a hold runs,
+    pokes run none; its end runs one, which sees all of them."""
+    reconciler = reconciler_with([], api, status_hold=0.1)
+    ran = counting_reconciles(reconciler)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+
+    async def scenario() -> tuple[int, int]:
+        reconciler.start(1)
+        await reconciler.reconcile(KEY, views(task_body("5"), api))  # Active: the first status, at once
+        v = views(task_body(str(api.version), api.status), api)
+        agents.views[KEY] = replace(agents.views[KEY], status=AgentStatus.RUNNING)
+        await reconciler.reconcile(KEY, v)  # the agent at work: held
+        before = len(ran)
+        for said in ("reading the test", "found the race", "fixed it"):  # its turn, within the hold
+            agents.views[KEY] = replace(agents.views[KEY], last_message=said)
+            reconciler.poke(KEY)
+            await asyncio.sleep(0.01)
+        agents.views[KEY] = replace(agents.views[KEY], status=AgentStatus.STABLE)
+        reconciler.poke(KEY)
+        during = len(ran) - before
+        await asyncio.sleep(0.3)
+        await reconciler.stop()
+        return during, len(ran) - before
+
+    during, after = asyncio.run(scenario())
+    assert (during, after) == (0, 1)
+    assert api.status["state"]["state"] == "idle" and api.status["state"]["message"] == "fixed it"

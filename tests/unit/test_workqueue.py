@@ -129,17 +129,18 @@ def test_a_hold_lasts_its_time_then_runs_the_key_once_and_ends_when_told() -> No
     async def scenario() -> list[bool]:
         queue: WorkQueue[str] = WorkQueue(lambda key, forced: _record(seen, key, forced))
         queue.start(1)
-        answers = [queue.hold("a", 0.05), queue.hold("a", 0.05)]
+        answers = [queue.holding("a"), queue.hold("a", 0.05), queue.hold("a", 0.05), queue.holding("a")]
         await asyncio.sleep(0.15)
-        answers.append(queue.hold("a", 0.05))  # over: the write goes now
+        answers += [queue.holding("a"), queue.hold("a", 0.05)]  # over: the write goes now
         queue.end_hold("a")
         answers.append(queue.hold("a", 10))  # a new hold
         queue.forget("a")  # the key is gone: its hold with it, and no run comes of it
+        answers.append(queue.holding("a"))
         await asyncio.sleep(0.05)
         await queue.stop()
         return answers
 
-    assert run(scenario) == [True, True, False, True]
+    assert run(scenario) == [False, True, True, True, False, False, True, False]
     assert seen == [("a", True)]
 
 

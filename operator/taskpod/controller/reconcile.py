@@ -300,8 +300,9 @@ class Reconciler:
 
     def poke(self, key: Key) -> None:
         """Ask for a reconcile of `key` that runs even if no view changed (the agent said something, a
-        name or a report came in, a retry is due)."""
-        if self._views is not None:
+        name or a report came in). While its status is held, none: the hold's end runs one, with all
+        that came meanwhile (an agent's turn is a dozen pokes within a second)."""
+        if self._views is not None and not self.queue.holding(key):
             self.enqueue(key, self._views, forced=True)
 
     def enqueue(self, key: Key, views: Views, *, forced: bool = False) -> None:

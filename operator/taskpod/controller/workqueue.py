@@ -85,6 +85,10 @@ class WorkQueue(Generic[K]):
             self._holds[key] = asyncio.get_running_loop().call_later(seconds, due)
         return self._holds[key] is not None
 
+    def holding(self, key: K) -> bool:
+        """Whether a hold of `key` is running: its end runs the key, forced."""
+        return self._holds.get(key) is not None
+
     def end_hold(self, key: K) -> None:
         if (timer := self._holds.pop(key, None)) is not None:
             timer.cancel()
