@@ -307,6 +307,14 @@ def on_a_clock(scenario: Callable[[ClockLoop], Coroutine[Any, Any, T]]) -> T:
         return runner.run(scenario(loop))
 
 
+async def after(loop: ClockLoop, seconds: float) -> None:
+    """Move the test's clock on by `seconds`, and let what came due run: timers, then the reconciles
+    they queue (each takes a few turns of the loop)."""
+    loop.ahead += seconds
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
 def condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return dict(next(c for c in status["conditions"] if c["type"] == kind))
 
@@ -629,7 +637,7 @@ def test_steps_fold_into_one_status_write_per_hold(api: FakeApi) -> None:
     task: Pending, Initializing, Active, the prompt, the agent working, its report, the agent idle."""
     reconciler = reconciler_with([], api, status_hold=0.1)
 
-    async def scenario() -> list[tuple[str, str]]:
+    async def scenario(loop: ClockLoop) -> list[tuple[str, str]]:
         reconciler.start(1)
         await reconciler.reconcile(KEY, views(task_body("5"), api))  # the first status: at once
         v = views(task_body(str(api.version), api.status), api)
@@ -638,17 +646,17 @@ def test_steps_fold_into_one_status_write_per_hold(api: FakeApi) -> None:
         for step in [*restarting, pod]:  # the containers restart and are back within the hold
             v.pods = FakeIndex({KEY: step})
             await reconciler.reconcile(KEY, v)
-        await asyncio.sleep(0.3)
+        await after(loop, 0.3)
         assert len(api.status_patches) == 1, "a blip shorter than the hold was written"
         for step in restarting:  # again, and for longer than the hold
             v.pods = FakeIndex({KEY: step})
             await reconciler.reconcile(KEY, v)
         assert len(api.status_patches) == 1, "a step was written before its hold ended"
-        await asyncio.sleep(0.3)
+        await after(loop, 0.3)
         await reconciler.stop()
         return [(p["phase"], p["message"]) for p in api.status_patches]
 
-    assert asyncio.run(scenario()) == [
+    assert on_a_clock(scenario) == [
         ("Active", "Workspace is ready."),
         ("Initializing", "Workspace pod fix-login-0 is not Ready."),  # the last step, once
     ]
@@ -661,26 +669,26 @@ def test_a_quick_pause_writes_paused_alone(api: FakeApi, quick: bool) -> None:
     reconciler = reconciler_told_the_prompt(events, api)
     reconciler.options.status_hold = 0.1
 
-    async def scenario() -> list[str]:
+    async def scenario(loop: ClockLoop) -> list[str]:
         reconciler.start(1)
         await reconciler.reconcile(KEY, views(task_body("5"), api))  # Active
         reconciler.agents.idle_pending.add(KEY)  # type: ignore[union-attr]
         await reconciler.reconcile(KEY, views(task_body(str(api.version), api.status), api))
-        await asyncio.sleep(0.3)  # idle: its conversation kept, and told in status
+        await after(loop, 0.3)  # idle: its conversation kept, and told in status
         assert [a["kind"] for a in api.applies] == ["ConfigMap"] and api.status["logSnapshot"]
         before = len(api.status_patches)
         v = views(paused_body(str(api.version), api.status), api)
         await reconciler.reconcile(KEY, v)  # the conversation kept, the pod deleted: Pausing, held
         assert api.deletes() == [("delete", "Pod", POD, "p1")] and len(api.status_patches) == before
         if not quick:
-            await asyncio.sleep(0.3)  # the hold ends with the pod still stopping: Pausing is written
+            await after(loop, 0.3)  # the hold ends with the pod still stopping: Pausing is written
         v.pods = FakeIndex({})
         await reconciler.reconcile(KEY, v)  # Paused: at once, and the hold is over
-        await asyncio.sleep(0.3)
+        await after(loop, 0.3)
         await reconciler.stop()
         return [p["phase"] for p in api.status_patches[before:]]
 
-    assert asyncio.run(scenario()) == (["Paused"] if quick else ["Pending", "Paused"])
+    assert on_a_clock(scenario) == (["Paused"] if quick else ["Pending", "Paused"])
     assert events.count("Paused") == 1
     # The conversation as kept at idle is the pause's too: neither written again nor read back.
     assert [a["kind"] for a in api.applies] == ["ConfigMap"] and api.configmap_reads == 0
@@ -1386,10 +1394,9 @@ def test_the_second_look_after_a_pod_delete_runs_only_if_the_watch_never_showed_
             v.pods = FakeIndex({})
         v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
         reconciler.enqueue(KEY, v)  # the watch event: the pod gone, or (missed) our status write back
-        await asyncio.sleep(0.05)
+        await after(loop, 0)
         before = len(ran)
-        loop.ahead += reconcile.WRITE_TRUST + 1
-        await asyncio.sleep(0.05)
+        await after(loop, reconcile.WRITE_TRUST + 1)
         await reconciler.stop()
         return len(ran) - before
 
@@ -1406,7 +1413,7 @@ def test_an_agents_turn_during_a_hold_is_one_reconcile_at_its_end(api: FakeApi) 
     agents = reconciler.agents
     assert isinstance(agents, FakeAgents)
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario(loop: ClockLoop) -> tuple[int, int]:
         reconciler.start(1)
         await reconciler.reconcile(KEY, views(task_body("5"), api))  # Active: the first status, at once
         v = views(task_body(str(api.version), api.status), api)
@@ -1416,14 +1423,14 @@ def test_an_agents_turn_during_a_hold_is_one_reconcile_at_its_end(api: FakeApi) 
         for said in ("reading the test", "found the race", "fixed it"):  # its turn, within the hold
             agents.views[KEY] = replace(agents.views[KEY], last_message=said)
             reconciler.poke(KEY)
-            await asyncio.sleep(0.01)
+            await after(loop, 0)
         agents.views[KEY] = replace(agents.views[KEY], status=AgentStatus.STABLE)
         reconciler.poke(KEY)
         during = len(ran) - before
-        await asyncio.sleep(0.3)
+        await after(loop, 0.3)
         await reconciler.stop()
         return during, len(ran) - before
 
-    during, after = asyncio.run(scenario())
-    assert (during, after) == (0, 1)
+    during, at_its_end = on_a_clock(scenario)
+    assert (during, at_its_end) == (0, 1)
     assert api.status["state"]["state"] == "idle" and api.status["state"]["message"] == "fixed it"
