@@ -57,6 +57,9 @@ class Cluster:
             context.verify_mode = ssl.CERT_NONE
         return cls(cfg.host.rstrip("/"), context, headers)
 
+    def claim_path(self, namespace: str, name: str) -> str:
+        return f"{self.server}/api/v1/namespaces/{quote(namespace)}/persistentvolumeclaims/{quote(name)}"
+
     def pods_path(self, namespace: str | None) -> str:
         base = "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{quote(namespace)}/pods"
         return self.server + base

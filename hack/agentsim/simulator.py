@@ -6,8 +6,9 @@ kwok runs no containers, but it gives each Running pod an IP inside 127.0.0.0/8,
 ScriptedAgent there (port: the container port named `agentapi`, else 3284; behaviour: the pod annotation
 `sim.taskpod.dev/agent`, read when the agent starts). When the pod goes (deleted, deletion started, not
 Running) the agent stops, its socket and streams closed, so a pause really kills the agent. With a state
-directory each task's conversation lives in `<dir>/<namespace>/<task>.json` across pod lifetimes, as
-`agentapi --state-file` on the workspace volume keeps it.
+directory each task's conversation lives in `<dir>/<namespace>/<task>/<volume>.json` across pod
+lifetimes, as `agentapi --state-file` on the workspace volume keeps it: the volume is the claim the pod
+mounts (its uid), else the pod's controller.
 
 Use it from asyncio (`await Simulator(...).start()` ... `await sim.stop()`), from synchronous code
 (`with BackgroundSimulator(...) as sim:`), or as a process (`python -m agentsim`).
@@ -20,7 +21,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -52,7 +53,8 @@ class Placement:
     task: str
     behaviour: str | None  # the annotation's JSON
     agent_type: str | None  # from the container's `--type` argument, if any
-    volume: str = ""  # what the workspace volume lives as long as: the pod's controller (uid)
+    volume: str = ""  # what the workspace volume lives as long as: its claim, else the pod's controller (uid)
+    claim: str | None = None  # the name of the volume claim the pod mounts, if any
 
     @property
     def key(self) -> Key:
@@ -85,6 +87,9 @@ def placement(pod: Pod) -> Placement | None:
         behaviour=(meta.get("annotations") or {}).get(BEHAVIOUR_ANNOTATION),
         agent_type=_type_argument([*(owner or {}).get("command", []), *(owner or {}).get("args", [])]),
         volume=next((o.get("uid", "") for o in meta.get("ownerReferences") or [] if o.get("controller")), ""),
+        claim=next(
+            (c["claimName"] for v in spec.get("volumes") or [] if (c := v.get("persistentVolumeClaim"))), None
+        ),
     )
 
 
@@ -130,6 +135,7 @@ class Simulator:
         self.namespaces: list[str | None] = list(dict.fromkeys(namespaces)) or [None]
         self.agents: dict[Key, tuple[Placement, ScriptedAgent]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._cluster: Cluster | None = None
         self._watches: list[asyncio.Task[None]] = []
 
     def agent(self, namespace: str, pod: str) -> ScriptedAgent | None:
@@ -138,7 +144,7 @@ class Simulator:
 
     async def start(self, timeout: float = 60) -> None:
         """Start watching; returns once every watched scope was listed and its pods' agents started."""
-        cluster = await asyncio.to_thread(Cluster.from_kubeconfig, self.kubeconfig)
+        cluster = self._cluster = await asyncio.to_thread(Cluster.from_kubeconfig, self.kubeconfig)
         self._session = aiohttp.ClientSession(
             headers=cluster.headers, connector=aiohttp.TCPConnector(ssl=cluster.ssl)
         )
@@ -209,7 +215,7 @@ class Simulator:
         except BehaviourError as exc:
             log.error("not starting the agent of %s: bad %s annotation: %s", where, BEHAVIOUR_ANNOTATION, exc)
             return
-        state = state_file(self.state_dir, where) if self.state_dir else None
+        state = state_file(self.state_dir, await self._on_its_volume(where)) if self.state_dir else None
         agent = ScriptedAgent(
             where.ip, where.port, behaviour, state_file=state, name=f"{where.namespace}/{where.pod}"
         )
@@ -220,6 +226,22 @@ class Simulator:
             return
         self.agents[where.key] = (where, agent)
         log.info("started the agent of %s%s", where, f" (state {state})" if state else "")
+
+    async def _on_its_volume(self, where: Placement) -> Placement:
+        """`where`, its volume the uid of the claim it mounts: a task's workspace claim outlives its pods
+        and whatever controlled them (an upgrade moves a pod from a StatefulSet to the Task)."""
+        if where.claim is None or self._session is None or self._cluster is None:
+            return where
+        try:
+            async with self._session.get(self._cluster.claim_path(where.namespace, where.claim)) as response:
+                if response.status == 200:
+                    return replace(where, volume=(await response.json())["metadata"]["uid"])
+                log.warning(
+                    "claim %s of %s: HTTP %d; keyed by its controller", where.claim, where, response.status
+                )
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            log.warning("claim %s of %s: %s; keyed by its controller", where.claim, where, exc)
+        return where
 
     async def _stop(self, key: Key, reason: str) -> None:
         found = self.agents.pop(key, None)

@@ -205,7 +205,8 @@ def test_an_upgrade_moves_running_and_paused_tasks_to_pods_losing_nothing(
     snapshot = kube.core.read_namespaced_config_map("running-snapshot", namespace).data["snapshot.json"]
     kept = [m["content"] for m in json.loads(snapshot)["data"]["messages"]]
     assert "The running task's prompt" in kept and "Working on the running task." in kept, kept
-    assert prompts_in(agent_messages(kube, namespace, "running"), "The running task's prompt") == 0
+    # The agent's conversation lives on the claim, as agentapi's state file does: the prompt in it once.
+    assert prompts_in(agent_messages(kube, namespace, "running"), "The running task's prompt") == 1
     assert task["status"]["prompt"]["lifetime"] == 1, "delivered once, by the previous release"
 
     # The paused task: still paused, its claim adopted; a resume brings it back on the same claim.
@@ -229,4 +230,4 @@ def test_an_upgrade_moves_running_and_paused_tasks_to_pods_losing_nothing(
     task = wait_for(partial(phase_is, kube, namespace, "resting", "Active"), 60, "resumed")
     assert task["status"]["workspace"]["lifetime"] == 2
     assert claim_of(kube, namespace, "resting").metadata.uid == claims["resting"]
-    assert prompts_in(agent_messages(kube, namespace, "resting"), "The resting task's prompt") == 0
+    assert prompts_in(agent_messages(kube, namespace, "resting"), "The resting task's prompt") == 1

@@ -487,3 +487,14 @@ def test_an_agent_keeps_its_conversation_per_workspace_volume(tmp_path: Path) ->
     assert first is not None and restarted is not None and again is not None
     assert state_file(tmp_path, first) == state_file(tmp_path, restarted) == tmp_path / "team-a/login/s1.json"
     assert state_file(tmp_path, again) != state_file(tmp_path, first)
+
+
+def test_a_pod_on_a_volume_claim_names_it_for_its_conversation() -> None:
+    """The workspace's conversation lives on its claim, which outlives the pods and their controller: the
+    simulator keys it by the claim's uid, looked up when the agent starts."""
+    on_a_claim = placement(
+        _pod(spec__volumes=[{"name": "x"}, {"name": "w", "persistentVolumeClaim": {"claimName": "ws-0"}}])
+    )
+    assert on_a_claim is not None and on_a_claim.claim == "ws-0"
+    bare = placement(_pod())
+    assert bare is not None and bare.claim is None
