@@ -218,7 +218,12 @@ def test_template_and_task_changes_reach_the_workspace(
         return task if task and task["status"]["workspace"].get("lifetime") == lifetime else None
 
     # Each change is a new pod (a pod's spec cannot change): lifetime 3.
-    wait_for(lambda: active_in(3), 60, "Active after the rollout, in lifetime 3")
+    wait_for(
+        lambda: active_in(3),
+        60,
+        "Active after the rollout, in lifetime 3",
+        explain=lambda: get_task(kube, namespace, "upgrade-orm").get("status"),
+    )
 
     # Someone deletes the pod by hand: the operator starts another, and says so.
     old = kube.core.read_namespaced_pod("upgrade-orm-0", namespace).metadata.uid

@@ -1434,3 +1434,33 @@ def test_an_agents_turn_during_a_hold_is_one_reconcile_at_its_end(api: FakeApi) 
     during, at_its_end = on_a_clock(scenario)
     assert (during, at_its_end) == (0, 1)
     assert api.status["state"]["state"] == "idle" and api.status["state"]["message"] == "fixed it"
+
+
+def test_two_replacements_within_a_hold_count_two_lifetimes(api: FakeApi) -> None:
+    """Found by test_operator: a template change, then an env change within a second. The second pod's
+    status was still held when it was replaced, so its successor counted from the status (lifetime 1)
+    and was lifetime 2 again. The pod this process stopped counts too."""
+    reconciler = reconciler_with([], api, status_hold=0.1)
+
+    async def scenario(loop: ClockLoop) -> list[str]:
+        reconciler.start(1)
+        await reconciler.reconcile(KEY, views(task_body("5"), api))  # Active, lifetime 1: written at once
+        v = views(task_body(str(api.version), api.status), api)
+        for change in ("template", "env"):
+            if change == "template":
+                v.templates = FakeIndex({(NS, "default"): template("agent:2", version="2")})
+            else:
+                body = task_body(str(api.version), api.status)
+                body["spec"]["env"], body["metadata"]["generation"] = [{"name": "LOG", "value": "debug"}], 2
+                v.tasks = FakeIndex({KEY: body})
+            await reconciler.reconcile(KEY, v)  # the pod replaced: deleted, its status held
+            v.pods = FakeIndex({})  # gone: its successor is made
+            await reconciler.reconcile(KEY, v)
+            made = api.pods_created()[-1]
+            v.pods = FakeIndex({KEY: running(made, uid=made["metadata"]["uid"])})
+        await after(loop, 0.3)
+        await reconciler.stop()
+        return [lifetime_of(p) for p in api.pods_created()]
+
+    assert on_a_clock(scenario) == ["2", "3"]
+    assert api.status["workspace"]["lifetime"] == 3

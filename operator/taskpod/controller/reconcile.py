@@ -175,6 +175,7 @@ class _Deleted:
 
     uid: str
     at: float
+    lifetime: int | None = None  # its lifetime: status may not say it yet (a write held)
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,8 @@ class Reconciler:
         key = (task.namespace, task.name)
         template = _one(views.templates, (task.namespace, task.spec.template))
         recorded = (self._current_status(task, raw).get("workspace") or {}).get("lifetime") or 0
+        if (deleted := self.memory.deleted.get(key)) is not None and deleted.lifetime is not None:
+            recorded = max(recorded, deleted.lifetime)  # the pod we stopped, whose status may be held
         step = _Pass(
             task,
             raw,
@@ -464,7 +467,7 @@ class Reconciler:
             elif step.action is plan.PodAction.RECREATE:
                 self._recreating(step, pod)
             found = await self.api.delete_pod(key[0], pod.name, pod.uid)
-            self.memory.deleted[key] = _Deleted(pod.uid, asyncio.get_running_loop().time())
+            self.memory.deleted[key] = _Deleted(pod.uid, asyncio.get_running_loop().time(), step.lifetime)
             if not found:
                 self.memory.gone.setdefault(key, set()).add(pod.uid)
             step.pod = replace(pod, deleting=True) if found else None
