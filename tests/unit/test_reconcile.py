@@ -1464,3 +1464,30 @@ def test_two_replacements_within_a_hold_count_two_lifetimes(api: FakeApi) -> Non
 
     assert on_a_clock(scenario) == ["2", "3"]
     assert api.status["workspace"]["lifetime"] == 3
+
+
+def test_a_new_agents_first_answer_during_a_hold_gets_its_prompt_at_once(api: FakeApi) -> None:
+    """Pokes wait for the hold's end only once the prompt is in: a new agent's first answer runs a
+    reconcile at once, so the prompt goes in and the agent's turn folds into the same hold."""
+    reconciler = reconciler_with([], api, status_hold=0.1)
+    agents = reconciler.agents
+    assert isinstance(agents, FakeAgents)
+    agents.views[KEY] = AgentView(lifetime=1)  # nothing heard yet
+
+    async def scenario(loop: ClockLoop) -> list[str]:
+        reconciler.start(1)
+        v = views(task_body("5"), api)
+        await reconciler.reconcile(KEY, v)  # Initializing: "Agent is starting", the first status
+        agents.views[KEY] = replace(agents.views[KEY], reason="connection refused")
+        await reconciler.reconcile(KEY, v)  # a step: held
+        assert reconciler.queue.holding(KEY)
+        agents.views[KEY] = AgentView(lifetime=1, answered=True, healthy=True, status=AgentStatus.STABLE)
+        reconciler.poke(KEY)
+        await after(loop, 0)  # no time passes: the hold is still on
+        sent = list(agents.agent.sent)
+        await after(loop, 0.3)
+        await reconciler.stop()
+        return sent
+
+    assert on_a_clock(scenario) == ["Fix the flaky login test"]
+    assert api.status["phase"] == "Active" and api.status["prompt"]["lifetime"] == 1

@@ -301,10 +301,20 @@ class Reconciler:
 
     def poke(self, key: Key) -> None:
         """Ask for a reconcile of `key` that runs even if no view changed (the agent said something, a
-        name or a report came in). While its status is held, none: the hold's end runs one, with all
-        that came meanwhile (an agent's turn is a dozen pokes within a second)."""
-        if self._views is not None and not self.queue.holding(key):
-            self.enqueue(key, self._views, forced=True)
+        name or a report came in). While its status is held and its prompt is in, none: the hold's end
+        runs one, with all that came meanwhile (an agent's turn is a dozen pokes within a second)."""
+        if self._views is None or (self.queue.holding(key) and self._prompt_recorded(key)):
+            return
+        self.enqueue(key, self._views, forced=True)
+
+    def _prompt_recorded(self, key: Key) -> bool:
+        """Whether the task's prompt is delivered (as far as we know): a new agent's first answer, before
+        it, is a poke that runs at once, so that the prompt goes in and the agent's turn folds into the
+        same hold."""
+        raw = _one(self._views.tasks, key) if self._views is not None else None
+        return key in self.news.prompts or (
+            raw is not None and bool(self._current_status(key, raw).get("prompt"))
+        )
 
     def enqueue(self, key: Key, views: Views, *, forced: bool = False) -> None:
         """Queue a reconcile of `key` for the workers: a key queued twice runs once, and a watch event
@@ -373,7 +383,7 @@ class Reconciler:
         task = Task.model_validate(raw)
         key = (task.namespace, task.name)
         template = _one(views.templates, (task.namespace, task.spec.template))
-        recorded = (self._current_status(task, raw).get("workspace") or {}).get("lifetime") or 0
+        recorded = (self._current_status(key, raw).get("workspace") or {}).get("lifetime") or 0
         if (deleted := self.memory.deleted.get(key)) is not None and deleted.lifetime is not None:
             recorded = max(recorded, deleted.lifetime)  # the pod we stopped, whose status may be held
         step = _Pass(
@@ -567,7 +577,7 @@ class Reconciler:
         agent = None
         if self.agents is not None:
             target = _target(task, step.pod)
-            current = self._current_status(task, step.raw)
+            current = self._current_status(key, step.raw)
             workspace_status = current.get("workspace") or {}
             answered_before = bool(
                 target is not None
@@ -608,7 +618,7 @@ class Reconciler:
             or verdict.phase is not Phase.ACTIVE
         ):
             return
-        had_prompt = bool(self.news.prompts.get(key) or self._current_status(task, raw).get("prompt"))
+        had_prompt = bool(self.news.prompts.get(key) or self._current_status(key, raw).get("prompt"))
         await self._deliver_prompt(task, raw, obs)
         if key in self.agents.idle_pending:
             self.agents.idle_pending.discard(key)
@@ -621,7 +631,7 @@ class Reconciler:
 
     def _paused_condition(self, task: Task, raw: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The Paused condition of the task's status as we last left it, if it has one."""
-        conditions = self._current_status(task, raw).get("conditions") or []
+        conditions = self._current_status((task.namespace, task.name), raw).get("conditions") or []
         return next((c for c in conditions if c.get("type") == lifecycle.PAUSED), None)
 
     async def _recover_snapshot_record(self, task: Task, raw: Mapping[str, Any]) -> None:
@@ -704,9 +714,8 @@ class Reconciler:
         cached = self._lagging(key, raw)
         return cached.version if cached else str((raw.get("metadata") or {}).get("resourceVersion", ""))
 
-    def _current_status(self, task: Task, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _current_status(self, key: Key, raw: Mapping[str, Any]) -> Mapping[str, Any]:
         """The task's status as we last left it: the watch may not have brought our own writes back yet."""
-        key = (task.namespace, task.name)
         cached = self._lagging(key, raw)
         if cached is not None:
             return cached.status
@@ -717,7 +726,7 @@ class Reconciler:
         """Hand the prompt to a stable agent, once: see agents.deliver_prompt for the exactly-once part.
         A refused or lost delivery is retried with back-off, and status says so meanwhile."""
         key = (task.namespace, task.name)
-        current = self._current_status(task, raw)
+        current = self._current_status(key, raw)
         recorded = self.news.prompts.get(key) or current.get("prompt")
         client = self.agents.client(key) if self.agents else None
         if agentstate.was_delivered(task.spec.prompt, recorded) or client is None:
@@ -815,10 +824,10 @@ class Reconciler:
     async def _write_status(
         self, task: Task, raw: Mapping[str, Any], obs: Observation, verdict: lifecycle.Verdict
     ) -> None:
-        current = self._current_status(task, raw)
+        key = (task.namespace, task.name)
+        current = self._current_status(key, raw)
         # Decide from the same status we compare against, or two versions of it would take turns forever.
         task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
-        key = (task.namespace, task.name)
         report = self.news.reports.get(key)
         failure = self.news.delivery_failures.get(key)
         status = agentstate.task_status(
