@@ -308,13 +308,14 @@ class Reconciler:
         self.enqueue(key, self._views, forced=True)
 
     def _prompt_recorded(self, key: Key) -> bool:
-        """Whether the task's prompt is delivered (as far as we know): a new agent's first answer, before
-        it, is a poke that runs at once, so that the prompt goes in and the agent's turn folds into the
-        same hold."""
+        """Whether a prompt is delivered (as far as we know): a new agent's first answer, before it, is a
+        poke that runs at once, so that the prompt goes in and the agent's turn folds into the same hold."""
         raw = _one(self._views.tasks, key) if self._views is not None else None
-        return key in self.news.prompts or (
-            raw is not None and bool(self._current_status(key, raw).get("prompt"))
-        )
+        return raw is not None and bool(self._prompt_record(key, raw))
+
+    def _prompt_record(self, key: Key, raw: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The record of the last prompt delivered: this process's, not written yet, or status's."""
+        return self.news.prompts.get(key) or self._current_status(key, raw).get("prompt")
 
     def enqueue(self, key: Key, views: Views, *, forced: bool = False) -> None:
         """Queue a reconcile of `key` for the workers: a key queued twice runs once, and a watch event
@@ -618,7 +619,7 @@ class Reconciler:
             or verdict.phase is not Phase.ACTIVE
         ):
             return
-        had_prompt = bool(self.news.prompts.get(key) or self._current_status(key, raw).get("prompt"))
+        had_prompt = bool(self._prompt_record(key, raw))
         await self._deliver_prompt(task, raw, obs)
         if key in self.agents.idle_pending:
             self.agents.idle_pending.discard(key)
@@ -726,8 +727,7 @@ class Reconciler:
         """Hand the prompt to a stable agent, once: see agents.deliver_prompt for the exactly-once part.
         A refused or lost delivery is retried with back-off, and status says so meanwhile."""
         key = (task.namespace, task.name)
-        current = self._current_status(key, raw)
-        recorded = self.news.prompts.get(key) or current.get("prompt")
+        recorded = self._prompt_record(key, raw)
         client = self.agents.client(key) if self.agents else None
         if agentstate.was_delivered(task.spec.prompt, recorded) or client is None:
             self.news.delivery_failures.pop(key, None)
@@ -892,7 +892,8 @@ class Reconciler:
             # The watch's DELETED forgets it; should the watch have been down, this does.
             log.debug("task %s/%s is gone; nothing to retry", *key)
             self._forget(key)
-            self.memory.gone[key] = {str((raw.get("metadata") or {}).get("uid"))}
+            if uid := (raw.get("metadata") or {}).get("uid"):
+                self.memory.gone[key] = {uid}
             return None
         retry = self._backoff.failed(key)
         if retry is None:  # failed again before its retry was due: that one tells

@@ -31,8 +31,7 @@ class WorkQueue(Generic[K]):
         self._queued: set[K] = set()  # in the queue, not yet taken by a worker
         self._forced: set[K] = set()
         self._locks: dict[K, asyncio.Lock] = {}
-        self._timers: dict[K, asyncio.TimerHandle] = {}
-        self._timer_forced: dict[K, bool] = {}
+        self._timers: dict[K, tuple[asyncio.TimerHandle, bool]] = {}  # and whether its run is forced
         self._holds: dict[K, asyncio.TimerHandle | None] = {}  # None: the hold is over, not yet ended
         self._workers: list[asyncio.Task[None]] = []
 
@@ -52,26 +51,24 @@ class WorkQueue(Generic[K]):
         which the processor may skip if nothing changed. Of two timers the sooner stays, forced if
         either was: each run asks again for the timers it still needs."""
         loop = asyncio.get_running_loop()
-        timer = self._timers.get(key)
-        if timer is not None:
-            was_forced = self._timer_forced.get(key, True)
+        if (pending := self._timers.get(key)) is not None:
+            timer, was_forced = pending
+            forced = forced or was_forced
             if timer.when() <= loop.time() + delay:
-                self._timer_forced[key] = was_forced or forced
+                self._timers[key] = (timer, forced)
                 return
             timer.cancel()
-            forced = forced or was_forced
 
         def due() -> None:
-            self._timers.pop(key, None)
-            self.add(key, forced=self._timer_forced.pop(key, True))
+            _, forced = self._timers.pop(key)
+            self.add(key, forced=forced)
 
-        self._timers[key] = loop.call_later(delay, due)
-        self._timer_forced[key] = forced
+        self._timers[key] = (loop.call_later(delay, due), forced)
 
     def due_in(self, key: K) -> float | None:
         """Seconds until `key` runs by its timer (`add_after`); None without one."""
-        timer = self._timers.get(key)
-        return None if timer is None else timer.when() - asyncio.get_running_loop().time()
+        pending = self._timers.get(key)
+        return None if pending is None else pending[0].when() - asyncio.get_running_loop().time()
 
     def hold(self, key: K, seconds: float) -> bool:
         """Whether something for `key` should still wait: True for `seconds` from the first call, then
@@ -101,9 +98,8 @@ class WorkQueue(Generic[K]):
 
     def forget(self, key: K) -> None:
         """Drop the timers and hold of a key that is gone (a key still queued runs once more)."""
-        self._timer_forced.pop(key, None)
-        if (timer := self._timers.pop(key, None)) is not None:
-            timer.cancel()
+        if (pending := self._timers.pop(key, None)) is not None:
+            pending[0].cancel()
         self.end_hold(key)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
@@ -119,11 +115,10 @@ class WorkQueue(Generic[K]):
         self._workers = [loop.create_task(self._work(), name=f"worker {i}") for i in range(workers)]
 
     async def stop(self) -> None:
-        for timer in [*self._timers.values(), *self._holds.values()]:
+        for timer in [*(t for t, _ in self._timers.values()), *self._holds.values()]:
             if timer is not None:
                 timer.cancel()
         self._timers.clear()
-        self._timer_forced.clear()
         self._holds.clear()
         for worker in self._workers:
             worker.cancel()
