@@ -237,6 +237,7 @@ async def operator_phases(
                 "--rate",
                 "50",
                 "--nonblocking",
+                "--gil",  # only the thread that holds the GIL: where the CPU goes, not where threads wait
                 "--output",
                 str(profile),
             ],
