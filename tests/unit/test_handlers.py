@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from taskpod.api.models import Task
 from taskpod.controller import handlers
 from taskpod.controller.settings import Settings
 
@@ -28,11 +29,12 @@ def test_the_tasks_index_keeps_what_a_reconcile_reads_and_drops_the_bulk() -> No
         "spec": {"prompt": "x" * 5000},
         "status": {"phase": "Active"},
     }
-    kept = handlers.task_view(body)
-    assert kept["metadata"]["annotations"] == {"team": "auth"}
-    assert "managedFields" not in kept["metadata"]
-    assert kept["metadata"]["resourceVersion"] == "7" and kept["metadata"]["uid"] == "u1"
-    assert kept["spec"] == body["spec"] and kept["status"] == body["status"]
+    kept = handlers.task_entry(body)
+    assert isinstance(kept, Task)
+    assert kept.raw["metadata"]["annotations"] == {"team": "auth"}
+    assert "managedFields" not in kept.raw["metadata"]
+    assert kept.metadata.resource_version == "7" and kept.metadata.uid == "u1"
+    assert kept.spec.prompt == "x" * 5000 and kept.stored_status == body["status"]
 
 
 def test_as_many_api_calls_run_at_once_as_there_are_reconcile_workers() -> None:

@@ -18,8 +18,9 @@ import pytest
 
 from taskpod import kube
 from taskpod.agentapi import AgentError, AgentMessage
-from taskpod.api.models import AgentState, AgentStatus, Task, TaskTemplate
+from taskpod.api.models import AgentState, AgentStatus, InvalidTask, Task, TaskTemplate
 from taskpod.controller import reconcile, reports
+from taskpod.controller.handlers import task_entry
 from taskpod.controller.reconcile import Options, Reconciler, Views
 from taskpod.core import naming, workspace
 from taskpod.core.lifecycle import LIFETIME_LABEL, AgentView, ClaimView, NodeView, PodView
@@ -39,6 +40,11 @@ class FakeIndex:
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.values)
+
+
+def tasks_index(bodies: dict[Any, dict[str, Any]]) -> FakeIndex:
+    """A tasks index as the operator's holds it: each body parsed at the edge (handlers.task_entry)."""
+    return FakeIndex({key: task_entry(body) for key, body in bodies.items()})
 
 
 class FakeIndexOfMany(FakeIndex):
@@ -229,7 +235,7 @@ def views(task: dict[str, Any], api: FakeApi) -> Views:
     made_of = template()
     parsed = Task.model_validate(task)
     return Views(
-        tasks=FakeIndex({KEY: task}),
+        tasks=tasks_index({KEY: task}),
         templates=FakeIndex({(NS, "default"): made_of}),
         pods=FakeIndex({KEY: running(workspace.pod(parsed, made_of, 1))}),
         claims=FakeIndex({KEY: ClaimView(CLAIM, uid="c1", owner_uid="u1")}),
@@ -246,7 +252,7 @@ def no_workspace(task: dict[str, Any], api: FakeApi) -> Views:
 
 def watch_catches_up(v: Views, api: FakeApi, body: Callable[..., dict[str, Any]] = task_body) -> Views:
     """The watches show what the API server holds: the task's status and the workspace as created."""
-    v.tasks = FakeIndex({KEY: body(str(api.version), api.status)})
+    v.tasks = tasks_index({KEY: body(str(api.version), api.status)})
     pod, claim = api.objects.get(("Pod", POD)), api.objects.get(("PersistentVolumeClaim", CLAIM))
     v.pods = FakeIndex({KEY: PodView.parse(pod)} if pod else {})
     v.claims = FakeIndex({KEY: ClaimView.parse(claim)} if claim else {})
@@ -257,7 +263,11 @@ def reconciler_with(events: list[str], api: FakeApi, **options: Any) -> Reconcil
     """A reconciler whose status writes go at once, unless `status_hold` says otherwise: each test of a
     step sees its write; the tests of holds turn them on."""
     options = {"status_hold": 0.0, **options}
-    r = Reconciler(event=lambda body, **kw: events.append(kw["reason"]), api=api, options=Options(**options))
+
+    def event(task: Task | InvalidTask, *, type: str, reason: str, message: str) -> None:
+        events.append(reason)
+
+    r = Reconciler(event=event, api=api, options=Options(**options))
     r.agents = FakeAgents()  # type: ignore[assignment]
     return r
 
@@ -277,9 +287,9 @@ def telling(reconciler: Reconciler) -> list[tuple[str, str, str]]:
     told: list[tuple[str, str, str]] = []
     before = reconciler.event
 
-    def event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+    def event(task: Task | InvalidTask, *, type: str, reason: str, message: str) -> None:
         told.append((type, reason, message))
-        before(body, type=type, reason=reason, message=message)
+        before(task, type=type, reason=reason, message=message)
 
     reconciler.event = event
     return told
@@ -604,10 +614,10 @@ def test_a_pausing_task_is_pending_until_its_pod_is_gone_and_the_pause_takes_two
         assert [c[:2] for c in api.calls] == [("apply", "ConfigMap"), ("delete", "Pod")]
 
         v.pods = FakeIndex({KEY: replace(_one_value(v.pods), deleting=True)})
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # the pod is stopping: nothing new to write
         v.pods = FakeIndex({})
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # where the pause ends: at once
         await reconciler.stop()
         assert len(api.status_patches) - before == 2
@@ -702,7 +712,7 @@ def test_a_deleted_task_stops_its_follower_and_is_forgotten(api: FakeApi) -> Non
     run(reconciler, views(task_body("5"), api))
     agents.ensure = lambda key, target, answered_before=False: stopped.append((key, target))
     gone = views(task_body("5"), api)
-    gone.tasks = FakeIndex({})
+    gone.tasks = tasks_index({})
     run(reconciler, gone)
     assert stopped == [(KEY, None)]
     assert KEY not in reconciler.memory.written
@@ -855,11 +865,11 @@ def test_our_own_writes_coming_back_run_no_reconcile_but_a_change_by_someone_els
         await reconciler.reconcile(KEY, v, if_changed=True)
         assert len(ensured) == 2 and api.status["phase"] == "Active"
 
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})  # paused: the pod is deleted
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})  # paused: the pod is deleted
         await reconciler.reconcile(KEY, v, if_changed=True)
         assert len(ensured) == 3 and api.deletes() == [("delete", "Pod", POD, pod.uid)]
 
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})  # our status write, back
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})  # our status write, back
         v.pods = FakeIndex({KEY: replace(pod, deleting=True)})  # and our delete
         await reconciler.reconcile(KEY, v, if_changed=True)
         assert len(ensured) == 3
@@ -892,18 +902,18 @@ def test_a_pause_ends_though_the_watch_never_shows_the_pod_go(api: FakeApi) -> N
         assert due is not None and due <= reconcile.WRITE_TRUST  # it looks again, though nothing comes
 
         loop.ahead += reconcile.WRITE_TRUST
-        stale.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        stale.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, stale)  # deleted again: the API server says it is gone
         assert api.status["phase"] == "Paused", api.status
         await reconciler.reconcile(KEY, stale)  # and it stays so
 
         # Resumed: the new pod, not the stale one still in the index beside it, is the workspace.
-        stale.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        stale.tasks = tasks_index({KEY: task_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, stale)
         [new] = api.pods_created()
         both = [_one_value(stale.pods), PodView.parse(new)]
         stale.pods = FakeIndexOfMany({KEY: both})
-        stale.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        stale.tasks = tasks_index({KEY: task_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, stale)
         assert api.status["workspace"]["lifetime"] == 2 and len(api.pods_created()) == 1
         assert len(api.deletes()) == 2, "the new pod taken for the stale one, or the stale for outdated"
@@ -928,12 +938,12 @@ def test_a_pause_keeps_the_conversation_then_deletes_the_pod_and_needs_no_templa
     assert api.status["phase"] == "Pending" and "Paused" not in events
 
     # The watch has yet to show the pod stopping: a reconcile now (our status write, back) stops nothing more.
-    v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+    v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
     run(reconciler, v)
     assert len(api.calls) == 2 and api.deletes() == [("delete", "Pod", POD, "p1")]
 
     v.pods = FakeIndex({})
-    v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+    v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
     run(reconciler, v)
     assert len(api.calls) == 2 and api.created == []  # its claim, and with it the files, stays
     assert api.status["phase"] == "Paused" and events[-1] == "Paused"
@@ -951,14 +961,14 @@ def test_a_resume_starts_a_new_pod_one_lifetime_on(api: FakeApi, lifetime: int) 
         v = views(task_body("5"), api)
         v.pods = FakeIndex({KEY: replace(_one_value(v.pods), lifetime=lifetime)})
         await reconciler.reconcile(KEY, v)  # Active
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # the pod is deleted
         v.pods = FakeIndex({})
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # Paused
         assert api.status["phase"] == "Paused" and api.pods_created() == []
 
-        v.tasks = FakeIndex({KEY: resumed_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: resumed_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)
         await reconciler.reconcile(KEY, v)  # the watch has yet to show it: not created twice
         await reconciler.stop()
@@ -1015,12 +1025,12 @@ def test_a_template_change_replaces_the_pod(api: FakeApi, agent: str) -> None:
     assert api.status["phase"] == "Pending"
 
     # The watch still shows the old pod, not yet stopping: it is going; no second delete, no new pod yet.
-    v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+    v.tasks = tasks_index({KEY: task_body(str(api.version), api.status)})
     run(reconciler, v)
     assert len(api.deletes()) == 1 and api.pods_created() == []
 
     v.pods = FakeIndex({})  # gone: its successor, from the new template
-    v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+    v.tasks = tasks_index({KEY: task_body(str(api.version), api.status)})
     run(reconciler, v)
     [pod] = api.pods_created()
     assert pod["spec"]["containers"][0]["image"] == "agent:2" and lifetime_of(pod) == "2"
@@ -1036,7 +1046,7 @@ def test_a_failed_pod_is_deleted_and_its_successor_waits_for_the_back_off(api: F
     counting_reconciles(reconciler)
 
     def back(v: Views) -> Views:
-        v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: task_body(str(api.version), api.status)})
         return v
 
     async def scenario(loop: ClockLoop) -> None:
@@ -1195,7 +1205,7 @@ def test_a_refused_workspace_is_an_error_told_once_and_asked_for_again(api: Fake
         assert due is not None and reconcile.REFUSED_RETRY - 1 < due <= reconcile.REFUSED_RETRY
 
         loop.ahead += due
-        v.tasks = FakeIndex({KEY: task_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: task_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # the timer's: refused again, nothing new to write or tell
         assert len(api.status_patches) == 1 and len(told) == 1
 
@@ -1308,9 +1318,9 @@ def test_a_pod_stopped_before_the_watch_showed_it_is_not_stopped_again(api: Fake
     async def scenario() -> None:
         v = no_workspace(task_body("5"), api)
         await reconciler.reconcile(KEY, v)  # creates the claim and the pod
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # paused at once: the pod we created is deleted
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         await reconciler.reconcile(KEY, v)  # the watch has shown neither the pod nor its going
         await reconciler.stop()
 
@@ -1371,7 +1381,7 @@ def test_a_task_deleted_while_the_watch_was_down_is_let_be(api: FakeApi) -> None
     api.task_deleted = False  # a new task of the same name is a task like any other
     fresh = task_body("9")
     fresh["metadata"]["uid"] = "u2"
-    ghost.tasks = FakeIndex({KEY: fresh})
+    ghost.tasks = tasks_index({KEY: fresh})
     run(reconciler, ghost)
     assert len(api.pods_created()) == made + 1 and api.status["phase"]
 
@@ -1392,7 +1402,7 @@ def test_the_second_look_after_a_pod_delete_runs_only_if_the_watch_never_showed_
         await reconciler.reconcile(KEY, v)  # the pod deleted
         if watch_saw_it_go:
             v.pods = FakeIndex({})
-        v.tasks = FakeIndex({KEY: paused_body(str(api.version), api.status)})
+        v.tasks = tasks_index({KEY: paused_body(str(api.version), api.status)})
         reconciler.enqueue(KEY, v)  # the watch event: the pod gone, or (missed) our status write back
         await after(loop, 0)
         before = len(ran)
@@ -1452,7 +1462,7 @@ def test_two_replacements_within_a_hold_count_two_lifetimes(api: FakeApi) -> Non
             else:
                 body = task_body(str(api.version), api.status)
                 body["spec"]["env"], body["metadata"]["generation"] = [{"name": "LOG", "value": "debug"}], 2
-                v.tasks = FakeIndex({KEY: body})
+                v.tasks = tasks_index({KEY: body})
             await reconciler.reconcile(KEY, v)  # the pod replaced: deleted, its status held
             v.pods = FakeIndex({})  # gone: its successor is made
             await reconciler.reconcile(KEY, v)
@@ -1491,3 +1501,26 @@ def test_a_new_agents_first_answer_during_a_hold_gets_its_prompt_at_once(api: Fa
 
     assert on_a_clock(scenario) == ["Fix the flaky login test"]
     assert api.status["phase"] == "Active" and api.status["prompt"]["lifetime"] == 1
+
+
+def test_a_task_the_models_refuse_is_an_error_once_and_nothing_else_is_done(api: FakeApi) -> None:
+    """The models mirror the CRD, so the API server should never hold a Task they refuse; should it
+    (a bug of ours), the task says so in status and an Event, and the operator makes no workspace for it
+    nor fails on it at every event."""
+    events: list[str] = []
+    reconciler = reconciler_with(events, api)
+    body = task_body("5")
+    del body["spec"]["prompt"]
+    v = no_workspace(task_body("5"), api)
+    v.tasks = tasks_index({KEY: body})
+    run(reconciler, v)
+    assert api.status == {"phase": "Error", "message": "The Task is invalid at spec.prompt: Field required"}
+    assert events == ["InvalidTask"] and api.calls == []
+
+    v.tasks = tasks_index({KEY: {**body, "status": api.status}})  # our write, back
+    run(reconciler, v)
+    assert len(api.status_patches) == 1 and events == ["InvalidTask"] and api.calls == []
+
+    v.tasks = tasks_index({KEY: task_body(str(api.version), api.status)})  # fixed: an ordinary task
+    run(reconciler, v)
+    assert api.status["phase"] == "Pending" and ("create", "Pod", POD) in api.calls

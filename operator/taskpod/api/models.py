@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -189,12 +190,31 @@ class Task(Model):
         return self._raw or self.dump()
 
     @property
+    def stored_status(self) -> Mapping[str, Any]:
+        """The status exactly as the API server holds it: what a merge patch of status is composed
+        against, byte for byte (the parsed `status` would write back times in its own format)."""
+        return (self._raw.get("status") if self._raw else None) or {}
+
+    @property
     def name(self) -> str:
         return self.metadata.name
 
     @property
     def namespace(self) -> str:
         return self.metadata.namespace
+
+
+@dataclass(frozen=True)
+class InvalidTask:
+    """A Task the API server took and these models refuse. They mirror the CRD, so this is a bug of
+    ours: the task shows it (Error) rather than the operator failing on it at every event."""
+
+    raw: Mapping[str, Any]
+    message: str
+
+    @property
+    def stored_status(self) -> Mapping[str, Any]:
+        return self.raw.get("status") or {}
 
 
 # -- TaskTemplate --------------------------------------------------------------------------------

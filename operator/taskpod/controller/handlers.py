@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from taskpod import kube
-from taskpod.api.models import DEFAULT_TEMPLATE, GROUP, VERSION, Key, TaskTemplate
+from taskpod.api.models import GROUP, VERSION, InvalidTask, Task, TaskTemplate
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Transport
 from taskpod.controller.reconcile import Options, Reconciler, Views
@@ -34,8 +34,8 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 RECONCILE_WORKERS = 64
 
 
-def _post_event(body: Any, *, type: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type, reason=reason, message=message[:1024])
+def _post_event(task: Task | InvalidTask, *, type: str, reason: str, message: str) -> None:
+    kopf.event(task.raw, type=type, reason=reason, message=message[:1024])
 
 
 def memo_for(settings: Settings, health: metrics.Health | None = None) -> kopf.Memo:
@@ -133,21 +133,23 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.index(*TASKS)
 async def tasks(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): task_view(body)}
+    return {(namespace, name): task_entry(body)}
 
 
-def task_view(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the index keeps of a Task. managedFields, and kubectl's copy of the whole manifest, can
-    outweigh the rest of it, and nothing here reads them: 5,000 tasks add up."""
+def task_entry(body: Mapping[str, Any]) -> Task | InvalidTask:
+    """What the index keeps of a Task: the model, parsed here once per change rather than once per
+    reconcile, holding the object less what nothing reads. managedFields, and kubectl's copy of the whole
+    manifest, can outweigh the rest of it: 5,000 tasks add up."""
     meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
     if LAST_APPLIED in (annotations := meta.get("annotations") or {}):
         meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
-    return {**body, "metadata": meta}
-
-
-@kopf.index(*TASKS)
-async def tasks_by_template(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-    return {(namespace, spec.get("template", DEFAULT_TEMPLATE)): name}
+    kept = {**body, "metadata": meta}
+    try:
+        return Task.from_api(kept)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        return InvalidTask(kept, f"The Task is invalid at {where}: {error['msg']}")
 
 
 @kopf.index(*TEMPLATES)
@@ -166,12 +168,6 @@ async def claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any)
 @kopf.index("", "v1", "pods", labels=MANAGED)
 async def pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[TASK_LABEL]): PodView.parse(body)}
-
-
-@kopf.index("", "v1", "pods", labels=MANAGED)
-async def pods_by_node(namespace: str, labels: kopf.Labels, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-    node = spec.get("nodeName")
-    return {node: (namespace, labels[TASK_LABEL])} if node else {}
 
 
 @kopf.index("", "v1", "nodes")
@@ -196,11 +192,13 @@ async def task_changed(namespace: str, name: str, **kw: Any) -> None:
 
 
 @kopf.on.event(*TEMPLATES)
-async def template_changed(
-    namespace: str, name: str, tasks_by_template: kopf.Index[Any, str], **kw: Any
-) -> None:
-    for task in list(tasks_by_template.get((namespace, name), [])):
-        _reconciler(kw).enqueue((namespace, task), _views(kw))
+async def template_changed(namespace: str, name: str, **kw: Any) -> None:
+    """Reconcile the template's tasks. Found by a scan of the tasks index, not by an index of their own:
+    templates change seldom, and a second index would cost every Task event a second handler."""
+    views = _views(kw)
+    for key in [k for k in views.tasks if k[0] == namespace]:
+        if any(isinstance(t, Task) and t.spec.template == name for t in views.tasks.get(key) or []):
+            _reconciler(kw).enqueue(key, views)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
@@ -212,11 +210,14 @@ async def pod_changed(namespace: str, labels: kopf.Labels, event: kopf.RawEvent,
 
 
 @kopf.on.event("", "v1", "nodes")
-async def node_changed(name: str, pods_by_node: kopf.Index[Any, Key], **kw: Any) -> None:
+async def node_changed(name: str, **kw: Any) -> None:
     """A node's readiness decides its tasks' phase: reconcile them (one that reads the same node view
-    as before is skipped at once)."""
-    for key in list(pods_by_node.get(name, [])):
-        _reconciler(kw).enqueue(key, _views(kw))
+    as before is skipped at once). Its pods are found by a scan of the pods index, as for templates:
+    a node changes far less often than pods do."""
+    views = _views(kw)
+    for key in list(views.pods):
+        if any(pod.node_name == name for pod in views.pods.get(key) or []):
+            _reconciler(kw).enqueue(key, views)
 
 
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)

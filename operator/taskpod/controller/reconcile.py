@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from taskpod import kube
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
-from taskpod.api.models import DEFAULT_TEMPLATE, AgentStatus, Key, Phase, Task, TaskStatus, TaskTemplate
+from taskpod.api.models import AgentStatus, InvalidTask, Key, Phase, Task, TaskStatus, TaskTemplate
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Target, deliver_prompt
 from taskpod.controller.names import Namer
@@ -102,7 +102,7 @@ class Api(Protocol):
 
 
 class EventSink(Protocol):
-    def __call__(self, body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None: ...
+    def __call__(self, task: Task | InvalidTask, *, type: str, reason: str, message: str) -> None: ...
 
 
 @dataclass
@@ -149,7 +149,6 @@ class _Pass:
     """One reconcile of one task: what it read, and what its steps have made of it so far."""
 
     task: Task
-    raw: Mapping[str, Any]
     key: Key
     template: TaskTemplate | None
     pod: PodView | None
@@ -282,8 +281,8 @@ class Reconciler:
         counts: Counter[str] = Counter()
         if self._views is not None:
             for key in list(self._views.tasks):
-                for body in self._views.tasks.get(key) or []:
-                    counts[(body.get("status") or {}).get("phase") or "Pending"] += 1
+                for task in self._views.tasks.get(key) or []:
+                    counts[task.stored_status.get("phase") or "Pending"] += 1
         return counts
 
     async def accept_report(self, who: reports.Reporter, report: reports.AgentReport) -> str | None:
@@ -310,12 +309,12 @@ class Reconciler:
     def _prompt_recorded(self, key: Key) -> bool:
         """Whether a prompt is delivered (as far as we know): a new agent's first answer, before it, is a
         poke that runs at once, so that the prompt goes in and the agent's turn folds into the same hold."""
-        raw = _one(self._views.tasks, key) if self._views is not None else None
-        return raw is not None and bool(self._prompt_record(key, raw))
+        task = _one(self._views.tasks, key) if self._views is not None else None
+        return isinstance(task, Task) and bool(self._prompt_record(key, task))
 
-    def _prompt_record(self, key: Key, raw: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    def _prompt_record(self, key: Key, task: Task) -> Mapping[str, Any] | None:
         """The record of the last prompt delivered: this process's, not written yet, or status's."""
-        return self.news.prompts.get(key) or self._current_status(key, raw).get("prompt")
+        return self.news.prompts.get(key) or self._current_status(key, task).get("prompt")
 
     def enqueue(self, key: Key, views: Views, *, forced: bool = False) -> None:
         """Queue a reconcile of `key` for the workers: a key queued twice runs once, and a watch event
@@ -345,24 +344,27 @@ class Reconciler:
         back, or a pod status update that no view keeps."""
         self._views = views
         async with self.queue.serialised(key):
-            raw = _one(views.tasks, key)
-            if raw is not None and (raw.get("metadata") or {}).get("uid") in self.memory.gone.get(key, ()):
+            task: Task | InvalidTask | None = _one(views.tasks, key)
+            if isinstance(task, InvalidTask):
+                await self._refuse(key, task)
+                return
+            if task is not None and task.metadata.uid in self.memory.gone.get(key, ()):
                 return  # deleted while the watch was down, a ghost in the index (see Memory.gone): let be
-            if raw is not None:
-                inputs = self._inputs(key, raw, views)
+            if task is not None:
+                inputs = self._inputs(key, task, views)
                 if if_changed and self.memory.seen.get(key) == inputs:
                     metrics.RECONCILES_SKIPPED.inc()
                     return
                 started = time.monotonic()
                 try:
-                    left = await self._reconcile(raw, views)
+                    left = await self._reconcile(task, views)
                 except Exception as exc:
                     self.memory.seen.pop(key, None)
                     if kube.namespace_terminating(exc):  # the task goes with it: nothing to retry or tell
                         log.debug("namespace of %s/%s is being deleted; not reconciling it", *key)
                         return
                     metrics.RECONCILE_ERRORS.inc()
-                    if version := await self._retry_later(key, raw, exc):
+                    if version := await self._retry_later(key, task, exc):
                         # Our own write of the failure, coming back, is no reason to retry before the timer.
                         self.memory.seen[key] = replace(inputs, status_version=version)
                 else:
@@ -371,7 +373,7 @@ class Reconciler:
                     # with what our own writes produced, which the watches will bring back: a pod we
                     # created coming back is no news.
                     self.memory.seen[key] = replace(
-                        inputs, status_version=self._status_version(key, raw), pod=left.pod, claim=left.claim
+                        inputs, status_version=self._status_version(key, task), pod=left.pod, claim=left.claim
                     )
                 finally:
                     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
@@ -379,17 +381,15 @@ class Reconciler:
             self._forget(key)  # deleted: its children go by garbage collection
         self.queue.forget(key)
 
-    async def _reconcile(self, raw: Mapping[str, Any], views: Views) -> _Children:
+    async def _reconcile(self, task: Task, views: Views) -> _Children:
         """The steps, in order. Returns the workspace's pod and claim as this reconcile left them."""
-        task = Task.model_validate(raw)
         key = (task.namespace, task.name)
         template = _one(views.templates, (task.namespace, task.spec.template))
-        recorded = (self._current_status(key, raw).get("workspace") or {}).get("lifetime") or 0
+        recorded = (self._current_status(key, task).get("workspace") or {}).get("lifetime") or 0
         if (deleted := self.memory.deleted.get(key)) is not None and deleted.lifetime is not None:
             recorded = max(recorded, deleted.lifetime)  # the pod we stopped, whose status may be held
         step = _Pass(
             task,
-            raw,
             key,
             template if isinstance(template, TaskTemplate) else None,
             self._as_known(key, views.pods.get(key) or ()),
@@ -416,7 +416,7 @@ class Reconciler:
         obs = self._observe(step, views)
         verdict = lifecycle.derive_phase(obs)  # once: every step after this reads it
         await self._converse(step, obs, verdict)
-        await self._write_status(task, raw, obs, verdict)
+        await self._write_status(task, obs, verdict)
         return _Children(step.pod, step.claim)
 
     def _wanted_hash(self, step: _Pass) -> str | None:
@@ -434,13 +434,13 @@ class Reconciler:
 
     async def _keep_the_conversation(self, step: _Pass) -> None:
         """A pod that is to stop (a pause, or a replacement) first has its conversation kept."""
-        task, raw = step.task, step.raw
+        task = step.task
         if step.action in (plan.PodAction.STOP, plan.PodAction.REPLACE) and not self._stopped_before(step):
             # The agent to snapshot, followed or not (e.g. just restarted).
             target = _target(task, step.pod, even_if_paused=True)
-            await self._snapshot(task, raw, quiet=step.action is plan.PodAction.REPLACE, target=target)
+            await self._snapshot(task, quiet=step.action is plan.PodAction.REPLACE, target=target)
         elif task.spec.paused and step.pod is None:
-            await self._recover_snapshot_record(task, raw)
+            await self._recover_snapshot_record(task)
 
     async def _apply_workspace(self, step: _Pass) -> None:
         """Do what plan.pod_action said: stop, replace or recreate the pod, or create the claim and a pod.
@@ -456,7 +456,7 @@ class Reconciler:
                 f"Volume claim {claim.name} is being deleted, not by taskpod: the workspace's files go with "
                 "it once no pod uses it, and the next pod starts on a new, empty claim."
             )
-            self.event(step.raw, type="Warning", reason="ClaimDeleting", message=message)
+            self.event(step.task, type="Warning", reason="ClaimDeleting", message=message)
         if pod is not None and pod.ready:
             self.memory.recreations.pop(key, None)  # one that runs: the next failure starts afresh
         if pod is not None and step.action in (
@@ -474,7 +474,7 @@ class Reconciler:
                     else "its task or template changed since it was made"
                 )
                 message = f"Replacing pod {pod.name}: {why}."
-                self.event(step.raw, type="Normal", reason="PodReplaced", message=message)
+                self.event(step.task, type="Normal", reason="PodReplaced", message=message)
             elif step.action is plan.PodAction.RECREATE:
                 self._recreating(step, pod)
             found = await self.api.delete_pod(key[0], pod.name, pod.uid)
@@ -502,7 +502,7 @@ class Reconciler:
         why = f"pod {pod.name} {what} ({pod.ended_why})"
         self.memory.recreations[key] = _Recreation(count, asyncio.get_running_loop().time() + delay, why)
         message = f"Workspace {why}; a new pod starts in {delay:.0f}s."
-        self.event(step.raw, type="Warning", reason="PodFailed", message=message)
+        self.event(step.task, type="Warning", reason="PodFailed", message=message)
 
     async def _create_pod(self, step: _Pass, template: TaskTemplate) -> None:
         """The claim if it is missing, then the next pod, unless a failed one's successor must wait or
@@ -547,21 +547,21 @@ class Reconciler:
     def _tell_started(self, step: _Pass, template: str | None, ours: bool) -> None:
         """The Event of a new pod: the first, a resume's, or one after a pod that went unasked."""
         assert step.pod is not None and step.claim is not None
-        pod, lifetime, raw = step.pod.name, step.lifetime, step.raw
-        paused = self._paused_condition(step.task, raw)
+        pod, lifetime, task = step.pod.name, step.lifetime, step.task
+        paused = self._paused_condition(task)
         paused_before = paused is not None and paused.get("status") == "True"
         if lifetime == 1:
             message = f"Created pod {pod} on volume claim {step.claim.name} from TaskTemplate {template}."
-            self.event(raw, type="Normal", reason="WorkspaceCreated", message=message)
+            self.event(task, type="Normal", reason="WorkspaceCreated", message=message)
         elif paused_before:
             message = f"Resuming: started pod {pod} (lifetime {lifetime})."
-            self.event(raw, type="Normal", reason="Resuming", message=message)
+            self.event(task, type="Normal", reason="Resuming", message=message)
         elif not ours:
             message = (
                 "The workspace pod went away while the task runs (deleted, or lost with its node); "
                 f"started pod {pod} (lifetime {lifetime})."
             )
-            self.event(raw, type="Warning", reason="PodRecreated", message=message)
+            self.event(task, type="Warning", reason="PodRecreated", message=message)
 
     async def _create_if_absent(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create `obj`; if one of its name exists (the watch is behind), return {}."""
@@ -578,7 +578,7 @@ class Reconciler:
         agent = None
         if self.agents is not None:
             target = _target(task, step.pod)
-            current = self._current_status(key, step.raw)
+            current = self._current_status(key, step.task)
             workspace_status = current.get("workspace") or {}
             answered_before = bool(
                 target is not None
@@ -612,37 +612,37 @@ class Reconciler:
 
     async def _converse(self, step: _Pass, obs: Observation, verdict: lifecycle.Verdict) -> None:
         """An Active task's agent gets its prompt, once; an idle one's conversation is kept."""
-        task, raw, key = step.task, step.raw, step.key
+        task, key = step.task, step.key
         if (
             self.agents is None
             or task.spec.paused  # Active while pausing (the pod is still Ready): no prompt now
             or verdict.phase is not Phase.ACTIVE
         ):
             return
-        had_prompt = bool(self._prompt_record(key, raw))
-        await self._deliver_prompt(task, raw, obs)
+        had_prompt = bool(self._prompt_record(key, task))
+        await self._deliver_prompt(task, obs)
         if key in self.agents.idle_pending:
             self.agents.idle_pending.discard(key)
             # Idle before the prompt went in (a greeting, or the moment it is delivered): nothing
             # worth keeping yet, and the agent is about to work on it.
-            if had_prompt and not await self._snapshot(task, raw, quiet=True):
+            if had_prompt and not await self._snapshot(task, quiet=True):
                 # The conversation could not be read: try again while the agent stays idle.
                 self.agents.idle_pending.add(key)
                 self.queue.add_after(key, IDLE_SNAPSHOT_RETRY)
 
-    def _paused_condition(self, task: Task, raw: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    def _paused_condition(self, task: Task) -> Mapping[str, Any] | None:
         """The Paused condition of the task's status as we last left it, if it has one."""
-        conditions = self._current_status((task.namespace, task.name), raw).get("conditions") or []
+        conditions = self._current_status((task.namespace, task.name), task).get("conditions") or []
         return next((c for c in conditions if c.get("type") == lifecycle.PAUSED), None)
 
-    async def _recover_snapshot_record(self, task: Task, raw: Mapping[str, Any]) -> None:
+    async def _recover_snapshot_record(self, task: Task) -> None:
         """A workspace pod already gone while status still says the task runs: the operator stopped
         between the pause's pod deletion and its status write. Its snapshot is in the ConfigMap,
         not in status: read it back (a rare GET), so that status tells the conversation as kept."""
         key = (task.namespace, task.name)
         if key in self.news.snapshots or key in self.memory.deleted:
             return  # this process stopped the pod, its conversation kept: the next write tells it
-        paused = self._paused_condition(task, raw)
+        paused = self._paused_condition(task)
         if paused is None or paused.get("reason") != "Running":
             return  # status tells it already, or the task never ran (it was made paused)
         configmap = await self.api.read_configmap(task.namespace, snapshots.configmap_name(task.name))
@@ -685,49 +685,47 @@ class Reconciler:
             del self.memory.created[key]
         self.memory.gone.get(key, set()).discard(uid)
 
-    def _inputs(self, key: Key, raw: Mapping[str, Any], views: Views) -> _Inputs:
-        meta = raw.get("metadata") or {}
+    def _inputs(self, key: Key, task: Task, views: Views) -> _Inputs:
+        meta = task.metadata
         pod = _one(views.pods, key)
-        template = (raw.get("spec") or {}).get("template", DEFAULT_TEMPLATE)
         return _Inputs(
-            uid=meta.get("uid", ""),
-            generation=meta.get("generation"),
-            deleting=meta.get("deletionTimestamp") is not None,
-            status_version=self._status_version(key, raw),
-            template=_one(views.templates, (key[0], template)),
+            uid=meta.uid,
+            generation=meta.generation,
+            deleting=meta.deletion_timestamp is not None,
+            status_version=self._status_version(key, task),
+            template=_one(views.templates, (key[0], task.spec.template)),
             pod=pod,
             claim=_one(views.claims, key),
             node=_node(views, pod),
             agent=self.agents.views.get(key) if self.agents is not None else None,
         )
 
-    def _lagging(self, key: Key, raw: Mapping[str, Any]) -> _Written | None:
-        """Our last status write, while the watch still shows `raw`, a version from before it; else None."""
-        meta = raw.get("metadata") or {}
+    def _lagging(self, key: Key, task: Task) -> _Written | None:
+        """Our last status write, while the watch still shows `task` at a version before it; else None."""
         cached = self.memory.written.get(key)
-        version = str(meta.get("resourceVersion", ""))
-        if cached is not None and cached.uid == meta.get("uid") and version in cached.stale_versions:
+        meta = task.metadata
+        if cached is not None and cached.uid == meta.uid and meta.resource_version in cached.stale_versions:
             return cached
         return None
 
-    def _status_version(self, key: Key, raw: Mapping[str, Any]) -> str:
-        """The version whose status a reconcile of `raw` starts from (see _current_status)."""
-        cached = self._lagging(key, raw)
-        return cached.version if cached else str((raw.get("metadata") or {}).get("resourceVersion", ""))
+    def _status_version(self, key: Key, task: Task) -> str:
+        """The version whose status a reconcile of `task` starts from (see _current_status)."""
+        cached = self._lagging(key, task)
+        return cached.version if cached else task.metadata.resource_version
 
-    def _current_status(self, key: Key, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _current_status(self, key: Key, task: Task) -> Mapping[str, Any]:
         """The task's status as we last left it: the watch may not have brought our own writes back yet."""
-        cached = self._lagging(key, raw)
+        cached = self._lagging(key, task)
         if cached is not None:
             return cached.status
         self.memory.written.pop(key, None)  # the watch has caught up: no need to keep a copy of every status
-        return raw.get("status") or {}
+        return task.stored_status
 
-    async def _deliver_prompt(self, task: Task, raw: Mapping[str, Any], obs: Observation) -> None:
+    async def _deliver_prompt(self, task: Task, obs: Observation) -> None:
         """Hand the prompt to a stable agent, once: see agents.deliver_prompt for the exactly-once part.
         A refused or lost delivery is retried with back-off, and status says so meanwhile."""
         key = (task.namespace, task.name)
-        recorded = self._prompt_record(key, raw)
+        recorded = self._prompt_record(key, task)
         client = self.agents.client(key) if self.agents else None
         if agentstate.was_delivered(task.spec.prompt, recorded) or client is None:
             self.news.delivery_failures.pop(key, None)
@@ -758,7 +756,7 @@ class Reconciler:
             )
             if attempts == 1:  # one Event per failure streak, not one per retry
                 message = f"The agent refused the prompt, retrying: {reason}"
-                self.event(raw, type="Warning", reason="PromptDeliveryFailed", message=message)
+                self.event(task, type="Warning", reason="PromptDeliveryFailed", message=message)
             return
         self.news.delivery_failures.pop(key, None)
         metrics.PROMPT_DELIVERIES.labels(outcome=delivered).inc()
@@ -766,11 +764,9 @@ class Reconciler:
         sha = agentstate.prompt_sha(task.spec.prompt)
         self.news.prompts[key] = agentstate.prompt_record(sha, self.options.now(), lifetime)
         message = f"Delivered the prompt to the agent (lifetime {lifetime})."
-        self.event(raw, type="Normal", reason="PromptDelivered", message=message)
+        self.event(task, type="Normal", reason="PromptDelivered", message=message)
 
-    async def _snapshot(
-        self, task: Task, raw: Mapping[str, Any], *, quiet: bool, target: Target | None = None
-    ) -> bool:
+    async def _snapshot(self, task: Task, *, quiet: bool, target: Target | None = None) -> bool:
         """Keep the agent's recent conversation in a ConfigMap; never hang, never fail the caller.
         Returns whether the conversation could be read."""
         key = (task.namespace, task.name)
@@ -780,19 +776,17 @@ class Reconciler:
         if client is None and target is not None:  # not followed (e.g. just restarted): a client for once
             once = self.agents.transport.client(target)
             try:
-                return await self._snapshot_from(task, raw, once, quiet=quiet)
+                return await self._snapshot_from(task, once, quiet=quiet)
             finally:
                 await once.aclose()
         if client is None:
             if not quiet:
                 message = "No running agent to read the conversation from; the previous snapshot is kept."
-                self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
+                self.event(task, type="Warning", reason="SnapshotSkipped", message=message)
             return False
-        return await self._snapshot_from(task, raw, client, quiet=quiet)
+        return await self._snapshot_from(task, client, quiet=quiet)
 
-    async def _snapshot_from(
-        self, task: Task, raw: Mapping[str, Any], client: AgentClient, *, quiet: bool
-    ) -> bool:
+    async def _snapshot_from(self, task: Task, client: AgentClient, *, quiet: bool) -> bool:
         key = (task.namespace, task.name)
         started = time.monotonic()
         try:
@@ -804,7 +798,7 @@ class Reconciler:
                 log.info("could not read the conversation of %s/%s (%s); trying again", *key, why)
             else:
                 message = f"Could not read the agent's conversation ({why}); the previous snapshot is kept."
-                self.event(raw, type="Warning", reason="SnapshotSkipped", message=message)
+                self.event(task, type="Warning", reason="SnapshotSkipped", message=message)
             return False
         if not any(m.role == "user" for m in messages):
             # Nothing said to the agent yet: a fresh agent, at most its greeting (e.g. just resumed without
@@ -821,13 +815,13 @@ class Reconciler:
         self.news.snapshots[key] = snapshots.status_entry(task, snap, taken)
         return True
 
-    async def _write_status(
-        self, task: Task, raw: Mapping[str, Any], obs: Observation, verdict: lifecycle.Verdict
-    ) -> None:
+    async def _write_status(self, task: Task, obs: Observation, verdict: lifecycle.Verdict) -> None:
         key = (task.namespace, task.name)
-        current = self._current_status(key, raw)
-        # Decide from the same status we compare against, or two versions of it would take turns forever.
-        task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
+        current = self._current_status(key, task)
+        if current is not task.stored_status:
+            # Decide from the same status we compare against, or two versions of it would take turns
+            # forever: our last write, which the watch has not brought back yet.
+            task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
         report = self.news.reports.get(key)
         failure = self.news.delivery_failures.get(key)
         status = agentstate.task_status(
@@ -863,7 +857,7 @@ class Reconciler:
         self.memory.wrote_status(key, task.metadata.uid, task.metadata.resource_version, written)
         self._observe_latency(key, task.spec.paused, status["phase"])
         if (event := plan.story_event(current.get("phase"), verdict)) is not None:
-            self.event(raw, type=event.type, reason=event.reason, message=event.message)
+            self.event(task, type=event.type, reason=event.reason, message=event.message)
 
     def _note_wish(self, key: Key, paused: bool) -> None:
         """Remember when a pause or resume was first seen, to time it (a new task's start is neither)."""
@@ -885,15 +879,15 @@ class Reconciler:
             return
         self.memory.asked[key] = (paused, -1.0)  # observed once
 
-    async def _retry_later(self, key: Key, raw: Mapping[str, Any], exc: Exception) -> str | None:
+    async def _retry_later(self, key: Key, task: Task, exc: Exception) -> str | None:
         """Retry a failed reconcile with back-off, and say so in an Event and, if it can be written, in
         status: a task must never show nothing while it cannot progress. Returns the version written."""
         if isinstance(exc, kube.ApiException) and exc.status == 404 and await self._gone(key):
             # The watch's DELETED forgets it; should the watch have been down, this does.
             log.debug("task %s/%s is gone; nothing to retry", *key)
             self._forget(key)
-            if uid := (raw.get("metadata") or {}).get("uid"):
-                self.memory.gone[key] = {uid}
+            if task.metadata.uid:
+                self.memory.gone[key] = {task.metadata.uid}
             return None
         retry = self._backoff.failed(key)
         if retry is None:  # failed again before its retry was due: that one tells
@@ -905,10 +899,10 @@ class Reconciler:
         )
         if attempt == 0:  # one Event per failure streak, not one per retry
             self.event(
-                raw, type="Warning", reason="ReconcileFailed", message=f"Reconcile failed, retrying: {why}"
+                task, type="Warning", reason="ReconcileFailed", message=f"Reconcile failed, retrying: {why}"
             )
         self.queue.add_after(key, delay)
-        status = raw.get("status") or {}
+        status = task.stored_status
         message = f"Reconcile failed (attempt {attempt + 1}), retrying in {delay:.0f}s: {why}"
         try:
             written = await self.api.patch_task_status(
@@ -920,6 +914,21 @@ class Reconciler:
             )
             return None
         return str(written["metadata"]["resourceVersion"])
+
+    async def _refuse(self, key: Key, invalid: InvalidTask) -> None:
+        """A task our models refuse is Error, with why, until it changes: nothing else is done with it.
+        Written once: our write coming back finds the same phase and message."""
+        current = invalid.stored_status
+        if current.get("phase") == Phase.ERROR and current.get("message") == invalid.message:
+            return
+        log.error("task %s/%s: %s", *key, invalid.message)
+        try:
+            await self.api.patch_task_status(*key, {"phase": Phase.ERROR.value, "message": invalid.message})
+        except Exception as exc:
+            log.warning("could not write that task %s/%s is invalid: %s", *key, kube.api_message(exc))
+            self.queue.add_after(key, REFUSED_RETRY)
+            return
+        self.event(invalid, type="Warning", reason="InvalidTask", message=invalid.message)
 
     async def _gone(self, key: Key) -> bool:
         """Whether the task no longer exists (the watch may not have said so yet)."""
