@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from kubernetes import client, config
@@ -127,30 +128,44 @@ def namespace_terminating(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 403 and "NamespaceTerminating" in str(exc.body)
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    return dict(api_client().sanitize_for_serialization(obj))
-
-
-# Where each kind we write lives (its collection, then the object); the client's typed methods take a
-# dict body only, and an apply's body must be our own bytes (see apply_body).
-_COLLECTIONS = {
-    "Pod": "/api/v1/namespaces/{namespace}/pods",
-    "PersistentVolumeClaim": "/api/v1/namespaces/{namespace}/persistentvolumeclaims",
-    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
-    "Task": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/tasks",
+# Every call goes as plain REST through the client's ApiClient (its auth, TLS and timeouts), not through
+# its typed APIs: CoreV1Api alone costs 19 MiB of memory and 1.2 s of CPU to import, its argument
+# validation and body sanitising cost more CPU than a status patch itself, and its models 2-3 ms per
+# object to build, then as much to turn back into a dict. Answers come back as plain JSON.
+RESOURCES = {  # kind: (group/version, plural)
+    "Pod": ("v1", "pods"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "ConfigMap": ("v1", "configmaps"),
+    "Service": ("v1", "services"),
+    "StatefulSet": ("apps/v1", "statefulsets"),
+    "TokenReview": ("authentication.k8s.io/v1", "tokenreviews"),
+    "Task": (f"{GROUP}/{VERSION}", "tasks"),
+    "TaskTemplate": (f"{GROUP}/{VERSION}", "tasktemplates"),
 }
 WRITES = ("POST", "PUT", "PATCH")
+JSON = "application/json"
 
 
-def _send(method: str, path: str, meta: Mapping[str, Any], body: Any, content_type: str, **query: Any) -> Any:
-    """One call; `body` goes as it is (bytes), or as JSON (an object) for a JSON content type."""
+def path(kind: str, namespace: str | None = None, name: str = "", subresource: str = "") -> str:
+    """The URL path of a kind's collection (all namespaces when `namespace` is None), or of one object."""
+    if kind not in RESOURCES:
+        raise ValueError(f"no calls on a {kind}")
+    group_version, plural = RESOURCES[kind]
+    url = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    if namespace is not None:
+        url += f"/namespaces/{quote(namespace, safe='')}"
+    url += f"/{plural}"
+    return url + (f"/{quote(name, safe='')}{subresource}" if name else "")
+
+
+def _send(method: str, url: str, body: Any = None, content_type: str = JSON, **query: Any) -> dict[str, Any]:
+    """One call, blocking; `body` goes as it is (bytes), or as JSON (an object) for a JSON content type."""
     api = api_client()
     url_method, url, headers, _body, _post = api.param_serialize(
         method,
-        path,
-        path_params={"namespace": meta["namespace"], "name": meta.get("name", "")},
+        url,
         query_params=[*([("fieldManager", FIELD_MANAGER)] if method in WRITES else []), *query.items()],
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        header_params={"Content-Type": content_type, "Accept": JSON},
         auth_settings=["BearerToken"],
     )
     response = api.call_api(url_method, url, header_params=headers, body=body)
@@ -159,73 +174,58 @@ def _send(method: str, path: str, meta: Mapping[str, Any], body: Any, content_ty
         raise ApiException.from_response(
             http_resp=response, body=response.data.decode(errors="replace"), data=None
         )
-    # The answer as plain JSON: the client's models would cost 2-3 ms of CPU per object to build, then
-    # as much to turn back into a dict.
     return dict(json.loads(response.data))
 
 
-def _collection(kind: str) -> str:
-    if kind not in _COLLECTIONS:
-        raise ValueError(f"cannot write a {kind}")
-    return _COLLECTIONS[kind]
+async def _call(
+    method: str, url: str, body: Any = None, content_type: str = JSON, **query: Any
+) -> dict[str, Any]:
+    """One call in a worker thread: the client blocks, and the event loop must not."""
+    return await asyncio.to_thread(_send, method, url, body, content_type, **query)
 
 
-def _apply_sync(obj: dict[str, Any]) -> dict[str, Any]:
-    path = _collection(obj["kind"]) + "/{name}"
-    return dict(_send("PATCH", path, obj["metadata"], apply_body(obj), APPLY, force=True))
+def _object(obj: Mapping[str, Any]) -> str:
+    return path(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
 
 
 async def apply(obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply: create or update to exactly `obj`, idempotently; returns the live object."""
-    return await asyncio.to_thread(_apply_sync, obj)
+    return await _call("PATCH", _object(obj), apply_body(obj), APPLY, force=True)
 
 
 async def create(obj: dict[str, Any]) -> dict[str, Any]:
     """Create `obj` (a 409 if one of its name exists); returns it as created."""
-    path = _collection(obj["kind"])
-    return dict(await asyncio.to_thread(_send, "POST", path, obj["metadata"], obj, "application/json"))
+    return await _call("POST", path(obj["kind"], obj["metadata"]["namespace"]), obj)
 
 
 async def adopt(obj: Mapping[str, Any], owner: dict[str, Any], uid: str) -> dict[str, Any]:
     """Make `owner` the controller of the object that `obj` names and `uid` is (not a successor of the
     same name), which has no owner: one an upgrade from the StatefulSet left. Returns it."""
     patch = {"metadata": {"uid": uid, "ownerReferences": [owner]}}  # uid: a precondition
-    path = _collection(obj["kind"]) + "/{name}"
-    return dict(await asyncio.to_thread(_send, "PATCH", path, obj["metadata"], patch, MERGE))
+    return await _call("PATCH", _object(obj), patch, MERGE)
 
 
-async def _task(
-    method: str, namespace: str, name: str, body: Any = None, subresource: str = ""
-) -> dict[str, Any]:
-    """One call on a Task, in a worker thread; a body is a merge patch. Not through CustomObjectsApi: its
-    argument validation and body sanitising cost more CPU than the call (py-spy: a third of each status
-    patch)."""
-    path = _COLLECTIONS["Task"] + "/{name}" + subresource
-    meta = {"namespace": namespace, "name": name}
-    return dict(
-        await asyncio.to_thread(_send, method, path, meta, body, MERGE if body else "application/json")
-    )
-
-
-async def delete_pod(namespace: str, name: str, uid: str) -> bool:
-    """Delete this pod (its uid: not a successor of the same name). False when it is gone already (a
-    404, or a 409: another pod has its name now), which the watch may not have said."""
-    path = _collection("Pod") + "/{name}"
-    body = {"preconditions": {"uid": uid}}
+async def _delete(url: str, body: dict[str, Any] | None = None, *, gone: tuple[int, ...] = (404,)) -> bool:
+    """Delete; False when the API server answers one of the `gone` statuses (it is gone already)."""
     try:
-        await asyncio.to_thread(
-            _send, "DELETE", path, {"namespace": namespace, "name": name}, body, "application/json"
-        )
+        await _call("DELETE", url, body)
     except ApiException as exc:
-        if exc.status not in (404, 409):
+        if exc.status not in gone:
             raise
         return False
     return True
 
 
+async def delete_pod(namespace: str, name: str, uid: str) -> bool:
+    """Delete this pod (its uid: not a successor of the same name). False when it is gone already (a
+    404, or a 409: another pod has its name now), which the watch may not have said."""
+    body = {"preconditions": {"uid": uid}}
+    return await _delete(path("Pod", namespace, name), body, gone=(404, 409))
+
+
 async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
     """One merge patch of the Task's status subresource; keys set to None are removed."""
-    return await _task("PATCH", namespace, name, {"status": status}, "/status")
+    return await _call("PATCH", path("Task", namespace, name, "/status"), {"status": status}, MERGE)
 
 
 def agent_transport(
@@ -264,11 +264,11 @@ def agent_transport(
 
 
 async def get_task(namespace: str, name: str) -> dict[str, Any]:
-    return await _task("GET", namespace, name)
+    return await _call("GET", path("Task", namespace, name))
 
 
 async def patch_task_spec(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return await _task("PATCH", namespace, name, {"spec": spec})
+    return await _call("PATCH", path("Task", namespace, name), {"spec": spec}, MERGE)
 
 
 async def create_task(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -277,65 +277,42 @@ async def create_task(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
 
 async def delete_task(namespace: str, name: str) -> None:
     """Delete in the foreground's stead: the workspace and snapshot go by garbage collection."""
-    await _task("DELETE", namespace, name)
+    await _call("DELETE", path("Task", namespace, name))
 
 
-async def list_objects(
-    plural: str, namespace: str | None, selector: str | None = None
-) -> list[dict[str, Any]]:
-    """Every Task or TaskTemplate (`plural`) in `namespace`, or in all namespaces when None."""
-    api = client.CustomObjectsApi(api_client())
-    kw = {"label_selector": selector} if selector else {}
-    if namespace is None:
-        found = await asyncio.to_thread(api.list_cluster_custom_object, GROUP, VERSION, plural, **kw)
-    else:
-        found = await asyncio.to_thread(
-            api.list_namespaced_custom_object, GROUP, VERSION, namespace, plural, **kw
-        )
-    return list(found.get("items") or [])
+async def list_objects(kind: str, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+    """Every object of `kind` in `namespace`, or in all namespaces when None."""
+    query = {"labelSelector": selector} if selector else {}
+    return list((await _call("GET", path(kind, namespace), **query)).get("items") or [])
 
 
-def _read_configmap_sync(namespace: str, name: str) -> dict[str, Any] | None:
+async def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return _plain(client.CoreV1Api(api_client()).read_namespaced_config_map(name, namespace))
+        return await _call("GET", path("ConfigMap", namespace, name))
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
 
 
-async def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
-    return await asyncio.to_thread(_read_configmap_sync, namespace, name)
-
-
-def _agent_port_sync(namespace: str, pod: str, port_name: str) -> int | None:
-    spec = client.CoreV1Api(api_client()).read_namespaced_pod(pod, namespace).spec
-    for container in spec.containers:
-        for port in container.ports or []:
-            if port.name == port_name:
-                return int(port.container_port)
-    return None
-
-
 async def agent_port(namespace: str, pod: str, port_name: str) -> int | None:
     """The pod's port of that name (the agent's, for taskpod workspaces)."""
-    return await asyncio.to_thread(_agent_port_sync, namespace, pod, port_name)
-
-
-def _token_review_sync(token: str, audience: str) -> dict[str, Any]:
-    review = client.AuthenticationV1Api(api_client()).create_token_review(
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenReview",
-            "spec": {"token": token, "audiences": [audience]},
-        }
-    )
-    return dict(_plain(review).get("status") or {})
+    spec = (await _call("GET", path("Pod", namespace, pod))).get("spec") or {}
+    for container in spec.get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == port_name:
+                return int(port["containerPort"])
+    return None
 
 
 async def token_review(token: str, audience: str = "taskpod") -> dict[str, Any]:
     """What the API server says of a token presented for `audience`: who, and whether it is valid."""
-    return await asyncio.to_thread(_token_review_sync, token, audience)
+    review = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": [audience]},
+    }
+    return dict((await _call("POST", path("TokenReview"), review)).get("status") or {})
 
 
 def refused(exc: ApiException) -> bool:
@@ -347,40 +324,17 @@ def refused(exc: ApiException) -> bool:
     return exc.status == 500 and "failed to create typed patch object" in api_message(exc)
 
 
-def _retire_sync(namespace: str | None, selector: str) -> list[str]:
-    apps, core = client.AppsV1Api(api_client()), client.CoreV1Api(api_client())
-    if namespace is None:
-        sets = apps.list_stateful_set_for_all_namespaces(label_selector=selector)
-        services = core.list_service_for_all_namespaces(label_selector=selector)
-    else:
-        sets = apps.list_namespaced_stateful_set(namespace, label_selector=selector)
-        services = core.list_namespaced_service(namespace, label_selector=selector)
-    retired = []
-    for sts in sets.items:
-        meta = sts.metadata
-        try:  # Orphan: garbage collection takes its ownership off the pod and the claim, deleting neither
-            apps.delete_namespaced_stateful_set(
-                meta.name,
-                meta.namespace,
-                body={"propagationPolicy": "Orphan", "preconditions": {"uid": meta.uid}},
-            )
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
-        retired.append(f"{meta.namespace}/{meta.name}")
-    for svc in services.items:  # the StatefulSet's headless Service: nothing uses it any more
-        try:
-            core.delete_namespaced_service(svc.metadata.name, svc.metadata.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-    return retired
-
-
 async def retire_statefulsets(namespaces: list[str] | None, selector: str) -> list[str]:
     """Delete the workspace StatefulSets (and Services) of earlier releases, leaving their pods and claims
     to the operator, which adopts them: the upgrade to the workspace as a Pod. Returns what it retired."""
     retired: list[str] = []
     for namespace in namespaces or [None]:  # type: ignore[list-item]
-        retired += await asyncio.to_thread(_retire_sync, namespace, selector)
+        for sts in await list_objects("StatefulSet", namespace, selector):
+            meta = sts["metadata"]
+            # Orphan: garbage collection takes its ownership off the pod and the claim, deleting neither.
+            orphan = {"propagationPolicy": "Orphan", "preconditions": {"uid": meta["uid"]}}
+            await _delete(path("StatefulSet", meta["namespace"], meta["name"]), orphan, gone=(404, 409))
+            retired.append(f"{meta['namespace']}/{meta['name']}")
+        for svc in await list_objects("Service", namespace, selector):  # the StatefulSet's headless one
+            await _delete(path("Service", svc["metadata"]["namespace"], svc["metadata"]["name"]))
     return retired

@@ -177,7 +177,7 @@ class NoTemplate(Exception):
 
 async def choose_template(namespace: str, wanted: str | None) -> str:
     """The TaskTemplate a new task uses: `wanted` if it exists, else the namespace's only one."""
-    names = sorted(str(t["metadata"]["name"]) for t in await kube.list_objects("tasktemplates", namespace))
+    names = sorted(str(t["metadata"]["name"]) for t in await kube.list_objects("TaskTemplate", namespace))
     if wanted is not None:
         if wanted in names:
             return wanted
@@ -270,7 +270,7 @@ async def get(namespace: str, name: str) -> Task:
 
 async def list_tasks(namespace: str | None, selector: str | None = None) -> list[Task]:
     """Tasks in `namespace` (all namespaces when None), oldest first."""
-    tasks = [Task.from_api(t) for t in await kube.list_objects("tasks", namespace, selector)]
+    tasks = [Task.from_api(t) for t in await kube.list_objects("Task", namespace, selector)]
     return sorted(tasks, key=lambda t: (t.metadata.creation_timestamp or _EPOCH, t.namespace, t.name))
 
 
