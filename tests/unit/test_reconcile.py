@@ -22,7 +22,7 @@ from taskpod.api.models import AgentState, AgentStatus, InvalidTask, Task, TaskT
 from taskpod.controller import reconcile, reports
 from taskpod.controller.handlers import task_entry
 from taskpod.controller.reconcile import Options, Reconciler, Views
-from taskpod.core import naming, workspace
+from taskpod.core import naming, snapshots, workspace
 from taskpod.core.lifecycle import LIFETIME_LABEL, AgentView, ClaimView, NodeView, PodView
 
 NS, NAME = "team", "fix-login"
@@ -578,6 +578,22 @@ def test_an_idle_snapshot_is_written_once_per_new_conversation(api: FakeApi) -> 
     conversation.append(AgentMessage(2, "agent", "Fixed: it waited on a timer.", "2026-11-29T10:01:00Z"))
     assert idle_again() == ["ConfigMap", "ConfigMap"]
     assert api.status["logSnapshot"]["messages"] == 3
+
+
+def test_a_restarted_operator_does_not_write_an_unchanged_snapshot_again(api: FakeApi) -> None:
+    """Found measuring memory: each restart of the operator wrote every idle task's snapshot again, the
+    same conversation with a new takenAt (two writes a task: 10,000 at 5,000 tasks). Status now keeps the
+    snapshot's hash, which a new process reads."""
+    conversation = [GREETING, AgentMessage(1, "user", "Fix the flaky login test", "2026-11-29T10:00:01Z")]
+    for _process in range(2):
+        reconciler = reconciler_with([], api)
+        agents = reconciler.agents
+        assert isinstance(agents, FakeAgents)
+        agents.agent.messages = lambda: _async(conversation)
+        agents.idle_pending.add(KEY)
+        run(reconciler, views(task_body(str(api.version), api.status), api))
+    assert [a["kind"] for a in api.applies] == ["ConfigMap"]
+    assert api.status["logSnapshot"]["sha256"] == snapshots.shape([m.dump() for m in conversation]).digest
 
 
 def test_a_pausing_task_is_pending_until_its_pod_is_gone_and_the_pause_takes_two_writes(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import Any
 
@@ -77,6 +78,7 @@ def test_configmap_and_status_describe_the_same_snapshot() -> None:
         "messages": 10,
         "bytes": snap.size,
         "truncated": True,
+        "sha256": hashlib.sha256(cm["data"][DATA_KEY].encode()).hexdigest(),
     }
     # Read back from the ConfigMap alone (a pause whose status write an operator crash skipped).
     assert status_entry_of(cm, "u1") == status_entry(task, snap, taken)

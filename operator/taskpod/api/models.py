@@ -143,6 +143,7 @@ class LogSnapshot(Model):
     messages: int | None = Field(default=None, ge=0)
     bytes: int | None = Field(default=None, ge=0)
     truncated: bool | None = None
+    sha256: str | None = None
 
 
 class TaskStatus(Model):

@@ -213,7 +213,6 @@ class Memory:
     told_claim_deleting: dict[Key, str] = field(default_factory=dict)  # uid of the claim we warned of
     # what makes the wanted pod (task uid and generation, template version) and its spec hash
     wanted: dict[Key, tuple[tuple[str, int, str], str]] = field(default_factory=dict)
-    snapshot_digests: dict[Key, str] = field(default_factory=dict)  # of the last snapshot written
     seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
     asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
 
@@ -805,13 +804,13 @@ class Reconciler:
             # its old conversation). Not worth keeping, and it must not replace the conversation we kept.
             return True
         snap = snapshots.shape([m.dump() for m in messages])
-        if self.memory.snapshot_digests.get(key) == snap.digest:
-            return True  # nothing new since the last one
+        kept = self.news.snapshots.get(key) or self._current_status(key, task).get("logSnapshot") or {}
+        if kept.get("sha256") == snap.digest:
+            return True  # nothing new since the last one (kept by this process or, status says, another)
         taken = self.options.now()
         await self.api.apply(snapshots.configmap(task, snap, taken))
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         metrics.SNAPSHOT_BYTES.observe(len(snap.text.encode()))
-        self.memory.snapshot_digests[key] = snap.digest
         self.news.snapshots[key] = snapshots.status_entry(task, snap, taken)
         return True
 

@@ -46,7 +46,7 @@ class Snapshot:
 
     @property
     def digest(self) -> str:
-        """What the operator remembers of a snapshot to skip an unchanged one: a hash, not 64 KiB."""
+        """What status keeps of a snapshot, to skip an unchanged one: a hash, not 64 KiB."""
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     @property
@@ -105,6 +105,7 @@ def status_entry(task: Task, snapshot: Snapshot, taken_at: dt.datetime) -> dict[
         "messages": len(snapshot.messages),
         "bytes": snapshot.size,
         "truncated": snapshot.truncated,
+        "sha256": snapshot.digest,
     }
 
 
@@ -128,4 +129,5 @@ def status_entry_of(configmap: Mapping[str, Any], task_uid: str) -> dict[str, An
         "messages": len(messages),
         "bytes": len(text.encode()),
         "truncated": annotations.get(TRUNCATED_ANNOTATION) == "true",
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
