@@ -133,11 +133,7 @@ def test_pause_keeps_the_volume_and_resume_brings_the_workspace_back(
         == claim_uid
     )
 
-    events = kubectl(
-        kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=refactor"
-    )
-    for reason in ("Paused", "Resuming"):
-        assert reason in events
+    events_say(kube, namespace, "refactor", "Paused", "Resuming")
 
 
 def test_missing_template_is_an_error_that_heals_when_the_template_appears(
@@ -153,14 +149,23 @@ def test_missing_template_is_an_error_that_heals_when_the_template_appears(
     wait_for(lambda: phase_is(kube, namespace, "orphan", "Active"), 60, "the task to heal")
 
 
+def events_say(kube: Kube, namespace: str, name: str, *words: str) -> str:
+    """`kubectl get events` of the task once it shows every one of `words`: Kopf posts Events from a queue
+    of its own, so one can reach the API server a moment after the status write it goes with."""
+
+    def told() -> str | None:
+        selector = f"involvedObject.name={name}"
+        events = kubectl(kube, "get", "events", "-n", namespace, "--field-selector", selector)
+        return events if all(word in events for word in words) else None
+
+    return wait_for(told, 15, f"Events that say {', '.join(words)}")
+
+
 def error_with_event(kube: Kube, namespace: str, name: str, reason: str) -> dict[str, Any]:
     """Wait for the task to be in Error for `reason`, said in its Ready condition and a Warning Event."""
     task = wait_for(lambda: phase_is(kube, namespace, name, "Error"), 60, "Error")
     assert condition(task, "Ready")["reason"] == reason
-    events = kubectl(
-        kube, "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )
-    assert "Warning" in events and reason in events
+    events_say(kube, namespace, name, "Warning", reason)
     return task
 
 
@@ -236,10 +241,7 @@ def test_template_and_task_changes_reach_the_workspace(
         60,
         "the pod to be recreated",
     )
-    events = kubectl(
-        kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=upgrade-orm"
-    )
-    assert "PodReplaced" in events and "PodRecreated" in events
+    events_say(kube, namespace, "upgrade-orm", "PodReplaced", "PodRecreated")
 
 
 def test_deleting_the_task_leaves_nothing_behind(kube: Kube, namespace: str, operator: Operator) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -54,6 +54,16 @@ def events_of(kube: Kube, namespace: str, name: str) -> list[Any]:
     return list(
         kube.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
     )
+
+
+def event_told(kube: Kube, namespace: str, name: str, told: Callable[[Any], bool], what: str) -> Any:
+    """The task's first Event that `told` accepts, waiting for it: Kopf posts Events from a queue of its
+    own, so one can reach the API server a moment after the status write it goes with."""
+
+    def found() -> Any:
+        return next((e for e in events_of(kube, namespace, name) if told(e)), None)
+
+    return wait_for(found, 15, what)
 
 
 def running_pods(kube: Kube, namespace: str, name: str) -> list[str]:
@@ -128,9 +138,12 @@ def test_a_refused_prompt_is_retried_with_back_off_and_visible_meanwhile(
     said = condition(task, "PromptDelivered")["message"]
     assert said.startswith("The agent refused the prompt") and "retrying in" in said, said
     assert task["status"]["message"] == said  # the MESSAGE column shows it too
-    assert any(
-        e.reason == "PromptDeliveryFailed" and e.type == "Warning"
-        for e in events_of(kube, namespace, "refused")
+    event_told(
+        kube,
+        namespace,
+        "refused",
+        lambda e: e.reason == "PromptDeliveryFailed" and e.type == "Warning",
+        "a PromptDeliveryFailed Warning",
     )
     # No unrelated event is needed: the retries alone deliver it, once.
     wait_for(partial(delivered, kube, namespace, "refused"), 60, "delivered after the refusals")
@@ -180,8 +193,12 @@ def test_a_workspace_refused_by_a_quota_is_an_error_with_an_event_and_heals(
     task = wait_for(partial(phase_is, kube, namespace, "quota", "Error"), 60, "Error")
     assert "exceeded quota" in task["status"]["message"], task["status"]
     assert condition(task, "Ready")["reason"] == "InvalidWorkspace"
-    assert any(
-        e.type == "Warning" and "exceeded quota" in e.message for e in events_of(kube, namespace, "quota")
+    event_told(
+        kube,
+        namespace,
+        "quota",
+        lambda e: e.type == "Warning" and "exceeded quota" in e.message,
+        "a Warning that says the quota is exceeded",
     )
 
     kube.core.delete_namespaced_resource_quota("no-pods", namespace)
@@ -204,8 +221,12 @@ def test_a_pod_that_breaks_pod_security_is_an_error_in_the_api_servers_words(
     assert message.startswith("The API server refuses the workspace pod:") and "PodSecurity" in message, (
         message
     )
-    assert any(
-        e.type == "Warning" and "PodSecurity" in e.message for e in events_of(kube, namespace, "privileged")
+    event_told(
+        kube,
+        namespace,
+        "privileged",
+        lambda e: e.type == "Warning" and "PodSecurity" in e.message,
+        "a Warning that names PodSecurity",
     )
 
 
@@ -321,7 +342,8 @@ def test_a_snapshot_skipped_says_why(
     wait_for(partial(delivered, kube, namespace, "quiet"), 60, "delivered")
     sim_config(kube, namespace, "quiet", hang=["/messages"])
     pause(kube, namespace, "quiet")
-    (skipped,) = [e for e in events_of(kube, namespace, "quiet") if e.reason == "SnapshotSkipped"]
+    skipped = event_told(kube, namespace, "quiet", lambda e: e.reason == "SnapshotSkipped", "SnapshotSkipped")
+    assert len([e for e in events_of(kube, namespace, "quiet") if e.reason == "SnapshotSkipped"]) == 1
     assert "(no answer within 5s)" in skipped.message, skipped.message
 
 
@@ -412,4 +434,4 @@ def test_a_pod_stuck_at_a_bad_template_is_replaced_once_the_template_is_fixed(
 
     patch_template(kube, namespace, {"pod": {"annotations": {"sim.taskpod.dev/container-waiting": None}}})
     wait_for(partial(phase_is, kube, namespace, "rollout", "Active"), 60, "Active once the template is fixed")
-    assert any(e.reason == "PodReplaced" for e in events_of(kube, namespace, "rollout"))
+    event_told(kube, namespace, "rollout", lambda e: e.reason == "PodReplaced", "a PodReplaced Event")
