@@ -4,6 +4,11 @@ It does what local-path-provisioner does on real clusters, minus the node plumbi
 of our class (once the scheduler has picked a node, for WaitForFirstConsumer) it creates a PersistentVolume
 pre-bound to the claim, backed by a folder under --root; the PV controller in kube-controller-manager
 completes the binding. Released volumes with reclaim policy Delete are removed with their folder.
+
+It also finishes the deletion of pods, as a kubelet does once their containers have stopped: a pod being
+deleted is deleted at once, with its uid as a precondition. kwok's own pod-delete stage did this by name
+alone, and replayed it under load after the pod was gone, so it deleted the pod's successor of the same
+name: a resumed workspace (bench/README.md, 2026-11-30 evening).
 """
 
 from __future__ import annotations
@@ -68,6 +73,14 @@ def volume_to_delete(volume: dict[str, Any]) -> bool:
     )
 
 
+def pod_to_reap(pod: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(namespace, name, uid) of a pod being deleted, which its "kubelet" now removes; else None (pure)."""
+    meta = pod["metadata"]
+    if not meta.get("deletionTimestamp"):
+        return None
+    return meta["namespace"], meta["name"], meta["uid"]
+
+
 class Provisioner:
     def __init__(self, api: client.ApiClient, root: Path) -> None:
         self.core = client.CoreV1Api(api)
@@ -108,6 +121,18 @@ class Provisioner:
         shutil.rmtree(self.root / name, ignore_errors=True)
         log.info("deleted released volume %s", name)
 
+    def on_pod(self, pod: dict[str, Any]) -> None:
+        target = pod_to_reap(pod)
+        if target is None:
+            return
+        namespace, name, uid = target
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone already, or another pod of its name: not ours to delete
+                raise
+
     def follow(self, list_fn: Any, handler: Any) -> None:
         """List-then-watch forever, calling `handler` with each object as plain data."""
         while True:
@@ -133,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     api = client.ApiClient(cfg)
     p = Provisioner(api, args.root)
     threading.Thread(target=p.follow, args=(p.core.list_persistent_volume, p.on_volume), daemon=True).start()
+    pods = p.core.list_pod_for_all_namespaces
+    threading.Thread(target=p.follow, args=(pods, p.on_pod), daemon=True).start()
     p.follow(p.core.list_persistent_volume_claim_for_all_namespaces, p.on_claim)
     return 0
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from localkube.provisioner import SELECTED_NODE, volume_for_claim, volume_to_delete
+from localkube.provisioner import SELECTED_NODE, pod_to_reap, volume_for_claim, volume_to_delete
 
 ROOT = Path("/vols")
 
@@ -81,3 +81,13 @@ def test_deletes_only_our_released_volumes(provisioner: str, policy: str, phase:
         "status": {"phase": phase},
     }
     assert volume_to_delete(pv) is expected
+
+
+def test_only_a_pod_being_deleted_is_reaped_and_by_its_uid() -> None:
+    meta = {"namespace": "ns", "name": "task-0", "uid": "p1"}
+    assert pod_to_reap({"metadata": meta}) is None
+    assert pod_to_reap({"metadata": {**meta, "deletionTimestamp": "2026-11-30T19:00:00Z"}}) == (
+        "ns",
+        "task-0",
+        "p1",
+    )
