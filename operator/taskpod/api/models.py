@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -25,6 +26,7 @@ DEFAULT_AGENT_PORT = 3284
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
+NO_STATUS: Mapping[str, Any] = MappingProxyType({})  # one empty status: callers may tell it by identity
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -194,7 +196,7 @@ class Task(Model):
     def stored_status(self) -> Mapping[str, Any]:
         """The status exactly as the API server holds it: what a merge patch of status is composed
         against, byte for byte (the parsed `status` would write back times in its own format)."""
-        return (self._raw.get("status") if self._raw else None) or {}
+        return self._raw.get("status") or NO_STATUS
 
     @property
     def name(self) -> str:
@@ -215,7 +217,7 @@ class InvalidTask:
 
     @property
     def stored_status(self) -> Mapping[str, Any]:
-        return self.raw.get("status") or {}
+        return self.raw.get("status") or NO_STATUS
 
 
 # -- TaskTemplate --------------------------------------------------------------------------------

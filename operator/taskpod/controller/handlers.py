@@ -21,7 +21,7 @@ from taskpod import kube
 from taskpod.api.models import GROUP, VERSION, InvalidTask, Task, TaskTemplate
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Transport
-from taskpod.controller.reconcile import Options, Reconciler, Views
+from taskpod.controller.reconcile import MAX_MESSAGE, Options, Reconciler, Views
 from taskpod.controller.settings import Settings
 from taskpod.core.lifecycle import ClaimView, NodeView, PodView
 from taskpod.core.workspace import MANAGED_BY, TASK_LABEL
@@ -149,7 +149,7 @@ def task_entry(body: Mapping[str, Any]) -> Task | InvalidTask:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        return InvalidTask(kept, f"The Task is invalid at {where}: {error['msg']}")
+        return InvalidTask(kept, f"The Task is invalid at {where}: {error['msg']}"[:MAX_MESSAGE])
 
 
 @kopf.index(*TEMPLATES)
