@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 POD_NETWORK ?= auto
+NODE ?= kwok
 PYTEST_ARGS ?=
 BENCH_SIZES ?= 100,1000,5000
 BENCH_ARGS ?=
@@ -75,7 +76,7 @@ fmt: venv ## format the code
 	$(BIN)/ruff check --fix .
 
 cluster: binaries ## start a local control plane in the background (kubeconfig: .cluster/kubeconfig)
-	$(BIN)/python -m localkube up --dir $(CLUSTER_DIR) --pod-network $(POD_NETWORK)
+	$(BIN)/python -m localkube up --dir $(CLUSTER_DIR) --pod-network $(POD_NETWORK) --node $(NODE)
 
 simulator: venv ## run the workspace simulator in the foreground against .cluster/kubeconfig
 	$(BIN)/python -m agentsim --kubeconfig $(CLUSTER_DIR)/kubeconfig --state-dir $(CLUSTER_DIR)/agent-state

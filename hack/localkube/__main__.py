@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from localkube import binaries, podnet
-from localkube.cluster import LocalCluster
+from localkube.cluster import NODE_KINDS, LocalCluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
             "--dir", type=Path, default=Path(".cluster"), help="cluster directory (default .cluster)"
         )
         if name == "up":
+            p.add_argument(
+                "--node",
+                choices=NODE_KINDS,
+                default="kwok",
+                help="kwok: fake nodes that run nothing; real: this machine as a real node, a kubelet with "
+                "containerd (needs root; default kwok)",
+            )
             p.add_argument("--nodes", type=int, default=1, help="fake nodes to register (default 1)")
             p.add_argument(
                 "--pod-network",
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cluster = LocalCluster(args.dir)
     if args.command == "up":
-        state = cluster.up(nodes=args.nodes, pod_network=args.pod_network)
+        state = cluster.up(nodes=args.nodes, pod_network=args.pod_network, node=args.node)
         print(f"export KUBECONFIG={state.kubeconfig}")
     elif args.command == "down":
         cluster.down()

@@ -28,6 +28,8 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 AGENTAPI_VERSION = "v0.11.8"
+CONTAINERD_VERSION = "v2.4.2"
+PAUSE_VERSION = "v1"  # our own program (go/pause): bump when it changes
 
 
 def _kube_ldflags(version: str) -> str:
@@ -61,7 +63,7 @@ COMPONENTS: dict[str, Component] = {
         Component("etcd", ETCD_VERSION, ".", GO_DIR / "etcd"),
         *(
             Component(n, KUBERNETES_VERSION, f"./cmd/{n}", GO_DIR / "kube", _kube_ldflags(KUBERNETES_VERSION))
-            for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+            for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet")
         ),
         Component("kwok", KWOK_VERSION, f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"),
         Component(
@@ -73,6 +75,15 @@ COMPONENTS: dict[str, Component] = {
         # Our own module (go.mod `tool` directive): `go install ...@v` needs the proxy's version list,
         # which the proxy refuses for agentapi.
         Component("agentapi", AGENTAPI_VERSION, "github.com/coder/agentapi", GO_DIR / "agentapi"),
+        # The real node (node.py): containerd and its runc shim, its CLI for importing images, and the
+        # pods' sandbox program. runc and the CNI plugins are Debian's.
+        *(
+            Component(
+                n, CONTAINERD_VERSION, f"github.com/containerd/containerd/v2/cmd/{n}@{CONTAINERD_VERSION}"
+            )
+            for n in ("containerd", "containerd-shim-runc-v2", "ctr")
+        ),
+        Component("pause", PAUSE_VERSION, ".", GO_DIR / "pause"),
     ]
 }
 

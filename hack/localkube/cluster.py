@@ -2,7 +2,8 @@
 
 etcd, kube-apiserver (RBAC, client certificates, ServiceAccount signing), kube-controller-manager,
 kube-scheduler, kwok for fake nodes whose pod IPs a local process can listen on (see podnet), and a
-small PV provisioner.
+small PV provisioner. Or, instead of kwok, a real node: a kubelet with containerd that runs pods for real
+(see node).
 Every process runs in its own session with its log under the cluster directory; `state.json` records
 what was started so that `down` can stop all of it, even from another process.
 """
@@ -28,12 +29,15 @@ import httpx
 import yaml
 
 from localkube import binaries, pki, podnet
+from localkube.node import NODE_BINARIES, Node, ensure_packages
+from localkube.node import missing as node_missing
 
 HERE = Path(__file__).resolve().parent
 STAGES = HERE / "stages.yaml"
 STORAGE_CLASS = "standard"
 PROVISIONER = "localkube.taskpod.dev/hostpath"
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_NODE = "kwok-node-"  # the fake nodes' names: kwok-node-0, kwok-node-1, ...
 SERVICE_CIDR = "10.0.0.0/24"
 COMPONENT_ORDER = [
     "etcd",
@@ -42,7 +46,10 @@ COMPONENT_ORDER = [
     "kube-scheduler",
     "kwok",
     "provisioner",
+    "containerd",
+    "kubelet",
 ]
+NODE_KINDS = ("kwok", "real")
 
 
 def _say(msg: str) -> None:
@@ -66,6 +73,7 @@ class State:
     ports: dict[str, int]
     processes: dict[str, Process] = field(default_factory=dict)
     routes: list[str] = field(default_factory=list)  # local routes added for pod IPs, removed on down
+    node: str = "kwok"  # kwok: fake nodes; real: a kubelet with containerd (see node.py)
 
     def save(self) -> None:
         Path(self.directory, "state.json").write_text(json.dumps(asdict(self), indent=2))
@@ -193,21 +201,29 @@ class LocalCluster:
         tie_to_parent: bool = False,
         pod_network: str = "auto",
         audit_users: tuple[str, ...] = (),
+        node: str = "kwok",
     ) -> State:
         """Start everything and return once nodes are Ready and the default ServiceAccount exists.
 
         `pod_network` is auto, loopback or routed (see podnet). Requests made by `audit_users` are
         written to `audit.log` in the cluster directory (JSON lines, metadata only), which is how the
-        benchmark counts the API calls of the operator and of its floor client."""
+        benchmark counts the API calls of the operator and of its floor client. `node` is kwok (`nodes`
+        fake nodes) or real (one real node, this machine; see node.py)."""
         if self.running():
             state = self.state()
             assert state is not None
             _say(f"already running: {state.server} (kubeconfig {state.kubeconfig})")
             return state
         self.down(quiet=True)
+        real = node == "real"
+        if real and (why := node_missing()) is not None:
+            raise RuntimeError(f"cannot run a real node here: {why}")
         bins = binaries.ensure_all(
             ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+            + (NODE_BINARIES if real else [])
         )
+        if real:
+            ensure_packages()
         started = time.monotonic()
         for sub in ("pki", "etcd", "volumes"):
             shutil.rmtree(self.directory / sub, ignore_errors=True)
@@ -215,9 +231,10 @@ class LocalCluster:
         pki_dir.mkdir(parents=True)
         ports = _free_ports(
             ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+            + (["kubelet", "kubelet-healthz"] if real else [])
         )
         podnet.prune(in_use)
-        cidrs, routes = podnet.choose(pod_network, nodes, owner=self.directory)
+        cidrs, routes = podnet.choose(pod_network, nodes, owner=self.directory) if not real else ([], [])
         state = State(
             directory=str(self.directory),
             kubeconfig=str(self.kubeconfig),
@@ -225,6 +242,7 @@ class LocalCluster:
             pod_cidrs=cidrs,
             ports=ports,
             routes=routes,
+            node=node,
         )
         state.save()  # from here on, `down` knows the routes to remove
         certs = self._make_pki(pki_dir, state)
@@ -235,6 +253,8 @@ class LocalCluster:
             self._start_apiserver(state, bins["kube-apiserver"], certs)
             self._register_nodes(state)
             self._start_controllers(state, bins, certs)
+            if real:
+                self._start_real_node(state, certs)
             self._wait_ready(state)
         except BaseException:
             state.save()
@@ -261,6 +281,10 @@ class LocalCluster:
             "sa": sa,
             "apiserver": pki.issue(ca, d, "kube-apiserver", "kube-apiserver", hosts=hosts),
             "admin": pki.issue(ca, d, "admin", "localkube-admin", orgs=("system:masters",)),
+            # how the API server authenticates to kubelets (logs, exec, the pods' proxy)
+            "kubelet-client": pki.issue(
+                ca, d, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",)
+            ),
         }
         pki.write_kubeconfig(self.kubeconfig, state.server, ca, certs["admin"])
         for name, cn in [
@@ -331,6 +355,10 @@ class LocalCluster:
                 f"--service-account-signing-key-file={certs['sa'].key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
+                f"--kubelet-client-certificate={certs['kubelet-client'].cert}",
+                f"--kubelet-client-key={certs['kubelet-client'].key}",
+                f"--kubelet-certificate-authority={certs['ca'].cert}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--endpoint-reconciler-type=none",  # the loopback address is not a valid Endpoints IP
                 "--profiling=false",
                 *self._audit_flags(),
@@ -344,8 +372,8 @@ class LocalCluster:
         from kubernetes import client
 
         core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
-        for i, cidr in enumerate(state.pod_cidrs):
-            name = f"kwok-node-{i}"
+        for i, cidr in enumerate(state.pod_cidrs):  # none for a real node: its kubelet registers it
+            name = f"{KWOK_NODE}{i}"
             core.create_node(
                 {
                     "apiVersion": "v1",
@@ -444,20 +472,8 @@ class LocalCluster:
                     *extra,
                 ],
             )
-        self._spawn(
-            state,
-            "kwok",
-            [
-                str(bins["kwok"]),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--config={STAGES}",
-                f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
-                "--node-lease-duration-seconds=40",
-                f"--node-ip={state.pod_cidrs[0].rsplit('.', 1)[0]}.1",
-                f"--server-address=127.0.0.1:{state.ports['kwok']}",
-            ],
-            env={"HOME": str(self.directory)},
-        )  # kwok always loads ~/.kwok/kwok.yaml; keep a user's out
+        if state.node == "kwok":
+            self._start_kwok(state, bins["kwok"])
         self._spawn(
             state,
             "provisioner",
@@ -470,6 +486,33 @@ class LocalCluster:
             ],
             env={"PYTHONPATH": str(HERE.parent)},
         )
+
+    def _start_kwok(self, state: State, kwok: Path) -> None:
+        self._spawn(
+            state,
+            "kwok",
+            [
+                str(kwok),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={STAGES}",
+                f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
+                "--node-lease-duration-seconds=40",
+                f"--node-ip={state.pod_cidrs[0].rsplit('.', 1)[0]}.1",
+                f"--server-address=127.0.0.1:{state.ports['kwok']}",
+            ],
+            env={"HOME": str(self.directory)},
+        )  # kwok always loads ~/.kwok/kwok.yaml; keep a user's out
+
+    def _start_real_node(self, state: State, certs: dict[str, pki.KeyPair]) -> None:
+        """containerd, the sandbox image, then the kubelet, which registers this machine as a node."""
+        node = Node(self.directory)
+        node.claim_host(lambda directory: LocalCluster(directory).alive())
+        files = node.prepare(certs["ca"], state.server, state.ports)
+        cmd, env = node.containerd_command()
+        self._spawn(state, "containerd", cmd, env=env)
+        self._wait(state, "containerd", lambda: node.ctr("version").returncode == 0)
+        node.import_pause()
+        self._spawn(state, "kubelet", node.kubelet_command(files))
 
     def _wait_ready(self, state: State) -> None:
         from kubernetes import client
@@ -497,7 +540,7 @@ class LocalCluster:
                 == "ok"
             )
 
-        self._wait(state, "kwok", nodes_ready)
+        self._wait(state, "kwok" if state.node == "kwok" else "kubelet", nodes_ready, timeout=120)
         self._wait(state, "kube-controller-manager", default_service_account)
         self._wait(state, "kube-scheduler", scheduler_healthy)
 
@@ -548,6 +591,10 @@ class LocalCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         state.processes = {}
+        if state.node == "real":
+            left = Node(self.directory).clean()
+            if left:
+                _say("could not remove all the real node left behind: " + "; ".join(left))
         podnet.remove_routes(state.routes)
         state.routes = []
         state.save()

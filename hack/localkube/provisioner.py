@@ -25,7 +25,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from localkube.cluster import PROVISIONER, STORAGE_CLASS
+from localkube.cluster import KWOK_NODE, PROVISIONER, STORAGE_CLASS
 
 log = logging.getLogger("provisioner")
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
@@ -74,9 +74,12 @@ def volume_to_delete(volume: dict[str, Any]) -> bool:
 
 
 def pod_to_reap(pod: dict[str, Any]) -> tuple[str, str, str] | None:
-    """(namespace, name, uid) of a pod being deleted, which its "kubelet" now removes; else None (pure)."""
+    """(namespace, name, uid) of a kwok node's pod being deleted, which its "kubelet" now removes; else
+    None (pure). A real node's kubelet removes its own pods, once their containers have stopped."""
     meta = pod["metadata"]
-    if not meta.get("deletionTimestamp"):
+    if not meta.get("deletionTimestamp") or not (pod.get("spec") or {}).get("nodeName", "").startswith(
+        KWOK_NODE
+    ):
         return None
     return meta["namespace"], meta["name"], meta["uid"]
 
@@ -96,7 +99,11 @@ class Provisioner:
         pv = volume_for_claim(claim, self._binding_mode(), self.root)
         if pv is None:
             return
-        Path(pv["spec"]["hostPath"]["path"]).mkdir(parents=True, exist_ok=True)
+        folder = Path(pv["spec"]["hostPath"]["path"])
+        folder.mkdir(parents=True, exist_ok=True)
+        # Writable by any user, as local-path-provisioner makes them: a kubelet applies no fsGroup to a
+        # hostPath volume, and on a real node a workspace runs as a user of its own.
+        folder.chmod(0o777)
         try:
             self.core.create_persistent_volume(pv)
             log.info(

@@ -83,11 +83,12 @@ def test_deletes_only_our_released_volumes(provisioner: str, policy: str, phase:
     assert volume_to_delete(pv) is expected
 
 
-def test_only_a_pod_being_deleted_is_reaped_and_by_its_uid() -> None:
+def test_only_a_kwok_pod_being_deleted_is_reaped_and_by_its_uid() -> None:
     meta = {"namespace": "ns", "name": "task-0", "uid": "p1"}
-    assert pod_to_reap({"metadata": meta}) is None
-    assert pod_to_reap({"metadata": {**meta, "deletionTimestamp": "2026-11-30T19:00:00Z"}}) == (
-        "ns",
-        "task-0",
-        "p1",
-    )
+    deleting = {**meta, "deletionTimestamp": "2026-11-30T19:00:00Z"}
+    on_kwok = {"nodeName": "kwok-node-0"}
+    assert pod_to_reap({"metadata": meta, "spec": on_kwok}) is None
+    assert pod_to_reap({"metadata": deleting, "spec": on_kwok}) == ("ns", "task-0", "p1")
+    # a real node's kubelet removes its own pods once their containers have stopped: reaping them
+    # first would leave the containers running
+    assert pod_to_reap({"metadata": deleting, "spec": {"nodeName": "vm"}}) is None

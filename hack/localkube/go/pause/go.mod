@@ -1,0 +1,3 @@
+module taskpod.dev/hack/cluster/pause
+
+go 1.26.0

@@ -1,0 +1,207 @@
+"""The local control plane's real node: a kubelet with containerd on this machine runs pods for real, and
+`down` gives the host back as it found it.
+
+Skipped, with the reason, where the machine cannot run one (not root, no cgroups).
+"""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localkube import node
+from localkube.cluster import LocalCluster
+from tests.support import Kube, kubectl
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(node.missing() is not None, reason=f"no real node here: {node.missing()}"),
+]
+BUSYBOX = "localhost/busybox:localkube"
+
+
+class RealCluster:
+    def __init__(self, cluster: LocalCluster, before: node.Footprint) -> None:
+        self.cluster, self.before = cluster, before
+        self.kube = Kube.connect(cluster.kubeconfig, local=True)
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+        return kubectl(self.kube, *args, stdin=stdin, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    directory = tmp_path_factory.mktemp("real-node")
+    if (stale := node.HostRecord.load()) is not None and not LocalCluster(Path(stale.directory)).alive():
+        node.Node(Path(stale.directory)).clean()  # a killed run's node: `up` would clean it first anyway
+    before = node.footprint(directory / "node")
+    cluster = LocalCluster(directory)
+    cluster.up(tie_to_parent=True, node="real")
+    try:
+        node.Node(cluster.directory).import_rootfs(node.busybox_rootfs(directory), BUSYBOX, ["/bin/sh"])
+        yield RealCluster(cluster, before)
+    finally:
+        cluster.down()
+
+
+def _pod(name: str, command: str, **container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", command],
+                    **container,
+                }
+            ],
+        },
+    }
+
+
+def _run(real: RealCluster, pod: dict[str, Any]) -> dict[str, Any]:
+    """Create the pod and wait until it is Ready; returns it as the API server has it."""
+    real.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+    real.kubectl(
+        "wait", "--for=condition=Ready", f"pod/{pod['metadata']['name']}", "--timeout=90s", timeout=100
+    )
+    return dict(json.loads(real.kubectl("get", "pod", pod["metadata"]["name"], "-o", "json")))
+
+
+def test_the_machine_is_a_ready_node(real: RealCluster) -> None:
+    nodes = json.loads(real.kubectl("get", "nodes", "-o", "json"))["items"]
+    assert [n["metadata"]["name"] for n in nodes] == [socket.gethostname()]
+    ready = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}
+    assert ready["Ready"] == "True"
+    assert nodes[0]["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.")
+
+
+def test_a_pod_serves_the_host_on_its_bridge_ip(real: RealCluster) -> None:
+    pod = _run(
+        real,
+        _pod(
+            "web",
+            "mkdir -p /tmp/www && echo served-by-a-real-pod > /tmp/www/index.html "
+            "&& exec httpd -f -p 8080 -h /tmp/www",
+            readinessProbe={"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+        ),
+    )
+    ip = pod["status"]["podIP"]
+    assert ipaddress.ip_address(ip) in node.POD_SUBNET
+    assert httpx.get(f"http://{ip}:8080/", timeout=5).text.strip() == "served-by-a-real-pod"
+    # and through the API server's proxy to the pod, as `kubectl task logs` and `send` reach agents
+    proxied = real.kubectl("get", "--raw", "/api/v1/namespaces/default/pods/web:8080/proxy/")
+    assert proxied.strip() == "served-by-a-real-pod"
+
+
+def test_a_pod_reaches_the_host_and_exec_and_logs_work(real: RealCluster, tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("served-by-the-host\n")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _run(real, _pod("talker", "echo hello-from-the-log; exec sleep 3600"))
+        gateway = str(next(node.POD_SUBNET.hosts()))  # the bridge: the host's address on the pod network
+        got = real.kubectl("exec", "talker", "--", "wget", "-qO-", f"http://{gateway}:{server.server_port}/")
+        assert got.strip() == "served-by-the-host"
+        assert "hello-from-the-log" in real.kubectl("logs", "talker")
+    finally:
+        server.shutdown()
+
+
+def test_limits_are_applied_to_the_container(real: RealCluster) -> None:
+    pod = _run(
+        real,
+        _pod("limited", "exec sleep 3600", resources={"limits": {"memory": "64Mi", "cpu": "250m"}}),
+    )
+    # The kernel's own limits, read on the host: the pod's cgroup under the node's cgroup root.
+    uid = pod["metadata"]["uid"]
+    found = {
+        knob: [
+            p.read_text().strip()
+            for p in Path("/sys/fs/cgroup").glob(f"*/{node.CGROUP_ROOT}/**/pod{uid}/{knob}")
+        ]
+        for knob in ("memory.limit_in_bytes", "cpu.cfs_quota_us", "memory.max", "cpu.max")
+    }
+    memory = found["memory.limit_in_bytes"] or found["memory.max"]  # cgroup v1, or v2
+    cpu = found["cpu.cfs_quota_us"] or [v.split()[0] for v in found["cpu.max"]]
+    assert memory == [str(64 * 1024 * 1024)]
+    assert cpu == ["25000"]  # 250m of a 100 ms period
+
+
+def test_a_volume_keeps_its_files_across_pods(real: RealCluster) -> None:
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "files", "namespace": "default"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    real.kubectl("apply", "-f", "-", stdin=json.dumps(claim))
+    mounted = {
+        "volumeMounts": [{"name": "files", "mountPath": "/data"}],
+        "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},  # a user of its own, as a workspace is
+    }
+    volume = [{"name": "files", "persistentVolumeClaim": {"claimName": "files"}}]
+    first = _pod("writer", "echo kept > /data/note && exec sleep 3600", **mounted)
+    first["spec"]["volumes"] = volume
+    _run(real, first)
+    real.kubectl("delete", "pod", "writer", "--wait=true", timeout=60)
+    second = _pod("reader", "exec sleep 3600", **mounted)
+    second["spec"]["volumes"] = volume
+    _run(real, second)
+    assert real.kubectl("exec", "reader", "--", "cat", "/data/note").strip() == "kept"
+
+
+def test_down_leaves_the_host_as_it_was(real: RealCluster) -> None:
+    """Last in this module: it stops the cluster the others used."""
+    running = node.footprint(real.cluster.directory / "node")
+    assert node.BRIDGE in running.links and running.processes and running.mounts  # the node made them
+    assert any(c.endswith(f"/{node.CGROUP_ROOT}") for c in running.cgroups)
+    real.cluster.down()
+    deadline = time.monotonic() + 10
+    after = node.footprint(real.cluster.directory / "node")
+    while after != real.before and time.monotonic() < deadline:  # veths go with their network namespace
+        time.sleep(0.5)
+        after = node.footprint(real.cluster.directory / "node")
+    assert after == real.before
+    assert not node.RECORD.exists()
+
+
+def test_a_node_left_by_a_killed_run_is_cleaned_up_by_the_next(
+    real: RealCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A test run killed with its node up leaves containers, mounts and cgroups behind, and its folder
+    may be gone: the next real node's start removes them before it claims the host."""
+    killed = LocalCluster(tmp_path_factory.mktemp("killed-node"))
+    killed.up(tie_to_parent=True, node="real")
+    node.Node(killed.directory).import_rootfs(node.busybox_rootfs(killed.directory), BUSYBOX, ["/bin/sh"])
+    _run(RealCluster(killed, real.before), _pod("orphan", "exec sleep 3600"))
+    state = killed.state()
+    assert state is not None
+    for name in reversed(list(state.processes)):  # as SIGKILL of the whole run would
+        killed.kill(name)
+    assert any("sleep 3600" in p for p in node.footprint(killed.directory / "node").processes)
+
+    after_crash = LocalCluster(tmp_path_factory.mktemp("next-node"))
+    after_crash.up(tie_to_parent=True, node="real")
+    try:
+        assert not any("sleep 3600" in p for p in node.footprint(after_crash.directory / "node").processes)
+        assert json.loads(node.RECORD.read_text())["directory"] == str(after_crash.directory)
+    finally:
+        after_crash.down()
+    assert node.footprint(after_crash.directory / "node") == real.before
