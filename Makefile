@@ -23,7 +23,7 @@ IMAGES := operator workspace agent-sim
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)
 
 .PHONY: help demo simulator venv binaries test unit integration properties bench soak lint fmt cluster cluster-down clean \
-	images images-push
+	images images-local images-push
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ images: $(addprefix image-,$(IMAGES)) ## build the images with CONTAINER_ENGINE 
 
 image-%:
 	$(CONTAINER_ENGINE) build -f images/$*/Dockerfile --build-arg VERSION=$(VERSION) -t $(REGISTRY)/$*:$(VERSION) .
+
+images-local: venv ## build the same images here without a registry (buildah), into the real node if it runs
+	$(BIN)/python -m localkube.images --dir $(CLUSTER_DIR)
 
 images-push: images ## push the images built by make images
 	for image in $(IMAGES); do $(CONTAINER_ENGINE) push $(REGISTRY)/$$image:$(VERSION) || exit 1; done

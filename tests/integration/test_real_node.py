@@ -19,9 +19,22 @@ from typing import Any
 import httpx
 import pytest
 
-from localkube import node
+from localkube import images, node
 from localkube.cluster import LocalCluster
-from tests.support import Kube, kubectl
+from tests.support import (
+    ROOT,
+    Kube,
+    Operator,
+    create_task,
+    create_template,
+    delivered,
+    free_port,
+    install_crds,
+    kubectl,
+    phase_is,
+    prompts_in,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -165,6 +178,94 @@ def test_a_volume_keeps_its_files_across_pods(real: RealCluster) -> None:
     second["spec"]["volumes"] = volume
     _run(real, second)
     assert real.kubectl("exec", "reader", "--", "cat", "/data/note").strip() == "kept"
+
+
+def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path) -> None:
+    """The operator (here, a process on the host) and the agent-sim image built from its Dockerfile: a
+    Task's workspace runs for real, under Pod Security `restricted`, through pause and resume."""
+    kube = real.kube
+    node_ = node.Node(real.cluster.directory)
+    (image,) = images.build_all(("agent-sim",), node_)
+    install_crds(kube)
+    ns = "real-tasks"
+    kube.core.create_namespace(
+        {"metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    chart = ROOT / "charts" / "taskpod" / "templates" / "tasktemplate-sim.yaml"
+    assert "runAsNonRoot: true" in chart.read_text()  # the same security contexts as the chart's
+    create_template(
+        kube,
+        ns,
+        image=image,
+        imagePullPolicy="Never",
+        env=[{"name": "SIM_AGENT", "value": json.dumps({"work_seconds": 1})}],
+        podSecurityContext={
+            "fsGroup": 1000,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        securityContext={
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    )
+    port = free_port()
+    gateway = next(node.POD_SUBNET.hosts())  # how pods reach this machine
+    operator = Operator(
+        real.cluster.kubeconfig,
+        [ns],
+        tmp_path / "operator.log",
+        "--report-listen",
+        f"0.0.0.0:{port}",
+        "--report-url",
+        f"http://{gateway}:{port}/report",
+    ).start()
+    try:
+        create_task(kube, ns, "real", prompt="Write hello.txt")
+        task = wait_for(
+            lambda: delivered(kube, ns, "real"), 120, "the prompt delivered", explain=operator.tail
+        )
+        assert task["status"]["phase"] == "Active"
+        pod = kube.core.read_namespaced_pod("real-0", ns)
+        assert pod.spec.node_name == socket.gethostname()
+        assert pod.status.container_statuses[0].state.running is not None  # a container really runs
+        # The agent keeps its state on the volume, as the uid of the image (fsGroup makes it writable).
+        state_file = "/workspace/.taskpod/agentapi-state.json"
+        wait_for(
+            lambda: "Write hello.txt" in real.kubectl("exec", "-n", ns, "real-0", "--", "cat", state_file), 30
+        )
+
+        kubectl(kube, "patch", "task", "real", "-n", ns, "--type", "merge", "-p", '{"spec":{"paused":true}}')
+        paused = wait_for(lambda: phase_is(kube, ns, "real", "Paused"), 90, "Paused", explain=operator.tail)
+        wait_for(lambda: not kube.core.list_namespaced_pod(ns).items, 60, "the pod gone")
+        snapshot = kube.core.read_namespaced_config_map(paused["status"]["logSnapshot"]["configMap"], ns)
+        assert "Write hello.txt" in json.dumps(snapshot.data)
+
+        kubectl(kube, "patch", "task", "real", "-n", ns, "--type", "merge", "-p", '{"spec":{"paused":false}}')
+        resumed = wait_for(
+            lambda: phase_is(kube, ns, "real", "Active"), 120, "Active again", explain=operator.tail
+        )
+        assert resumed["status"]["workspace"]["lifetime"] == 2
+        # the first lifetime's files are still on the volume, and the prompt went in once
+        assert "Write hello.txt" in real.kubectl("exec", "-n", ns, "real-0", "--", "cat", state_file)
+        messages = httpx.get(
+            f"http://{kube.core.read_namespaced_pod('real-0', ns).status.pod_ip}:3284/messages"
+        )
+        assert prompts_in(messages.json()["messages"], "Write hello.txt") == 1
+
+        kubectl(kube, "delete", "task", "real", "-n", ns, "--wait=true", timeout=90)
+        wait_for(
+            lambda: (
+                not kube.core.list_namespaced_pod(ns).items
+                and not kube.core.list_namespaced_persistent_volume_claim(ns).items
+            ),
+            90,
+            "the workspace gone with its task",
+        )
+    finally:
+        operator.stop()
 
 
 def test_down_leaves_the_host_as_it_was(real: RealCluster) -> None:

@@ -216,10 +216,19 @@ def test_requirements_are_what_the_generator_writes() -> None:
 
 def test_workspace_pins_agentapi_and_claude_code() -> None:
     dockerfile = parse(IMAGES / "workspace" / "Dockerfile")
-    # The release the contract test holds the operator to (tests/integration/test_agentapi_contract.py).
-    assert dockerfile.global_args["AGENTAPI_VERSION"] == binaries.AGENTAPI_VERSION
+    # The release the contract test holds the operator to (tests/integration/test_agentapi_contract.py),
+    # built from the same go.mod as the binary the tests run.
+    module = binaries.COMPONENTS["agentapi"].module_dir
+    assert module is not None
+    pinned = f"github.com/coder/agentapi {binaries.AGENTAPI_VERSION}"
+    assert pinned in (module / "go.mod").read_text()
+    where = module.relative_to(ROOT)
+    assert f"{where}/go.mod {where}/go.sum ./" in " ".join(dockerfile.stages[0].all("COPY"))
+    assert (
+        "go build -o /go/bin/agentapi github.com/coder/agentapi && /go/bin/agentapi --version"
+        in dockerfile.runs
+    )
     assert re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", dockerfile.global_args["CLAUDE_CODE_VERSION"])
-    assert 'go install "github.com/coder/agentapi@${AGENTAPI_VERSION}"' in dockerfile.runs
     assert 'npm install -g "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}"' in dockerfile.runs
     final = dockerfile.final
     assert final.base == "node:22-bookworm-slim"
