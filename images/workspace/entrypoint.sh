@@ -6,6 +6,10 @@ set -eu
 # --allowed-hosts '*': the operator reaches the agent by pod IP, which agentapi's default (localhost
 # only) refuses with HTTP 400.
 port="${AGENTAPI_PORT:-3284}"
+# Claude Code's permission prompts would stall a task that has no human to answer them: the pod is the
+# sandbox, so it runs with bypassPermissions unless CLAUDE_PERMISSION_MODE says otherwise (or the
+# template's args give --permission-mode, which comes later and wins).
+mode="${CLAUDE_PERMISSION_MODE:-bypassPermissions}"
 state_file="${TASKPOD_STATE_FILE:-/workspace/.taskpod/agentapi-state.json}"
 
 # --state-file keeps AgentAPI's conversation on the workspace volume across restarts (a pause, a
@@ -15,8 +19,10 @@ state_file="${TASKPOD_STATE_FILE:-/workspace/.taskpod/agentapi-state.json}"
 # files stay in $HOME/.claude on the volume either way. Passed only when the binary knows the flag.
 if agentapi server --help 2>/dev/null | grep -q -e '--state-file'; then
     mkdir -p "$(dirname "$state_file")"
-    set -- --state-file "$state_file" -- claude "$@"
+    set -- --state-file "$state_file" -- claude --permission-mode "$mode" "$@"
 else
-    set -- -- claude "$@"
+    set -- -- claude --permission-mode "$mode" "$@"
 fi
+# What Claude Code would ask a human at its first start, answered (see settle-claude.mjs).
+node "${TASKPOD_SETTLE_CLAUDE:-/usr/local/lib/taskpod/settle-claude.mjs}"
 exec agentapi server --type claude --port "$port" --allowed-hosts '*' "$@"

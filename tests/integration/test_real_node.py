@@ -9,7 +9,10 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,10 +32,12 @@ from tests.support import (
     create_template,
     delivered,
     free_port,
+    get_task,
     install_crds,
     kubectl,
     phase_is,
     prompts_in,
+    tasks_api,
     wait_for,
 )
 
@@ -41,6 +46,7 @@ pytestmark = [
     pytest.mark.skipif(node.missing() is not None, reason=f"no real node here: {node.missing()}"),
 ]
 BUSYBOX = "localhost/busybox:localkube"
+GATEWAY = next(node.POD_SUBNET.hosts())  # the bridge's address: how pods reach this machine
 
 
 class RealCluster:
@@ -180,14 +186,13 @@ def test_a_volume_keeps_its_files_across_pods(real: RealCluster) -> None:
     assert real.kubectl("exec", "reader", "--", "cat", "/data/note").strip() == "kept"
 
 
-def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path) -> None:
-    """The operator (here, a process on the host) and the agent-sim image built from its Dockerfile: a
-    Task's workspace runs for real, under Pod Security `restricted`, through pause and resume."""
+def _restricted_namespace_with_operator(
+    real: RealCluster, ns: str, image: str, tmp_path: Path, env: list[dict[str, str]], **agent: Any
+) -> Operator:
+    """A namespace under Pod Security `restricted`, its "default" TaskTemplate on `image` with the chart's
+    security contexts, and the operator (a process on the host) serving reports where pods reach it."""
     kube = real.kube
-    node_ = node.Node(real.cluster.directory)
-    (image,) = images.build_all(("agent-sim",), node_)
     install_crds(kube)
-    ns = "real-tasks"
     kube.core.create_namespace(
         {"metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
     )
@@ -198,7 +203,7 @@ def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path)
         ns,
         image=image,
         imagePullPolicy="Never",
-        env=[{"name": "SIM_AGENT", "value": json.dumps({"work_seconds": 1})}],
+        env=env,
         podSecurityContext={
             "fsGroup": 1000,
             "runAsNonRoot": True,
@@ -211,17 +216,38 @@ def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path)
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     )
+    if agent:
+        patch = {"spec": {"agent": agent}}
+        tasks_api(kube).patch_namespaced_custom_object(
+            "taskpod.dev", "v1alpha1", ns, "tasktemplates", "default", patch
+        )
     port = free_port()
-    gateway = next(node.POD_SUBNET.hosts())  # how pods reach this machine
-    operator = Operator(
+    return Operator(
         real.cluster.kubeconfig,
         [ns],
         tmp_path / "operator.log",
         "--report-listen",
         f"0.0.0.0:{port}",
         "--report-url",
-        f"http://{gateway}:{port}/report",
+        f"http://{GATEWAY}:{port}/report",
     ).start()
+
+
+def _pause(kube: Kube, ns: str, name: str, paused: bool) -> None:
+    spec = '{"spec":{"paused":%s}}' % ("true" if paused else "false")
+    kubectl(kube, "patch", "task", name, "-n", ns, "--type", "merge", "-p", spec)
+
+
+def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path) -> None:
+    """The operator (here, a process on the host) and the agent-sim image built from its Dockerfile: a
+    Task's workspace runs for real, under Pod Security `restricted`, through pause and resume."""
+    kube = real.kube
+    node_ = node.Node(real.cluster.directory)
+    (image,) = images.build_all(("agent-sim",), node_)
+    ns = "real-tasks"
+    operator = _restricted_namespace_with_operator(
+        real, ns, image, tmp_path, [{"name": "SIM_AGENT", "value": json.dumps({"work_seconds": 1})}]
+    )
     try:
         create_task(kube, ns, "real", prompt="Write hello.txt")
         task = wait_for(
@@ -237,13 +263,13 @@ def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path)
             lambda: "Write hello.txt" in real.kubectl("exec", "-n", ns, "real-0", "--", "cat", state_file), 30
         )
 
-        kubectl(kube, "patch", "task", "real", "-n", ns, "--type", "merge", "-p", '{"spec":{"paused":true}}')
+        _pause(kube, ns, "real", True)
         paused = wait_for(lambda: phase_is(kube, ns, "real", "Paused"), 90, "Paused", explain=operator.tail)
         wait_for(lambda: not kube.core.list_namespaced_pod(ns).items, 60, "the pod gone")
         snapshot = kube.core.read_namespaced_config_map(paused["status"]["logSnapshot"]["configMap"], ns)
         assert "Write hello.txt" in json.dumps(snapshot.data)
 
-        kubectl(kube, "patch", "task", "real", "-n", ns, "--type", "merge", "-p", '{"spec":{"paused":false}}')
+        _pause(kube, ns, "real", False)
         resumed = wait_for(
             lambda: phase_is(kube, ns, "real", "Active"), 120, "Active again", explain=operator.tail
         )
@@ -264,6 +290,100 @@ def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path)
             90,
             "the workspace gone with its task",
         )
+    finally:
+        operator.stop()
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Iterator[str]:
+    """The model stand-in (hack/modelsim) on this machine, scripted to have the agent write hello.txt; its
+    URL as pods reach it."""
+    script = {
+        "rules": [
+            {
+                "when": "Write hello.txt",
+                "steps": [
+                    {"tool": "Write", "input": {"file_path": "/workspace/hello.txt", "content": "hello ✓\n"}},
+                    {"text": "I wrote hello.txt in the workspace."},
+                ],
+            }
+        ]
+    }
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "modelsim",
+        "--port",
+        str(port),
+        "--script",
+        str(tmp_path / "script.json"),
+    ]
+    with (tmp_path / "modelsim.log").open("w") as log:
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "hack")},
+        )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/_requests", timeout=2).status_code == 200, 30)
+        yield f"http://{GATEWAY}:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_claude_code_does_a_task_on_a_real_workspace(real: RealCluster, model: str, tmp_path: Path) -> None:
+    """The workspace image, built from its Dockerfile: Claude Code behind AgentAPI, driven by the model
+    stand-in, writes hello.txt on the volume. No human answers anything at its first start."""
+    kube = real.kube
+    (image,) = images.build_all(("workspace",), node.Node(real.cluster.directory))
+    ns = "claude-tasks"
+    env = [
+        {"name": "ANTHROPIC_BASE_URL", "value": model},
+        {"name": "ANTHROPIC_API_KEY", "value": "sk-ant-not-a-real-key-0123456789"},
+        {"name": "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "value": "1"},
+    ]
+    operator = _restricted_namespace_with_operator(real, ns, image, tmp_path, env, type="claude")
+    say = lambda: operator.tail() + "\n" + json.dumps(get_task(kube, ns, "hello").get("status"))  # noqa: E731
+    try:
+        create_task(kube, ns, "hello", prompt="Write hello.txt, please")
+        wait_for(lambda: delivered(kube, ns, "hello"), 180, "the prompt delivered", explain=say)
+        done = wait_for(
+            lambda: (
+                (t := get_task(kube, ns, "hello"))["status"].get("state", {}).get("state") == "idle"
+                and "I wrote hello.txt" in t["status"]["state"].get("message", "")
+                and t
+            ),
+            120,
+            "the agent idle, with its own words",
+            explain=say,
+        )
+        assert done["status"]["agent"]["type"] == "claude"
+        assert real.kubectl("exec", "-n", ns, "hello-0", "--", "cat", "/workspace/hello.txt") == "hello ✓\n"
+
+        _pause(kube, ns, "hello", True)
+        paused = wait_for(lambda: phase_is(kube, ns, "hello", "Paused"), 90, "Paused", explain=say)
+        snapshot = kube.core.read_namespaced_config_map(paused["status"]["logSnapshot"]["configMap"], ns)
+        kept = json.loads(snapshot.data["snapshot.json"])["data"]["messages"]  # as AgentAPI parsed the screen
+        (tmp_path / "snapshot.json").write_text(json.dumps(kept, indent=1))
+        seen = [(m["role"], m["content"][:200]) for m in kept]
+        assert any(m["role"] == "user" and "Write hello.txt, please" in m["content"] for m in kept), seen
+        assert any(m["role"] == "agent" and "I wrote hello.txt" in m["content"] for m in kept), seen
+
+        _pause(kube, ns, "hello", False)
+        resumed = wait_for(lambda: phase_is(kube, ns, "hello", "Active"), 180, "Active again", explain=say)
+        assert resumed["status"]["workspace"]["lifetime"] == 2
+        assert real.kubectl("exec", "-n", ns, "hello-0", "--", "cat", "/workspace/hello.txt") == "hello ✓\n"
+        sent = [
+            r
+            for r in httpx.get(model.replace(str(GATEWAY), "127.0.0.1") + "/_requests").json()
+            if r["path"] == "/v1/messages"
+        ]
+        asked = [r for r in sent if "Write hello.txt, please" in json.dumps(r["body"]["messages"][:1])]
+        assert len({json.dumps(r["body"]["messages"][:1]) for r in asked}) == 1  # the prompt went in once
     finally:
         operator.stop()
 

@@ -113,6 +113,17 @@ def test_a_report_of_the_current_lifetime_wins_and_one_from_before_is_ignored() 
     assert state is not None and state["state"] == "idle"
 
 
+CLAUDE_TURN = (
+    "● Write(hello.txt)                                                              \n"
+    "  ⎿ \xa0Wrote 1 line to hello.txt                                                  \n"
+    "      1 hello from the model stand-in                                           \n"
+    "                                                                                \n"
+    "● I wrote hello.txt in the workspace.                                           \n"
+    "                                                                                \n"
+    "✻ Brewed for 0s · done 9:56 PM                                                  "
+)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -122,6 +133,9 @@ def test_a_report_of_the_current_lifetime_wins_and_one_from_before_is_ignored() 
         ("\n\n  Done:   all   tests pass \nDetails", "Done: all tests pass"),
         ("🚀 shipped\x85then more", "🚀 shipped"),
         ("x" * 300, "x" * 119 + "…"),
+        # Claude Code's turn as AgentAPI v0.11.8 parsed it off the terminal, in a real workspace
+        (CLAUDE_TURN, "I wrote hello.txt in the workspace."),
+        (CLAUDE_TURN.split("● I wrote")[0], "Write(hello.txt)"),  # tools only so far: what it is doing
     ],
 )
 def test_summary_is_one_short_line(text: str | None, expected: str | None) -> None:

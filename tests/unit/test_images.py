@@ -26,6 +26,7 @@ from tests.support import ROOT
 IMAGES = ROOT / "images"
 NAMES = ["operator", "workspace", "agent-sim"]
 ENTRYPOINT = IMAGES / "workspace" / "entrypoint.sh"
+SETTLE = IMAGES / "workspace" / "settle-claude.mjs"
 
 
 @dataclass
@@ -260,9 +261,12 @@ def run_entrypoint(tmp_path: Path, help_text: str, *args: str, **env: str) -> li
     ]
     (fake / "agentapi").write_text("\n".join(script) + "\n")
     (fake / "agentapi").chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
     result = subprocess.run(
         [str(ENTRYPOINT), *args],
-        env={"PATH": f"{fake}:/usr/bin:/bin", **env},
+        env={"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(home), "TASKPOD_SETTLE_CLAUDE": str(SETTLE), **env},
+        cwd=home,
         capture_output=True,
         text=True,
         timeout=30,
@@ -274,7 +278,10 @@ def run_entrypoint(tmp_path: Path, help_text: str, *args: str, **env: str) -> li
 def test_the_entrypoint_runs_claude_behind_agentapi_reachable_by_pod_ip(tmp_path: Path) -> None:
     state = tmp_path / "volume" / ".taskpod" / "agentapi-state.json"
     argv = run_entrypoint(tmp_path, V0_11_8_HELP, TASKPOD_STATE_FILE=str(state))
-    assert argv == ["server", "--type", "claude", "--port", "3284", "--allowed-hosts", "*", "--", "claude"]
+    assert argv == [
+        *("server", "--type", "claude", "--port", "3284", "--allowed-hosts", "*"),
+        *("--", "claude", "--permission-mode", "bypassPermissions"),
+    ]
     assert not state.parent.exists()  # no --state-file in v0.11.8: nothing to prepare
 
 
@@ -282,14 +289,57 @@ def test_the_entrypoint_keeps_the_conversation_when_agentapi_can(tmp_path: Path)
     state = tmp_path / "volume" / ".taskpod" / "agentapi-state.json"
     argv = run_entrypoint(tmp_path, NEWER_HELP, TASKPOD_STATE_FILE=str(state))
     assert argv[argv.index("--state-file") + 1] == str(state)
-    assert argv.index("--state-file") < argv.index("--") and argv[-1] == "claude"
+    assert argv.index("--state-file") < argv.index("--") and argv[argv.index("--") + 1] == "claude"
     assert state.parent.is_dir()
 
 
 def test_the_entrypoint_takes_the_port_and_passes_arguments_to_claude(tmp_path: Path) -> None:
     argv = run_entrypoint(tmp_path, V0_11_8_HELP, "--model", "opus", AGENTAPI_PORT="4000")
     assert argv[argv.index("--port") + 1] == "4000"
-    assert argv[argv.index("--") :] == ["--", "claude", "--model", "opus"]
+    assert argv[argv.index("--") :] == [
+        "--",
+        "claude",
+        "--permission-mode",
+        "bypassPermissions",
+        "--model",
+        "opus",
+    ]
+
+
+def test_the_entrypoint_settles_what_claude_code_asks_at_its_first_start(tmp_path: Path) -> None:
+    """Found running the image for real: without these, Claude Code waits for a human (onboarding, the
+    API key, the folder's trust), or exits when api.anthropic.com does not answer its onboarding check."""
+    if shutil.which("node") is None:
+        pytest.skip("no node here")
+    key = "sk-ant-test-" + "x" * 30 + "0123456789"
+    run_entrypoint(tmp_path, V0_11_8_HELP, ANTHROPIC_API_KEY=key)
+    config = json.loads((tmp_path / "home" / ".claude.json").read_text())
+    assert config["hasCompletedOnboarding"] is True and config["bypassPermissionsModeAccepted"] is True
+    assert config["customApiKeyResponses"]["approved"] == [key[-20:]]
+    assert config["projects"][str(tmp_path / "home")]["hasTrustDialogAccepted"] is True
+
+
+def test_settling_claude_code_keeps_what_its_file_holds(tmp_path: Path) -> None:
+    """A resumed workspace's ~/.claude.json holds Claude Code's own state: nothing of it is lost, and a
+    file that is not JSON is kept beside the new one."""
+    if shutil.which("node") is None:
+        pytest.skip("no node here")
+    home = tmp_path / "home"
+    home.mkdir()
+    kept = {"numStartups": 7, "projects": {"/elsewhere": {"history": ["fix it"]}}}
+    (home / ".claude.json").write_text(json.dumps(kept))
+    run_entrypoint(tmp_path, V0_11_8_HELP, ANTHROPIC_API_KEY="k" * 25)
+    config = json.loads((home / ".claude.json").read_text())
+    assert config["numStartups"] == 7 and config["projects"]["/elsewhere"] == {"history": ["fix it"]}
+    assert config["customApiKeyResponses"]["approved"] == ["k" * 20]  # once, though settled twice below
+    run_entrypoint(tmp_path, V0_11_8_HELP, ANTHROPIC_API_KEY="k" * 25)
+    assert json.loads((home / ".claude.json").read_text())["customApiKeyResponses"]["approved"] == ["k" * 20]
+
+    (home / ".claude.json").write_text("{not json")
+    run_entrypoint(tmp_path, V0_11_8_HELP)
+    (aside,) = home.glob(".claude.json.unreadable-*")
+    assert aside.read_text() == "{not json"
+    assert json.loads((home / ".claude.json").read_text())["hasCompletedOnboarding"] is True
 
 
 def test_the_pinned_agentapi_has_the_flags_the_entrypoint_relies_on() -> None:

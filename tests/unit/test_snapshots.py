@@ -63,6 +63,19 @@ def test_unicode_survives_truncation(char: str) -> None:
     json.loads(snap.text)  # still valid JSON
 
 
+def test_a_terminal_screen_is_kept_without_its_padding() -> None:
+    """Claude Code's greeting as AgentAPI read it off an 80-column terminal, padded to the screen's height:
+    80 KB of blanks that pushed the agent's words out of the snapshot (a real workspace, Claude Code
+    2.1.332 under AgentAPI v0.11.8)."""
+    pad = " " * 80
+    greeting = "\n".join([" ▐▛███▛█   Claude Code v2.1.332" + " " * 49, *[pad] * 900, " " * 60 + "◐ medium"])
+    reply = "● Write(hello.txt)   \n  ⎿  Wrote 1 line\n" + f"{pad}\n" * 3 + "● I wrote hello.txt.   \n" + pad
+    snap = shape([message(0, greeting), message(1, "Write hello.txt", "user"), message(2, reply)])
+    assert not snap.truncated and len(snap.messages) == 3
+    assert snap.messages[0]["content"] == " ▐▛███▛█   Claude Code v2.1.332\n\n" + " " * 60 + "◐ medium"
+    assert snap.messages[2]["content"] == "● Write(hello.txt)\n  ⎿  Wrote 1 line\n\n● I wrote hello.txt."
+
+
 def test_configmap_and_status_describe_the_same_snapshot() -> None:
     task = Task.model_validate(
         {"metadata": {"name": "fix", "namespace": "team", "uid": "u1"}, "spec": {"prompt": "p"}}

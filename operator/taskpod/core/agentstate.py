@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +43,21 @@ def prompt_sha(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()
 
 
+BULLET = "●"  # how Claude Code marks what it says and does on its screen
+TOOL_CALL = re.compile(r"[A-Za-z_][\w.:-]*\(.*\)")  # ● Write(hello.txt), ● Bash(npm test), ● mcp__x__y(...)
+
+
 def summary(text: str | None) -> str | None:
-    """One short line from an agent message: its first non-empty line, trimmed."""
-    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
+    """One short line from an agent message: what the agent last said, trimmed.
+
+    Claude Code's turn, as AgentAPI reads it off the terminal, is a screen of "●" bullets: its tool calls
+    ("● Write(hello.txt)") and its words ("● I wrote hello.txt."), then a footer. Its last words are what
+    it said; while it has only called tools, its last call says what it is doing. Any other message gives
+    its first non-empty line."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    said = [ln[len(BULLET) :].strip() for ln in lines if ln.startswith(BULLET)]
+    words = [s for s in said if s and not TOOL_CALL.fullmatch(s)]
+    line = words[-1] if words else said[-1] if said else lines[0] if lines else ""
     line = " ".join(line.split())
     if not line:
         return None  # nothing but blanks: nothing to show

@@ -60,9 +60,24 @@ def _tail(content: str) -> str:
     return raw[-KEEP_TAIL_BYTES:].decode(errors="ignore")  # a cut character at the start is dropped whole
 
 
+def tidy(content: str) -> str:
+    """A message as a terminal screen gave it, without the screen's padding: each line without its
+    trailing blanks, no run of blank lines longer than one, none at the ends. Claude Code's screens, as
+    AgentAPI reads them off the terminal, pad every line to the width and the screen to its height: a
+    greeting of three lines came as 80 KB, which pushed the agent's words out of the 64 KiB a snapshot
+    keeps (found on a real workspace)."""
+    lines = [line.rstrip() for line in content.splitlines()]
+    kept: list[str] = []
+    for line in lines:
+        if line or (kept and kept[-1]):
+            kept.append(line)
+    return "\n".join(kept).strip("\n")
+
+
 def shape(messages: list[dict[str, Any]]) -> Snapshot:
-    """Keep the newest messages that fit: at most MAX_MESSAGES and MAX_BYTES, oldest dropped first."""
-    kept = [dict(m) for m in messages[-MAX_MESSAGES:]]
+    """Keep the newest messages that fit, tidied (see `tidy`): at most MAX_MESSAGES and MAX_BYTES, oldest
+    dropped first."""
+    kept = [{**m, "content": tidy(str(m.get("content", "")))} for m in messages[-MAX_MESSAGES:]]
     truncated = len(messages) > len(kept)
     for message in kept:
         content = str(message.get("content", ""))

@@ -1,0 +1,1 @@
+"""A stand-in for the Anthropic Messages API, scripted per test (see server.py)."""

@@ -1,0 +1,5 @@
+import sys
+
+from modelsim.server import main
+
+sys.exit(main())

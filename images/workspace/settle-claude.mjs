@@ -1,0 +1,40 @@
+// What Claude Code asks a human at its first start, settled in $HOME/.claude.json before it starts: a task
+// has no human to answer. Found by running the image for real (tests/integration/test_real_node.py):
+// - onboarding: a theme, then a check that api.anthropic.com answers, which fails wherever the model is
+//   reached some other way (ANTHROPIC_BASE_URL), and Claude Code exits;
+// - whether to use the ANTHROPIC_API_KEY it found (remembered by the key's last 20 characters);
+// - whether to trust the working folder;
+// - the warning before bypassPermissions mode, which the entrypoint starts it in.
+// Everything else in the file (its projects, history, sessions) is kept; a file that is not JSON is kept
+// beside it, not lost.
+import fs from "node:fs";
+import path from "node:path";
+
+const file = path.join(process.env.HOME || "/workspace", ".claude.json");
+let config = {};
+try {
+  config = JSON.parse(fs.readFileSync(file, "utf8"));
+  if (config === null || typeof config !== "object" || Array.isArray(config)) throw new Error("not an object");
+} catch (error) {
+  if (error.code !== "ENOENT") {
+    const aside = `${file}.unreadable-${Date.now()}`;
+    fs.renameSync(file, aside);
+    console.error(`taskpod: ${file} was unreadable (${error.message}); kept as ${aside}`);
+  }
+  config = {};
+}
+config.hasCompletedOnboarding = true;
+config.bypassPermissionsModeAccepted = true;
+const key = process.env.ANTHROPIC_API_KEY;
+if (key) {
+  const responses = (config.customApiKeyResponses ??= {});
+  const tail = key.slice(-20);
+  responses.approved = [...new Set([...(responses.approved ?? []), tail])];
+  responses.rejected = (responses.rejected ?? []).filter((k) => k !== tail);
+}
+const project = ((config.projects ??= {})[process.cwd()] ??= {});
+project.hasTrustDialogAccepted = true;
+project.hasCompletedProjectOnboarding = true;
+const temporary = `${file}.taskpod-${process.pid}`;
+fs.writeFileSync(temporary, JSON.stringify(config, null, 2), { mode: 0o600 });
+fs.renameSync(temporary, file);
