@@ -238,6 +238,7 @@ def _pause(kube: Kube, ns: str, name: str, paused: bool) -> None:
     kubectl(kube, "patch", "task", name, "-n", ns, "--type", "merge", "-p", spec)
 
 
+@pytest.mark.timeout(1800)  # the first run on a machine builds the image it runs
 def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path) -> None:
     """The operator (here, a process on the host) and the agent-sim image built from its Dockerfile: a
     Task's workspace runs for real, under Pod Security `restricted`, through pause and resume."""
@@ -335,6 +336,7 @@ def model(tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
+@pytest.mark.timeout(1800)  # the first run on a machine builds the image it runs
 def test_claude_code_does_a_task_on_a_real_workspace(real: RealCluster, model: str, tmp_path: Path) -> None:
     """The workspace image, built from its Dockerfile: Claude Code behind AgentAPI, driven by the model
     stand-in, writes hello.txt on the volume. No human answers anything at its first start."""
