@@ -30,6 +30,9 @@ def _run(name: str, *args: str) -> str:
         ("kwok", ["--version"], binaries.KWOK_VERSION.lstrip("v")),
         ("helm", ["version", "--short"], binaries.HELM_VERSION),
         ("agentapi", ["--version"], binaries.AGENTAPI_VERSION.lstrip("v")),
+        ("kubelet", ["--version"], f"Kubernetes {binaries.KUBERNETES_VERSION}"),
+        ("containerd", ["--version"], binaries.CONTAINERD_VERSION.lstrip("v")),
+        ("ctr", ["--version"], binaries.CONTAINERD_VERSION.lstrip("v")),
     ],
 )
 def test_binary_reports_its_version(name: str, args: list[str], expected: str) -> None:
