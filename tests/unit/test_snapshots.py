@@ -18,6 +18,7 @@ from taskpod.core.snapshots import (
     shape,
     status_entry,
     status_entry_of,
+    tidy,
 )
 
 
@@ -74,6 +75,19 @@ def test_a_terminal_screen_is_kept_without_its_padding() -> None:
     assert not snap.truncated and len(snap.messages) == 3
     assert snap.messages[0]["content"] == " ▐▛███▛█   Claude Code v2.1.332\n\n" + " " * 60 + "◐ medium"
     assert snap.messages[2]["content"] == "● Write(hello.txt)\n  ⎿  Wrote 1 line\n\n● I wrote hello.txt."
+
+
+@pytest.mark.parametrize(
+    ("content", "kept"),
+    [
+        ("a  \n\n\n\nb\t\n\n", "a\n\nb"),
+        ("\n\n  indented stays\n", "  indented stays"),
+        ("a\u2028b\x85c\r\nd\u00a0", "a\u2028b\x85c\r\nd\u00a0"),  # not padding: kept as it was
+        ("🙂 \ud83d  ", "🙂 \ud83d"),
+    ],
+)
+def test_tidying_removes_only_padding(content: str, kept: str) -> None:
+    assert tidy(content) == kept
 
 
 def test_configmap_and_status_describe_the_same_snapshot() -> None:

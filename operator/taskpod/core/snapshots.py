@@ -65,10 +65,11 @@ def tidy(content: str) -> str:
     trailing blanks, no run of blank lines longer than one, none at the ends. Claude Code's screens, as
     AgentAPI reads them off the terminal, pad every line to the width and the screen to its height: a
     greeting of three lines came as 80 KB, which pushed the agent's words out of the 64 KiB a snapshot
-    keeps (found on a real workspace)."""
-    lines = [line.rstrip() for line in content.splitlines()]
+    keeps (found on a real workspace). Only the padding goes: spaces and tabs at line ends, and newlines;
+    every other character, Unicode's other line and space characters included, is kept as it was."""
     kept: list[str] = []
-    for line in lines:
+    for line in content.split("\n"):
+        line = line.rstrip(" \t")
         if line or (kept and kept[-1]):
             kept.append(line)
     return "\n".join(kept).strip("\n")
