@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -228,16 +227,7 @@ def bases_of(image: str) -> list[Base]:
 def build_all(images: tuple[str, ...] = IMAGES, node: Node | None = None) -> list[str]:
     """The bases, then each image; loaded into `node`'s containerd when given."""
     ensure_packages()
-    missing = [pkg for pkg, path in BUILD_PACKAGES.items() if not os.path.exists(path)]
-    if missing:
-        _run(
-            "apt-get",
-            "install",
-            "-y",
-            "--no-install-recommends",
-            *missing,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
+    ensure_packages(BUILD_PACKAGES)
     names = []
     with tempfile.TemporaryDirectory(prefix="taskpod-images-") as tmp:
         work = Path(tmp)

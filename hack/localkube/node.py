@@ -85,29 +85,21 @@ def missing() -> str | None:
     return None
 
 
-def ensure_packages() -> None:
-    """Debian's runc, CNI plugins and umoci, installed with apt-get when missing."""
-    wanted = [name for name, path in PACKAGES.items() if not Path(path).exists()]
+def ensure_packages(packages: dict[str, str] = PACKAGES) -> None:
+    """Debian packages (name: a file each installs), installed with apt-get when that file is missing: by
+    default the node's runc, CNI plugins, umoci and busybox."""
+    wanted = [name for name, path in packages.items() if not Path(path).exists()]
     if not wanted:
         return
     if shutil.which("apt-get") is None:
         raise RuntimeError(f"install these packages first: {' '.join(wanted)}")
     _say(f"installing {' '.join(wanted)} with apt-get (first time only)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *wanted],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *wanted]
+    run = subprocess.run(install, env=env, capture_output=True, text=True)
     if run.returncode != 0 and "Unable to locate" in run.stderr + run.stdout:
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
-        run = subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", *wanted],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        run = subprocess.run(install, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"apt-get install {' '.join(wanted)} failed:\n{run.stderr[-2000:]}")
 
@@ -422,7 +414,7 @@ class Node:
         )
         config = self.dir / "kubelet.yaml"
         config.write_text(yaml.safe_dump(kubelet_config(self.dir, ports, ca.cert, serving)))
-        return {"config": config, "kubeconfig": kubeconfig, "containerd": self.dir / "containerd.toml"}
+        return {"config": config, "kubeconfig": kubeconfig}
 
     def containerd_command(self) -> tuple[list[str], dict[str, str]]:
         cmd = [str(binaries.ensure("containerd")), "--config", str(self.dir / "containerd.toml")]
@@ -452,16 +444,19 @@ class Node:
         ]
         return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=300)
 
+    def has_image(self, name: str) -> bool:
+        return name in self.ctr("images", "ls", "-q").stdout.split()
+
     def import_image(self, archive: Path, name: str) -> None:
         """Load an OCI archive into the kubelet's image store as `name`, which is the archive's repository
         and its reference's tag (pods must never pull it)."""
         self.ctr("images", "import", "--base-name", name.rsplit(":", 1)[0], str(archive))
-        if name not in self.ctr("images", "ls", "-q").stdout.split():
+        if not self.has_image(name):
             raise RuntimeError(f"importing {archive} as {name} left no image of that name")
 
     def import_rootfs(self, rootfs: Path, name: str, entrypoint: list[str]) -> None:
         """Make an image of a root filesystem and load it as `name`, unless it is loaded already."""
-        if name in self.ctr("images", "ls", "-q").stdout.split():
+        if self.has_image(name):
             return
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
             tag = name.rsplit(":", 1)[1]
