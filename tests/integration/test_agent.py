@@ -12,6 +12,7 @@ import json
 import random
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from taskpod.client import tasks as taskops
 from taskpod.core.agentstate import prompt_sha
 from tests.support import (
     Kube,
+    McpClient,
     Operator,
     agent_messages,
     agent_url,
@@ -33,6 +35,7 @@ from tests.support import (
     phase_is,
     pod_token,
     prompts_in,
+    report_tool,
     sim_config,
     template_with,
     wait_for,
@@ -264,15 +267,21 @@ def test_a_misbehaving_agent_is_unknown_and_recovers(
     assert prompts_in(agent_messages(kube, namespace, "odd"), "Do the thing") == 1
 
 
-def test_the_agent_reports_complete_and_it_stands(
-    kube: Kube, namespace: str, simulator: object, operator: Operator
-) -> None:
+def _reporting_task(kube: Kube, namespace: str, operator: Operator, name: str) -> str:
+    """A task whose prompt is delivered, with the operator serving reports; the report endpoint's URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/report"
     operator.start("--report-listen", f"127.0.0.1:{port}", "--report-url", url)
     template_with(kube, namespace, reply="On it.")
-    create_task(kube, namespace, "pr", prompt="Open a PR that fixes the login test")
-    wait_for(partial(delivered, kube, namespace, "pr"), 60, "delivered")
+    create_task(kube, namespace, name, prompt="Open a PR that fixes the login test")
+    wait_for(partial(delivered, kube, namespace, name), 60, "delivered")
+    return url
+
+
+def test_the_agent_reports_complete_and_it_stands(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    url = _reporting_task(kube, namespace, operator, "pr")
     container = kube.core.read_namespaced_pod("pr-0", namespace).spec.containers[0]
     assert ("TASKPOD_REPORT_URL", url) in [(e.name, e.value) for e in container.env]
     token = pod_token(kube, namespace, "pr-0")
@@ -307,6 +316,70 @@ def test_the_agent_reports_complete_and_it_stands(
     answer = httpx.post(url, json=failed, headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code in (401, 409)
     assert get_task(kube, namespace, "pr")["status"]["state"]["state"] == "complete"
+
+
+def test_the_workspace_images_report_tool_reports_for_its_pod(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, tmp_path: Path
+) -> None:
+    """The MCP server that the workspace image registers with Claude Code (images/workspace/report-mcp): the
+    agent sees `report_task`, a call posts its report with the pod's token, and whatever stops a report
+    comes back to the agent as the tool's error, never as silence."""
+    url = _reporting_task(kube, namespace, operator, "mcp")
+    token = tmp_path / "token"
+    token.write_text(pod_token(kube, namespace, "mcp-0"))
+    env = {
+        "TASKPOD_REPORT_URL": url,
+        "TASKPOD_REPORT_TOKEN_FILE": str(token),
+        "TASKPOD_REPORT_BACKOFF_MS": "20",
+    }
+    with McpClient(report_tool(), env) as mcp:
+        (tool,) = mcp.request("tools/list")["tools"]
+        assert tool["name"] == "report_task"
+        assert tool["inputSchema"]["required"] == ["state", "message"]
+        assert set(tool["inputSchema"]["properties"]["state"]["enum"]) == {
+            "complete",
+            "failed",
+            "working",
+            "idle",
+        }
+
+        message = (
+            "Opened PR ✓ 🚀 " + "é" * 1010 + "🚀" * 10
+        )  # longer than the operator keeps: cut at a character
+        answer = mcp.call(
+            "report_task", {"state": "complete", "message": message, "link": "https://example.com/7"}
+        )
+        assert not answer.get("isError"), answer
+        assert answer["content"][0]["text"] == "Reported complete."
+        task = wait_for(
+            lambda: (
+                (t := get_task(kube, namespace, "mcp"))["status"].get("state", {}).get("state") == "complete"
+                and t
+            ),
+            30,
+            "STATE complete",
+        )
+        assert task["status"]["state"]["message"] == message[:1024]
+        assert task["status"]["state"]["uri"] == "https://example.com/7"
+
+        refused = mcp.call("report_task", {"state": "done", "message": "x"})  # not a state
+        assert refused.get("isError") and "complete" in refused["content"][0]["text"]
+
+        token.write_text("forged")
+        forged = mcp.call("report_task", {"state": "failed", "message": "not from the pod"})
+        assert forged.get("isError") and "HTTP 401" in forged["content"][0]["text"], forged
+        token.unlink()
+        missing = mcp.call("report_task", {"state": "failed", "message": "no token"})
+        assert (
+            missing.get("isError") and "cannot read the pod's report token" in missing["content"][0]["text"]
+        )
+        assert get_task(kube, namespace, "mcp")["status"]["state"]["state"] == "complete"
+
+    away = {**env, "TASKPOD_REPORT_URL": f"http://127.0.0.1:{free_port()}/report"}
+    token.write_text("any")
+    with McpClient(report_tool(), away) as mcp:
+        unreachable = mcp.call("report_task", {"state": "complete", "message": "done"})
+        assert unreachable.get("isError") and "cannot reach the operator" in unreachable["content"][0]["text"]
 
 
 def test_a_pause_made_while_the_operator_was_down_still_snapshots(

@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from localkube import binaries
-from tests.support import ROOT
+from tests.support import ROOT, node_bin
 
 IMAGES = ROOT / "images"
 NAMES = ["operator", "workspace", "agent-sim"]
@@ -265,7 +265,12 @@ def run_entrypoint(tmp_path: Path, help_text: str, *args: str, **env: str) -> li
     home.mkdir(exist_ok=True)
     result = subprocess.run(
         [str(ENTRYPOINT), *args],
-        env={"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(home), "TASKPOD_SETTLE_CLAUDE": str(SETTLE), **env},
+        env={
+            "PATH": f"{fake}:{node_bin()}:/usr/bin:/bin",
+            "HOME": str(home),
+            "TASKPOD_SETTLE_CLAUDE": str(SETTLE),
+            **env,
+        },
         cwd=home,
         capture_output=True,
         text=True,
@@ -309,8 +314,6 @@ def test_the_entrypoint_takes_the_port_and_passes_arguments_to_claude(tmp_path: 
 def test_the_entrypoint_settles_what_claude_code_asks_at_its_first_start(tmp_path: Path) -> None:
     """Found running the image for real: without these, Claude Code waits for a human (onboarding, the
     API key, the folder's trust), or exits when api.anthropic.com does not answer its onboarding check."""
-    if shutil.which("node") is None:
-        pytest.skip("no node here")
     key = "sk-ant-test-" + "x" * 30 + "0123456789"
     run_entrypoint(tmp_path, V0_11_8_HELP, ANTHROPIC_API_KEY=key)
     config = json.loads((tmp_path / "home" / ".claude.json").read_text())
@@ -322,8 +325,6 @@ def test_the_entrypoint_settles_what_claude_code_asks_at_its_first_start(tmp_pat
 def test_settling_claude_code_keeps_what_its_file_holds(tmp_path: Path) -> None:
     """A resumed workspace's ~/.claude.json holds Claude Code's own state: nothing of it is lost, and a
     file that is not JSON is kept beside the new one."""
-    if shutil.which("node") is None:
-        pytest.skip("no node here")
     home = tmp_path / "home"
     home.mkdir()
     kept = {"numStartups": 7, "projects": {"/elsewhere": {"history": ["fix it"]}}}
@@ -340,6 +341,40 @@ def test_settling_claude_code_keeps_what_its_file_holds(tmp_path: Path) -> None:
     (aside,) = home.glob(".claude.json.unreadable-*")
     assert aside.read_text() == "{not json"
     assert json.loads((home / ".claude.json").read_text())["hasCompletedOnboarding"] is True
+
+
+def test_the_entrypoint_gives_claude_code_the_report_tool_while_the_pod_has_an_endpoint(
+    tmp_path: Path,
+) -> None:
+    """The agent sees report_task with no setup: a user-scope MCP server (no approval prompt) whose entry
+    carries the endpoint, since Claude Code passes an MCP server only the environment its entry names. A
+    pod without an endpoint offers no tool that cannot work; the user's own servers are kept."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".claude.json").write_text(json.dumps({"mcpServers": {"mine": {"command": "my-server"}}}))
+    url = "http://taskpod-reports.taskpod-system.svc:8081/report"
+    run_entrypoint(tmp_path, V0_11_8_HELP, TASKPOD_REPORT_URL=url, TASKPOD_REPORT_TOKEN_FILE="/run/t/token")
+    servers = json.loads((home / ".claude.json").read_text())["mcpServers"]
+    assert servers["mine"] == {"command": "my-server"}
+    tool = servers["taskpod"]
+    assert tool["type"] == "stdio" and tool["args"] == ["/usr/local/lib/taskpod/report-mcp/server.mjs"]
+    assert Path(tool["command"]).name == "node"
+    assert tool["env"] == {"TASKPOD_REPORT_URL": url, "TASKPOD_REPORT_TOKEN_FILE": "/run/t/token"}
+
+    run_entrypoint(tmp_path, V0_11_8_HELP)
+    assert json.loads((home / ".claude.json").read_text())["mcpServers"] == {"mine": {"command": "my-server"}}
+
+
+def test_the_workspace_image_installs_the_report_tool_from_its_lock_file() -> None:
+    """npm ci needs the lock file beside package.json, and the lock must pin what package.json asks for."""
+    package = json.loads((IMAGES / "workspace" / "report-mcp" / "package.json").read_text())
+    lock = json.loads((IMAGES / "workspace" / "report-mcp" / "package-lock.json").read_text())
+    assert lock["packages"][""]["dependencies"] == package["dependencies"]
+    dockerfile = (IMAGES / "workspace" / "Dockerfile").read_text()
+    assert (
+        "images/workspace/report-mcp/package.json images/workspace/report-mcp/package-lock.json" in dockerfile
+    )
+    assert "npm ci --omit=dev" in dockerfile
 
 
 def test_the_pinned_agentapi_has_the_flags_the_entrypoint_relies_on() -> None:
