@@ -29,6 +29,7 @@ KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 AGENTAPI_VERSION = "v0.11.8"
 CONTAINERD_VERSION = "v2.4.2"
+COREDNS_VERSION = "v1.12.4"  # go/coredns/go.mod pins it
 PAUSE_VERSION = "v1"  # our own program (go/pause): bump when it changes
 
 
@@ -63,7 +64,14 @@ COMPONENTS: dict[str, Component] = {
         Component("etcd", ETCD_VERSION, ".", GO_DIR / "etcd"),
         *(
             Component(n, KUBERNETES_VERSION, f"./cmd/{n}", GO_DIR / "kube", _kube_ldflags(KUBERNETES_VERSION))
-            for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet")
+            for n in (
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubectl",
+                "kubelet",
+                "kube-proxy",
+            )
         ),
         Component("kwok", KWOK_VERSION, f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"),
         Component(
@@ -84,6 +92,8 @@ COMPONENTS: dict[str, Component] = {
             for n in ("containerd", "containerd-shim-runc-v2", "ctr")
         ),
         Component("pause", PAUSE_VERSION, ".", GO_DIR / "pause"),
+        # The real node's cluster DNS: our main with only the plugins it uses (go/coredns).
+        Component("coredns", COREDNS_VERSION, ".", GO_DIR / "coredns"),
     ]
 }
 
