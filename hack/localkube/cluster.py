@@ -3,7 +3,7 @@
 etcd, kube-apiserver (RBAC, client certificates, ServiceAccount signing), kube-controller-manager,
 kube-scheduler, kwok for fake nodes whose pod IPs a local process can listen on (see podnet), and a
 small PV provisioner. Or, instead of kwok, a real node: a kubelet with containerd that runs pods for real
-(see node).
+(see node), with kube-proxy and CoreDNS so that its pods reach Services and the API server (see servicenet).
 Every process runs in its own session with its log under the cluster directory; `state.json` records
 what was started so that `down` can stop all of it, even from another process.
 """
@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import yaml
 
-from localkube import binaries, pki, podnet
-from localkube.node import NODE_BINARIES, Node, ensure_packages
+from localkube import binaries, pki, podnet, servicenet
+from localkube.node import NODE_BINARIES, Node, ensure_packages, host_ip
 from localkube.node import missing as node_missing
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +48,8 @@ COMPONENT_ORDER = [
     "provisioner",
     "containerd",
     "kubelet",
+    "kube-proxy",
+    "coredns",
 ]
 NODE_KINDS = ("kwok", "real")
 
@@ -231,7 +233,11 @@ class LocalCluster:
         pki_dir.mkdir(parents=True)
         ports = _free_ports(
             ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
-            + (["kubelet", "kubelet-healthz"] if real else [])
+            + (
+                ["kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics", "coredns-ready"]
+                if real
+                else []
+            )
         )
         podnet.prune(in_use)
         cidrs, routes = podnet.choose(pod_network, nodes, owner=self.directory) if not real else ([], [])
@@ -275,6 +281,7 @@ class LocalCluster:
             "kubernetes.default",
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
+            *([host_ip()] if state.node == "real" else []),  # the `kubernetes` Service's endpoint
         )
         certs = {
             "ca": ca,
@@ -336,14 +343,21 @@ class LocalCluster:
 
     def _start_apiserver(self, state: State, apiserver: Path, certs: dict[str, pki.KeyPair]) -> None:
         d = self.directory / "pki"
+        if state.node == "real":  # pods reach it through the `kubernetes` Service, at this machine's address
+            address = ["--bind-address=0.0.0.0", f"--advertise-address={host_ip()}"]
+        else:  # the loopback address is not a valid Endpoints IP: no `kubernetes` endpoints
+            address = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+            ]
         self._spawn(
             state,
             "kube-apiserver",
             [
                 str(apiserver),
                 f"--etcd-servers=http://127.0.0.1:{state.ports['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *address,
                 f"--secure-port={state.ports['kube-apiserver']}",
                 f"--cert-dir={d}",
                 f"--tls-cert-file={certs['apiserver'].cert}",
@@ -359,7 +373,6 @@ class LocalCluster:
                 f"--kubelet-client-key={certs['kubelet-client'].key}",
                 f"--kubelet-certificate-authority={certs['ca'].cert}",
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
-                "--endpoint-reconciler-type=none",  # the loopback address is not a valid Endpoints IP
                 "--profiling=false",
                 *self._audit_flags(),
             ],
@@ -504,7 +517,8 @@ class LocalCluster:
         )  # kwok always loads ~/.kwok/kwok.yaml; keep a user's out
 
     def _start_real_node(self, state: State, certs: dict[str, pki.KeyPair]) -> None:
-        """containerd, the sandbox image, then the kubelet, which registers this machine as a node."""
+        """containerd, the sandbox image, then the kubelet, which registers this machine as a node; then
+        kube-proxy and CoreDNS, for the pods' Services."""
         node = Node(self.directory)
         node.claim_host(lambda directory: LocalCluster(directory).alive())
         files = node.prepare(certs["ca"], state.server, state.ports)
@@ -513,6 +527,11 @@ class LocalCluster:
         self._wait(state, "containerd", lambda: node.ctr("version").returncode == 0)
         node.import_pause()
         self._spawn(state, "kubelet", node.kubelet_command(files))
+        from kubernetes import utils
+
+        utils.create_from_yaml(_client(self.kubeconfig), yaml_objects=servicenet.coredns_rbac())
+        self._spawn(state, "kube-proxy", node.kube_proxy_command(files))
+        self._spawn(state, "coredns", node.coredns_command(files))
 
     def _wait_ready(self, state: State) -> None:
         from kubernetes import client
@@ -541,6 +560,12 @@ class LocalCluster:
             )
 
         self._wait(state, "kwok" if state.node == "kwok" else "kubelet", nodes_ready, timeout=120)
+        if state.node == "real":
+            for name, url in [
+                ("kube-proxy", f"http://127.0.0.1:{state.ports['kube-proxy-healthz']}/healthz"),
+                ("coredns", f"http://127.0.0.1:{state.ports['coredns-ready']}/ready"),
+            ]:
+                self._wait(state, name, lambda url=url: httpx.get(url, timeout=2).status_code == 200)
         self._wait(state, "kube-controller-manager", default_service_account)
         self._wait(state, "kube-scheduler", scheduler_healthy)
 

@@ -4,11 +4,14 @@ kwok's nodes run nothing. This node runs containers for real, on this machine: a
 namespaces and cgroups, an IP on a bridge that the host routes to, and `kubectl logs` and `exec` work.
 
 What it takes from the host, and gives back on `down` (see `HostRecord` and `Node.clean`):
-- processes: the kubelet, containerd, containerd's shims and every container they started;
+- processes: the kubelet, containerd, containerd's shims and every container they started, kube-proxy and
+  CoreDNS (see servicenet: how pods reach Services and the API server);
 - mounts: containers' root filesystems, volumes and network namespaces;
 - the bridge (`BRIDGE`) and the veths on it, and the network namespaces under /run/netns;
 - cgroups: everything under `CGROUP_ROOT`, in each cgroup v1 hierarchy;
-- three sysctls the kubelet sets (`SYSCTLS`), put back to what they were;
+- three sysctls the kubelet sets (`SYSCTLS`), put back to what they were, and one kube-proxy would set
+  (it is told not to);
+- iptables chains, kube-proxy's and the kubelet's (see servicenet);
 - host paths the kubelet and containerd write whatever their root says (`HOST_PATHS`), removed when they
   were not there before.
 
@@ -17,8 +20,9 @@ Only one real node runs on a machine at a time: those host paths are fixed. The 
 cluster that owns the node (`RECORD`, outside any cluster folder), so that a node whose test run was killed
 is cleaned up by the next one, even when its folder is gone.
 
-What it needs (see `missing`): root, cgroup v1 or v2 mounted, Debian's runc, CNI plugins and umoci
-(installed with apt-get when missing), and our builds of the kubelet, containerd and the pause program.
+What it needs (see `missing`): root, cgroup v1 or v2 mounted, Debian's runc, CNI plugins, umoci and
+iptables (installed with apt-get when missing), and our builds of the kubelet, containerd, the pause
+program, kube-proxy and CoreDNS.
 """
 
 from __future__ import annotations
@@ -42,14 +46,15 @@ from pathlib import Path
 
 import yaml
 
-from localkube import binaries, pki
+from localkube import binaries, pki, servicenet
 
 CGROUP_ROOT = "taskpod-localkube"
 BRIDGE = "tpk0"
 POD_SUBNET = ipaddress.IPv4Network("10.244.0.0/24")
+DNS_IP = servicenet.dns_ip(POD_SUBNET)
 SANDBOX_IMAGE = "localhost/pause:localkube"
 IMAGE_NAMESPACE = "k8s.io"  # containerd's namespace for the kubelet's images
-SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory")
+SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "net/ipv4/conf/all/route_localnet")
 HOST_PATHS = (
     "/var/lib/kubelet",
     "/var/log/containers",
@@ -63,9 +68,10 @@ PACKAGES = {
     "containernetworking-plugins": "/usr/lib/cni/bridge",
     "umoci": "/usr/bin/umoci",
     "busybox-static": "/bin/busybox",  # the tests' small image (`busybox_rootfs`)
+    "iptables": "/usr/sbin/iptables-save",  # kube-proxy's, and how `down` removes its chains
 }
 CNI_BIN = "/usr/lib/cni"
-NODE_BINARIES = ["kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "pause"]
+NODE_BINARIES = ["kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "pause", "kube-proxy", "coredns"]
 MNT_DETACH = 2
 RECORD = Path.home() / ".cache" / "taskpod" / "real-node.json"
 
@@ -145,6 +151,7 @@ class Footprint:
     cgroups: list[str]
     sysctls: dict[str, str]
     paths: list[str]
+    iptables: list[str]
 
 
 def footprint(node_dir: Path) -> Footprint:
@@ -158,6 +165,7 @@ def footprint(node_dir: Path) -> Footprint:
         cgroups=sorted(str(c) for h in _hierarchies() for c in h.iterdir() if c.is_dir()),
         sysctls={name: _read_sysctl(name) for name in SYSCTLS},
         paths=sorted(p for p in HOST_PATHS if os.path.lexists(p)),
+        iptables=servicenet.iptables_rules(),
     )
 
 
@@ -304,6 +312,8 @@ def kubelet_config(
         "failSwapOn": False,
         "containerRuntimeEndpoint": f"unix://{node_dir / 'containerd' / 'containerd.sock'}",
         "resolvConf": str(node_dir / "resolv.conf"),
+        "clusterDNS": [DNS_IP],
+        "clusterDomain": servicenet.CLUSTER_DOMAIN,
         "enforceNodeAllocatable": [],
         "makeIPTablesUtilChains": False,
         "address": "0.0.0.0",
@@ -400,6 +410,7 @@ class Node:
         (self.dir / "cni" / "net.d" / "10-localkube.conflist").write_text(json.dumps(cni_config(self.dir)))
         (self.dir / "resolv.conf").write_text("")
         _make_cgroup_root()
+        _make_bridge()  # before any pod: CoreDNS listens on its address
         # containerd finds its shim on PATH, under its own name
         shim = self.dir / "bin" / "containerd-shim-runc-v2"
         shim.unlink(missing_ok=True)
@@ -414,7 +425,24 @@ class Node:
         )
         config = self.dir / "kubelet.yaml"
         config.write_text(yaml.safe_dump(kubelet_config(self.dir, ports, ca.cert, serving)))
-        return {"config": config, "kubeconfig": kubeconfig}
+        proxy_user, dns_user = servicenet.KUBE_PROXY_USER, servicenet.COREDNS_USER
+        proxy_kubeconfig = pki.write_kubeconfig(
+            d / "kube-proxy.kubeconfig",
+            server,
+            ca,
+            pki.issue(ca, d, "kube-proxy", proxy_user),
+            user=proxy_user,
+        )
+        dns_kubeconfig = pki.write_kubeconfig(
+            d / "coredns.kubeconfig", server, ca, pki.issue(ca, d, "coredns", dns_user), user=dns_user
+        )
+        proxy_config = self.dir / "kube-proxy.yaml"
+        proxy_config.write_text(
+            yaml.safe_dump(servicenet.kube_proxy_config(proxy_kubeconfig, name, POD_SUBNET, ports))
+        )
+        corefile = self.dir / "Corefile"
+        corefile.write_text(servicenet.corefile(DNS_IP, ports["coredns-ready"], dns_kubeconfig))
+        return {"config": config, "kubeconfig": kubeconfig, "kube-proxy": proxy_config, "coredns": corefile}
 
     def containerd_command(self) -> tuple[list[str], dict[str, str]]:
         cmd = [str(binaries.ensure("containerd")), "--config", str(self.dir / "containerd.toml")]
@@ -432,6 +460,12 @@ class Node:
             f"--node-ip={host_ip()}",
             "--v=1",
         ]
+
+    def kube_proxy_command(self, files: dict[str, Path]) -> list[str]:
+        return [str(binaries.ensure("kube-proxy")), f"--config={files['kube-proxy']}", "--v=1"]
+
+    def coredns_command(self, files: dict[str, Path]) -> list[str]:
+        return [str(binaries.ensure("coredns")), "-conf", str(files["coredns"])]
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [
@@ -482,6 +516,7 @@ class Node:
             return []  # this cluster's node was cleaned up already (or never ran)
         left: list[str] = []
         _kill_all(self.dir)
+        left += servicenet.remove_chains()
         for point in sorted(_our_mounts(self.dir, record), key=len, reverse=True):
             if libc_umount(point) != 0 and point in _mountpoints():
                 left.append(f"mount {point}")
@@ -527,6 +562,18 @@ def _make_cgroup_root() -> None:
             parent = hierarchy / knob
             if parent.exists() and not (root / knob).read_text().strip():
                 (root / knob).write_text(parent.read_text())
+
+
+def _make_bridge() -> None:
+    """The pods' bridge with the host's address on it, as the CNI bridge plugin would make it (and then
+    finds it made)."""
+    if BRIDGE not in _links():
+        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True, capture_output=True)
+    address = f"{DNS_IP}/{POD_SUBNET.prefixlen}"
+    shown = subprocess.run(["ip", "-o", "addr", "show", BRIDGE], capture_output=True, text=True).stdout
+    if address not in shown.split():
+        subprocess.run(["ip", "addr", "add", address, "dev", BRIDGE], check=True, capture_output=True)
+    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True, capture_output=True)
 
 
 def _remove_cgroups() -> list[str]:

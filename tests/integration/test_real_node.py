@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from localkube import images, node
+from localkube import images, node, servicenet
 from localkube.cluster import LocalCluster
 from tests.support import (
     ROOT,
@@ -46,6 +47,7 @@ pytestmark = [
     pytest.mark.skipif(node.missing() is not None, reason=f"no real node here: {node.missing()}"),
 ]
 BUSYBOX = "localhost/busybox:localkube"
+PYTHON = "docker.io/library/python:3.11-slim-bookworm"  # the operator image's base (images.py makes it)
 GATEWAY = next(node.POD_SUBNET.hosts())  # the bridge's address: how pods reach this machine
 
 
@@ -184,6 +186,78 @@ def test_a_volume_keeps_its_files_across_pods(real: RealCluster) -> None:
     second["spec"]["volumes"] = volume
     _run(real, second)
     assert real.kubectl("exec", "reader", "--", "cat", "/data/note").strip() == "kept"
+
+
+@pytest.fixture(scope="module")
+def python_image(real: RealCluster) -> str:
+    """The Python base image in the node's containerd: busybox's static wget resolves no DNS names."""
+    node_ = node.Node(real.cluster.directory)
+    if not node_.has_image(PYTHON):
+        (base,) = (b for b in images.BASES if b.name == PYTHON)
+        with tempfile.TemporaryDirectory(dir=real.cluster.directory) as work:
+            images.ensure_base(base, Path(work))
+            images.load(node_, PYTHON, Path(work))
+    return PYTHON
+
+
+IN_CLUSTER_CLIENT = """
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+url = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+request = urllib.request.Request(
+    url + "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    data=json.dumps(review).encode(),
+    headers={"Authorization": "Bearer " + open(f"{sa}/token").read(), "Content-Type": "application/json"},
+)
+tls = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+print(json.load(urllib.request.urlopen(request, context=tls, timeout=10))["status"]["userInfo"]["username"])
+"""
+
+
+def test_a_pod_reaches_the_api_server_with_in_cluster_config(real: RealCluster, python_image: str) -> None:
+    """What an operator's client does in a pod: the `kubernetes` Service from the environment, the
+    ServiceAccount's token, and TLS checked against the cluster's CA."""
+    real.kubectl("create", "serviceaccount", "in-cluster")
+    pod = _pod("in-cluster", "exec sleep 3600", image=python_image)
+    pod["spec"] |= {"serviceAccountName": "in-cluster", "automountServiceAccountToken": True}
+    _run(real, pod)
+    service = json.loads(real.kubectl("get", "service", "kubernetes", "-o", "json"))
+    env = real.kubectl("exec", "in-cluster", "--", "env").splitlines()
+    assert f"KUBERNETES_SERVICE_HOST={service['spec']['clusterIP']}" in env
+    who = real.kubectl("exec", "in-cluster", "--", "python", "-c", IN_CLUSTER_CLIENT)
+    assert who.strip() == "system:serviceaccount:default:in-cluster"
+
+
+def test_a_pod_reaches_another_pods_service_by_its_dns_name(real: RealCluster, python_image: str) -> None:
+    backend = _pod(
+        "backend",
+        "mkdir -p /tmp/www && echo served-through-a-service > /tmp/www/index.html "
+        "&& exec httpd -f -p 8080 -h /tmp/www",
+        readinessProbe={"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+    )
+    backend["metadata"]["labels"] = {"app": "backend"}
+    _run(real, backend)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "backend", "namespace": "default"},
+        "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    real.kubectl("apply", "-f", "-", stdin=json.dumps(service))
+    cluster_ip = json.loads(real.kubectl("get", "service", "backend", "-o", "json"))["spec"]["clusterIP"]
+    _run(real, _pod("frontend", "exec sleep 3600", image=python_image))
+    names = ["backend.default.svc", f"backend.default.svc.{servicenet.CLUSTER_DOMAIN}", "backend"]
+    lookup = "import socket, sys; print(*(socket.gethostbyname(n) for n in sys.argv[1:]))"
+    resolved = real.kubectl("exec", "frontend", "--", "python", "-c", lookup, *names)
+    assert resolved.split() == [cluster_ip] * len(names)
+    fetch = (
+        "import urllib.request; print(urllib.request.urlopen('http://backend.default.svc/').read().decode())"
+    )
+    assert real.kubectl("exec", "frontend", "--", "python", "-c", fetch).strip() == "served-through-a-service"
+    # and the backend through its own Service (hairpin), by the address: busybox resolves no names
+    hairpin = real.kubectl("exec", "backend", "--", "wget", "-qO-", f"http://{cluster_ip}/")
+    assert hairpin.strip() == "served-through-a-service"
 
 
 def _restricted_namespace_with_operator(
@@ -394,6 +468,7 @@ def test_down_leaves_the_host_as_it_was(real: RealCluster) -> None:
     """Last in this module: it stops the cluster the others used."""
     running = node.footprint(real.cluster.directory / "node")
     assert node.BRIDGE in running.links and running.processes and running.mounts  # the node made them
+    assert any(":KUBE-SERVICES" in rule for rule in running.iptables)
     assert any(c.endswith(f"/{node.CGROUP_ROOT}") for c in running.cgroups)
     real.cluster.down()
     deadline = time.monotonic() + 10
