@@ -11,7 +11,7 @@ What it takes from the host, and gives back on `down` (see `HostRecord` and `Nod
 - cgroups: everything under `CGROUP_ROOT`, in each cgroup v1 hierarchy;
 - three sysctls the kubelet sets (`SYSCTLS`), put back to what they were, and one kube-proxy would set
   (it is told not to);
-- iptables chains, kube-proxy's and the kubelet's (see servicenet);
+- kube-proxy's iptables chains (see servicenet);
 - host paths the kubelet and containerd write whatever their root says (`HOST_PATHS`), removed when they
   were not there before.
 

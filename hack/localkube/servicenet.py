@@ -9,8 +9,8 @@ Both run as host processes of the node, as the kubelet does:
 - CoreDNS answers on the bridge's address (`DNS_IP`), which the kubelet gives pods as their nameserver:
   the cluster's names from the API server, every other name from the host's resolv.conf.
 
-`down` removes every KUBE- chain, kube-proxy's and the kubelet's (`remove_chains`); `iptables_rules` is what
-the host footprint compares before and after.
+`down` removes every KUBE- chain (`remove_chains`); `iptables_rules` is what the host footprint compares
+before and after.
 """
 
 from __future__ import annotations
@@ -146,9 +146,8 @@ def removal(saved: str) -> str:
 
 
 def remove_chains() -> list[str]:
-    """Remove the node's iptables chains, IPv4 and IPv6: kube-proxy's, and the kubelet's own (KUBE-FIREWALL,
-    the hint and canary chains), which it makes whatever its configuration says and `kube-proxy --cleanup`
-    leaves on purpose. Returns what could not be removed."""
+    """Remove the node's iptables chains, IPv4 and IPv6: all of kube-proxy's, also its copy of the kubelet's
+    KUBE-FIREWALL, which `kube-proxy --cleanup` leaves on purpose. Returns what could not be removed."""
     left = []
     for family in ("iptables", "ip6tables"):
         if shutil.which(f"{family}-save") is None:
