@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for chatty in ("httpx", "httpx2"):  # a line per agent call (httpx) or Anthropic call (httpx2)
             logging.getLogger(chatty).setLevel(logging.WARNING)
         logging.getLogger(KOPF_POSTING).addFilter(not_for_a_namespace_being_deleted)
-    from taskpod.controller import handlers, metrics  # importing handlers registers them with Kopf
+    from taskpod.controller import election, handlers, metrics  # importing handlers registers them with Kopf
 
     health = metrics.Health()
     if settings.http_listen:
@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kopf.run(
             standalone=True,
+            # Kopf's own default is user@host from the passwd database, which has no entry for the image's
+            # uid 65532 (or for the arbitrary uids some platforms run pods as): it would crash at start.
+            identity=cast(
+                Any, election.default_identity()
+            ),  # kopf's Identity: a NewType of str, not exported
             clusterwide=settings.cluster_wide,
             namespaces=settings.namespaces,
             liveness_endpoint=settings.liveness,
