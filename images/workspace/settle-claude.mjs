@@ -44,6 +44,10 @@ const { TASKPOD_REPORT_URL, TASKPOD_REPORT_TOKEN_FILE } = process.env;
 if (TASKPOD_REPORT_URL) {
   servers.taskpod = {
     type: "stdio",
+    // Claude Code 2.1 defers MCP tools behind its tool search by default: the model would have to look
+    // report_task up before it knew its arguments. Always loaded, it is in every request, and Claude Code
+    // waits for the server at start-up.
+    alwaysLoad: true,
     command: process.execPath,
     args: [process.env.TASKPOD_REPORT_MCP || "/usr/local/lib/taskpod/report-mcp/server.mjs"],
     env: { TASKPOD_REPORT_URL, TASKPOD_REPORT_TOKEN_FILE: TASKPOD_REPORT_TOKEN_FILE || "/var/run/taskpod/token" },

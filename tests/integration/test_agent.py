@@ -335,6 +335,7 @@ def test_the_workspace_images_report_tool_reports_for_its_pod(
     with McpClient(report_tool(), env) as mcp:
         (tool,) = mcp.request("tools/list")["tools"]
         assert tool["name"] == "report_task"
+        assert tool["_meta"] == {"anthropic/alwaysLoad": True}  # never deferred behind a tool search
         assert tool["inputSchema"]["required"] == ["state", "message"]
         assert set(tool["inputSchema"]["properties"]["state"]["enum"]) == {
             "complete",

@@ -358,6 +358,7 @@ def test_the_entrypoint_gives_claude_code_the_report_tool_while_the_pod_has_an_e
     assert servers["mine"] == {"command": "my-server"}
     tool = servers["taskpod"]
     assert tool["type"] == "stdio" and tool["args"] == ["/usr/local/lib/taskpod/report-mcp/server.mjs"]
+    assert tool["alwaysLoad"] is True  # else Claude Code 2.1 defers it behind its tool search
     assert Path(tool["command"]).name == "node"
     assert tool["env"] == {"TASKPOD_REPORT_URL": url, "TASKPOD_REPORT_TOKEN_FILE": "/run/t/token"}
 

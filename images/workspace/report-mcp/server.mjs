@@ -81,6 +81,8 @@ export function server(env = process.env) {
         link: z.string().optional().describe("where the result can be seen, such as a pull request's URL"),
       },
       annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      // Never deferred behind Claude Code's tool search, however the server is registered.
+      _meta: { "anthropic/alwaysLoad": true },
     },
     async (args) => {
       const outcome = await report(args, env);
