@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import ssl
-import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from tests.support import (
     delivered,
     free_port,
     get_task,
+    helm_runner,
     kubectl,
     patch_task,
     phase_is,
@@ -70,30 +69,7 @@ DEPLOYMENT = {
 @pytest.fixture(scope="session")
 def helm(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     """Run helm against the cluster under test with its own config and cache; fail with its stderr."""
-    from localkube import binaries
-
-    binary = str(binaries.ensure("helm"))
-    home = tmp_path_factory.mktemp("helm")
-    env = {
-        **os.environ,
-        **{f"HELM_{d}_HOME": str(home / d.lower()) for d in ("CACHE", "CONFIG", "DATA")},
-    }
-
-    def run(*args: str, ok: bool = True) -> str:
-        result = subprocess.run(
-            [binary, "--kubeconfig", str(kube.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        if ok:
-            assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
-            return result.stdout
-        assert result.returncode != 0, f"helm {' '.join(args)} succeeded, expected a failure"
-        return result.stderr
-
-    return run
+    return helm_runner(kube.kubeconfig, tmp_path_factory.mktemp("helm"))
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +113,11 @@ def everything(watched: list[str]) -> dict[str, Any]:
         "metrics": {"enabled": True, "serviceMonitor": {"enabled": False}},
         "reports": {"enabled": True},
         "workspace": {"networkPolicy": {"enabled": True}},
-        "defaultTemplate": {"enabled": True, "anthropicSecret": "anthropic"},
+        "defaultTemplate": {
+            "enabled": True,
+            "anthropicSecret": "anthropic",
+            "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://llm-gateway.example.com"}],
+        },
         "simulatorTemplate": {"enabled": True, "agent": {"work_seconds": 1}},
         "podLabels": {"team": "platform"},
     }
