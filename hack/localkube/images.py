@@ -214,6 +214,52 @@ def load(node: Node, name: str, work: Path) -> None:
     node.import_image(archive, name)
 
 
+def load_kubectl(node: Node) -> str:
+    """An image with only our kubectl as its entrypoint, as registry.k8s.io/kubectl is (the chart's `helm
+    test` steps run it with no shell), named for what it is: localhost/kubectl:<version>."""
+    from localkube import binaries
+
+    kubectl = binaries.ensure("kubectl")
+    name = f"localhost/kubectl:{binaries.KUBERNETES_VERSION}"
+    with tempfile.TemporaryDirectory(dir=node.dir) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        (rootfs / "bin").mkdir(parents=True)
+        (rootfs / "tmp").mkdir(mode=0o1777)
+        shutil.copy2(kubectl, rootfs / "bin" / "kubectl")
+        node.import_rootfs(rootfs, name, ["/bin/kubectl"])
+    return name
+
+
+def chart_values(
+    built: dict[str, str], namespaces: list[str], model_url: str, anthropic_secret: str = "anthropic"
+) -> dict[str, object]:
+    """Values for charts/taskpod that run the images built here (by name in `built`: operator, workspace,
+    and agent-sim or kubectl when given), never pulled. The default template's Claude Code takes its key
+    from `anthropic_secret` and reaches the model at `model_url`, in each of `namespaces`."""
+    repository, tag = built["operator"].rsplit(":", 1)
+    values: dict[str, object] = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "defaultTemplate": {
+            "enabled": True,
+            "namespaces": namespaces,
+            "image": built["workspace"],
+            "imagePullPolicy": "Never",
+            "anthropicSecret": anthropic_secret,
+            "env": [
+                {"name": "ANTHROPIC_BASE_URL", "value": model_url},
+                {"name": "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "value": "1"},
+            ],
+        },
+    }
+    if "agent-sim" in built:
+        values["simulatorTemplate"] = {"enabled": True, "namespaces": namespaces, "image": built["agent-sim"]}
+    if "kubectl" in built:
+        values["helmTest"] = {"image": built["kubectl"]}
+    else:
+        values["helmTest"] = {"enabled": False}
+    return values
+
+
 def bases_of(image: str) -> list[Base]:
     """The bases images/<image>/Dockerfile builds FROM (its own stages' names aside)."""
     froms = []

@@ -16,25 +16,26 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from kubernetes import client, watch
 
 from localkube import images, node, servicenet
 from localkube.cluster import LocalCluster
+from taskpod.core import workspace
 from tests.support import (
     ROOT,
     Kube,
-    Operator,
     create_task,
-    create_template,
     delivered,
     free_port,
     get_task,
-    install_crds,
+    helm_runner,
     kubectl,
     phase_is,
     prompts_in,
@@ -49,6 +50,9 @@ pytestmark = [
 BUSYBOX = "localhost/busybox:localkube"
 PYTHON = "docker.io/library/python:3.11-slim-bookworm"  # the operator image's base (images.py makes it)
 GATEWAY = next(node.POD_SUBNET.hosts())  # the bridge's address: how pods reach this machine
+CHART = ROOT / "charts" / "taskpod"
+SCRIPT = ROOT / "hack" / "modelsim" / "scripts" / "hello.json"  # make demo NODE=real's too
+REPORT_TOOL = "mcp__taskpod__report_task"  # the image's MCP server "taskpod", as Claude Code names its tool
 
 
 class RealCluster:
@@ -260,142 +264,31 @@ def test_a_pod_reaches_another_pods_service_by_its_dns_name(real: RealCluster, p
     assert hairpin.strip() == "served-through-a-service"
 
 
-def _restricted_namespace_with_operator(
-    real: RealCluster, ns: str, image: str, tmp_path: Path, env: list[dict[str, str]], **agent: Any
-) -> Operator:
-    """A namespace under Pod Security `restricted`, its "default" TaskTemplate on `image` with the chart's
-    security contexts, and the operator (a process on the host) serving reports where pods reach it."""
-    kube = real.kube
-    install_crds(kube)
-    kube.core.create_namespace(
-        {"metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
-    )
-    chart = ROOT / "charts" / "taskpod" / "templates" / "tasktemplate-sim.yaml"
-    assert "runAsNonRoot: true" in chart.read_text()  # the same security contexts as the chart's
-    create_template(
-        kube,
-        ns,
-        image=image,
-        imagePullPolicy="Never",
-        env=env,
-        podSecurityContext={
-            "fsGroup": 1000,
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        securityContext={
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    )
-    if agent:
-        patch = {"spec": {"agent": agent}}
-        tasks_api(kube).patch_namespaced_custom_object(
-            "taskpod.dev", "v1alpha1", ns, "tasktemplates", "default", patch
-        )
-    port = free_port()
-    return Operator(
-        real.cluster.kubeconfig,
-        [ns],
-        tmp_path / "operator.log",
-        "--report-listen",
-        f"0.0.0.0:{port}",
-        "--report-url",
-        f"http://{GATEWAY}:{port}/report",
-    ).start()
-
-
 def _pause(kube: Kube, ns: str, name: str, paused: bool) -> None:
     spec = '{"spec":{"paused":%s}}' % ("true" if paused else "false")
     kubectl(kube, "patch", "task", name, "-n", ns, "--type", "merge", "-p", spec)
 
 
-@pytest.mark.timeout(1800)  # the first run on a machine builds the image it runs
-def test_a_task_lives_on_a_real_workspace_pod(real: RealCluster, tmp_path: Path) -> None:
-    """The operator (here, a process on the host) and the agent-sim image built from its Dockerfile: a
-    Task's workspace runs for real, under Pod Security `restricted`, through pause and resume."""
-    kube = real.kube
-    node_ = node.Node(real.cluster.directory)
-    (image,) = images.build_all(("agent-sim",), node_)
-    ns = "real-tasks"
-    operator = _restricted_namespace_with_operator(
-        real, ns, image, tmp_path, [{"name": "SIM_AGENT", "value": json.dumps({"work_seconds": 1})}]
-    )
-    try:
-        create_task(kube, ns, "real", prompt="Write hello.txt")
-        task = wait_for(
-            lambda: delivered(kube, ns, "real"), 120, "the prompt delivered", explain=operator.tail
-        )
-        assert task["status"]["phase"] == "Active"
-        pod = kube.core.read_namespaced_pod("real-0", ns)
-        assert pod.spec.node_name == socket.gethostname()
-        assert pod.status.container_statuses[0].state.running is not None  # a container really runs
-        # The agent keeps its state on the volume, as the uid of the image (fsGroup makes it writable).
-        state_file = "/workspace/.taskpod/agentapi-state.json"
-        wait_for(
-            lambda: "Write hello.txt" in real.kubectl("exec", "-n", ns, "real-0", "--", "cat", state_file), 30
-        )
+# -- taskpod as a user installs it: the chart, on the real node -----------------------------------------
 
-        _pause(kube, ns, "real", True)
-        paused = wait_for(lambda: phase_is(kube, ns, "real", "Paused"), 90, "Paused", explain=operator.tail)
-        wait_for(lambda: not kube.core.list_namespaced_pod(ns).items, 60, "the pod gone")
-        snapshot = kube.core.read_namespaced_config_map(paused["status"]["logSnapshot"]["configMap"], ns)
-        assert "Write hello.txt" in json.dumps(snapshot.data)
-
-        _pause(kube, ns, "real", False)
-        resumed = wait_for(
-            lambda: phase_is(kube, ns, "real", "Active"), 120, "Active again", explain=operator.tail
-        )
-        assert resumed["status"]["workspace"]["lifetime"] == 2
-        # the first lifetime's files are still on the volume, and the prompt went in once
-        assert "Write hello.txt" in real.kubectl("exec", "-n", ns, "real-0", "--", "cat", state_file)
-        messages = httpx.get(
-            f"http://{kube.core.read_namespaced_pod('real-0', ns).status.pod_ip}:3284/messages"
-        )
-        assert prompts_in(messages.json()["messages"], "Write hello.txt") == 1
-
-        kubectl(kube, "delete", "task", "real", "-n", ns, "--wait=true", timeout=90)
-        wait_for(
-            lambda: (
-                not kube.core.list_namespaced_pod(ns).items
-                and not kube.core.list_namespaced_persistent_volume_claim(ns).items
-            ),
-            90,
-            "the workspace gone with its task",
-        )
-    finally:
-        operator.stop()
+SYSTEM, TEAM, RELEASE = "taskpod-system", "team", "taskpod"  # release "taskpod": its objects are "taskpod"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+FAKE_KEY = "sk-ant-not-a-real-key-0123456789"
+CLI = Path(sys.executable).parent / "kubectl-task"  # the plugin, as the venv installed it
 
 
-@pytest.fixture
-def model(tmp_path: Path) -> Iterator[str]:
-    """The model stand-in (hack/modelsim) on this machine, scripted to have the agent write hello.txt; its
-    URL as pods reach it."""
-    script = {
-        "rules": [
-            {
-                "when": "Write hello.txt",
-                "steps": [
-                    {"tool": "Write", "input": {"file_path": "/workspace/hello.txt", "content": "hello ✓\n"}},
-                    {"text": "I wrote hello.txt in the workspace."},
-                ],
-            }
-        ]
-    }
-    (tmp_path / "script.json").write_text(json.dumps(script))
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The model stand-in (hack/modelsim) on this machine; its URL as pods reach it. Scripted (as make demo
+    NODE=real is) so that the agent writes hello.txt and says so, then, asked again, calls the report tool
+    the image registers, and says it did."""
+    tmp = tmp_path_factory.mktemp("modelsim")
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "modelsim",
-        "--port",
-        str(port),
-        "--script",
-        str(tmp_path / "script.json"),
-    ]
-    with (tmp_path / "modelsim.log").open("w") as log:
+    command = [sys.executable, "-m", "modelsim", "--port", str(port), "--script", str(SCRIPT)]
+    with (tmp / "modelsim.log").open("w") as log:
         proc = subprocess.Popen(
             command,
             stdout=log,
@@ -410,58 +303,263 @@ def model(tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-@pytest.mark.timeout(1800)  # the first run on a machine builds the image it runs
-def test_claude_code_does_a_task_on_a_real_workspace(real: RealCluster, model: str, tmp_path: Path) -> None:
-    """The workspace image, built from its Dockerfile: Claude Code behind AgentAPI, driven by the model
-    stand-in, writes hello.txt on the volume. No human answers anything at its first start."""
-    kube = real.kube
-    (image,) = images.build_all(("workspace",), node.Node(real.cluster.directory))
-    ns = "claude-tasks"
-    env = [
-        {"name": "ANTHROPIC_BASE_URL", "value": model},
-        {"name": "ANTHROPIC_API_KEY", "value": "sk-ant-not-a-real-key-0123456789"},
-        {"name": "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "value": "1"},
-    ]
-    operator = _restricted_namespace_with_operator(real, ns, image, tmp_path, env, type="claude")
-    say = lambda: operator.tail() + "\n" + json.dumps(get_task(kube, ns, "hello").get("status"))  # noqa: E731
-    try:
-        create_task(kube, ns, "hello", prompt="Write hello.txt, please")
-        wait_for(lambda: delivered(kube, ns, "hello"), 180, "the prompt delivered", explain=say)
-        done = wait_for(
-            lambda: (
-                (t := get_task(kube, ns, "hello"))["status"].get("state", {}).get("state") == "idle"
-                and "I wrote hello.txt" in t["status"]["state"].get("message", "")
-                and t
-            ),
-            120,
-            "the agent idle, with its own words",
-            explain=say,
+@dataclass
+class Installed:
+    real: RealCluster
+    helm: Callable[..., str]
+
+    def operator_log(self) -> str:
+        return self.real.kubectl("logs", "-n", SYSTEM, f"deploy/{RELEASE}", "--tail=40")
+
+    def explain(self, ns: str, name: str) -> Callable[[], str]:
+        return lambda: (
+            self.operator_log() + "\n" + json.dumps(get_task(self.real.kube, ns, name).get("status"))
         )
-        assert done["status"]["agent"]["type"] == "claude"
-        assert real.kubectl("exec", "-n", ns, "hello-0", "--", "cat", "/workspace/hello.txt") == "hello ✓\n"
 
-        _pause(kube, ns, "hello", True)
-        paused = wait_for(lambda: phase_is(kube, ns, "hello", "Paused"), 90, "Paused", explain=say)
-        snapshot = kube.core.read_namespaced_config_map(paused["status"]["logSnapshot"]["configMap"], ns)
-        kept = json.loads(snapshot.data["snapshot.json"])["data"]["messages"]  # as AgentAPI parsed the screen
-        (tmp_path / "snapshot.json").write_text(json.dumps(kept, indent=1))
-        seen = [(m["role"], m["content"][:200]) for m in kept]
-        assert any(m["role"] == "user" and "Write hello.txt, please" in m["content"] for m in kept), seen
-        assert any(m["role"] == "agent" and "I wrote hello.txt" in m["content"] for m in kept), seen
+    def task_cli(self, *args: str, timeout: float = 120) -> str:
+        env = {**os.environ, "KUBECONFIG": str(self.real.cluster.kubeconfig)}
+        result = subprocess.run([str(CLI), *args], capture_output=True, text=True, env=env, timeout=timeout)
+        assert result.returncode == 0, f"kubectl task {' '.join(args)}: {result.stderr}"
+        return result.stdout
 
-        _pause(kube, ns, "hello", False)
-        resumed = wait_for(lambda: phase_is(kube, ns, "hello", "Active"), 180, "Active again", explain=say)
-        assert resumed["status"]["workspace"]["lifetime"] == 2
-        assert real.kubectl("exec", "-n", ns, "hello-0", "--", "cat", "/workspace/hello.txt") == "hello ✓\n"
-        sent = [
-            r
-            for r in httpx.get(model.replace(str(GATEWAY), "127.0.0.1") + "/_requests").json()
-            if r["path"] == "/v1/messages"
-        ]
-        asked = [r for r in sent if "Write hello.txt, please" in json.dumps(r["body"]["messages"][:1])]
-        assert len({json.dumps(r["body"]["messages"][:1]) for r in asked}) == 1  # the prompt went in once
-    finally:
-        operator.stop()
+
+@pytest.fixture(scope="module")
+def installed(real: RealCluster, model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """The chart installed as the README says, with the images built here from their Dockerfiles: the
+    operator as a pod, the default template on the workspace image (Claude Code, its key from a Secret,
+    the model stand-in as its gateway), the simulator template, and helm test's kubectl. Both namespaces
+    enforce Pod Security `restricted`, so every pod of the chart and of its templates is admitted as
+    shipped, or the install fails."""
+    node_ = node.Node(real.cluster.directory)
+    names = ("operator", "agent-sim", "workspace")
+    built = dict(zip(names, images.build_all(names, node_), strict=True))
+    built["kubectl"] = images.load_kubectl(node_)
+    for ns in (SYSTEM, TEAM):
+        real.kube.core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
+    secret = {"metadata": {"name": "anthropic"}, "stringData": {"ANTHROPIC_API_KEY": FAKE_KEY}}
+    real.kube.core.create_namespaced_secret(TEAM, secret)
+    values = images.chart_values(built, [TEAM], model)
+    tmp = tmp_path_factory.mktemp("chart")
+    (tmp / "values.json").write_text(json.dumps(values))
+    helm = helm_runner(real.cluster.kubeconfig, tmp / "helm")
+    helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        SYSTEM,
+        "-f",
+        str(tmp / "values.json"),
+        "--wait",
+        "--timeout=300s",
+        timeout=330,
+    )
+    yield Installed(real, helm)
+    helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout=120s", timeout=150)
+
+
+@pytest.mark.timeout(1800)  # the first run on a machine builds the images
+def test_the_chart_runs_the_operator_as_a_pod_and_helm_test_passes(installed: Installed) -> None:
+    kube = installed.real.kube
+    (pod,) = kube.core.list_namespaced_pod(
+        SYSTEM, label_selector=f"app.kubernetes.io/instance={RELEASE}"
+    ).items
+    assert pod.spec.node_name == socket.gethostname()
+    assert ipaddress.ip_address(pod.status.pod_ip) in node.POD_SUBNET
+    assert all(c.ready for c in pod.status.container_statuses), pod.status  # its probes answer
+    assert pod.spec.containers[0].image == f"localhost/taskpod-operator:{images.LOCAL_TAG}"
+    # It reached the API server from inside the cluster, and holds the Lease.
+    lease = client.CoordinationV1Api(kube.api).read_namespaced_lease("taskpod-operator", SYSTEM)
+    assert lease.spec.holder_identity.startswith(pod.metadata.name)
+
+    out = installed.helm("test", RELEASE, "-n", SYSTEM, "--timeout=600s", timeout=630)
+    assert "Phase:          Succeeded" in out, out
+
+
+@pytest.mark.timeout(900)
+def test_a_task_lives_on_a_real_workspace_pod(installed: Installed) -> None:
+    """The agent-sim image through the chart's simulator template: a Task's workspace runs for real,
+    through pause and resume."""
+    kube, ns = installed.real.kube, TEAM
+    explain = installed.explain(ns, "real")
+    create_task(kube, ns, "real", prompt="Write hello.txt", template="taskpod-sim")
+    task = wait_for(lambda: delivered(kube, ns, "real"), 120, "the prompt delivered", explain=explain)
+    assert task["status"]["phase"] == "Active"
+    pod = kube.core.read_namespaced_pod("real-0", ns)
+    assert pod.spec.node_name == socket.gethostname()
+    assert pod.status.container_statuses[0].state.running is not None  # a container really runs
+    # The agent keeps its state on the volume, as the uid of the image (fsGroup makes it writable).
+    state_file = "/workspace/.taskpod/agentapi-state.json"
+
+    def exec_cat() -> str:
+        return installed.real.kubectl("exec", "-n", ns, "real-0", "--", "cat", state_file)
+
+    wait_for(lambda: "Write hello.txt" in exec_cat(), 30)
+
+    _pause(kube, ns, "real", True)
+    paused = wait_for(lambda: phase_is(kube, ns, "real", "Paused"), 90, "Paused", explain=explain)
+    wait_for(lambda: not _pods(kube, ns, "real"), 60, "the pod gone")
+    snapshot = kube.core.read_namespaced_config_map(paused["status"]["logSnapshot"]["configMap"], ns)
+    assert "Write hello.txt" in json.dumps(snapshot.data)
+
+    _pause(kube, ns, "real", False)
+    resumed = wait_for(lambda: phase_is(kube, ns, "real", "Active"), 120, "Active again", explain=explain)
+    assert resumed["status"]["workspace"]["lifetime"] == 2
+    assert "Write hello.txt" in exec_cat()  # the first lifetime's files are still on the volume
+    messages = httpx.get(f"http://{kube.core.read_namespaced_pod('real-0', ns).status.pod_ip}:3284/messages")
+    assert prompts_in(messages.json()["messages"], "Write hello.txt") == 1
+    _delete(installed, ns, "real")
+
+
+def _pods(kube: Kube, ns: str, task: str) -> list[Any]:
+    return list(kube.core.list_namespaced_pod(ns, label_selector=f"taskpod.dev/task={task}").items)
+
+
+def _delete(installed: Installed, ns: str, name: str) -> None:
+    """Delete the Task as a user does; every object of its workspace, its volume included, goes with it."""
+    kube = installed.real.kube
+    selector, claim = f"taskpod.dev/task={name}", workspace.names(name).claim
+
+    def gone() -> bool:
+        return not (
+            kube.core.list_namespaced_pod(ns, label_selector=selector).items
+            or kube.core.list_namespaced_persistent_volume_claim(ns, label_selector=selector).items
+            or kube.core.list_namespaced_config_map(ns, label_selector=selector).items
+            or [
+                pv
+                for pv in kube.core.list_persistent_volume().items
+                if pv.spec.claim_ref and pv.spec.claim_ref.namespace == ns and pv.spec.claim_ref.name == claim
+            ]
+        )
+
+    assert not gone()  # its claim and snapshot at least: what follows is not vacuous
+    installed.real.kubectl("delete", "task", name, "-n", ns, "--wait=true", timeout=120)
+    wait_for(gone, 120, "the workspace gone with its task")
+
+
+class Transitions(threading.Thread):
+    """What `kubectl get task -w` would show of one task: each distinct (phase, state) in order."""
+
+    def __init__(self, kube: Kube, ns: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.kube, self.ns, self.name = kube, ns, name
+        self.seen: list[tuple[str, str]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        api = tasks_api(self.kube)
+        while not self.stopped.is_set():
+            stream = watch.Watch().stream(
+                api.list_namespaced_custom_object, "taskpod.dev", "v1alpha1", self.ns, "tasks",
+                field_selector=f"metadata.name={self.name}", timeout_seconds=5,
+            )  # fmt: skip
+            for event in stream:
+                status = event["object"].get("status") or {}
+                now = (status.get("phase", ""), (status.get("state") or {}).get("state", ""))
+                if not self.seen or self.seen[-1] != now:
+                    self.seen.append(now)
+
+    def phases(self) -> list[str]:
+        return [p for i, (p, _) in enumerate(self.seen) if p and (i == 0 or self.seen[i - 1][0] != p)]
+
+
+@pytest.mark.timeout(1200)
+def test_claude_code_does_a_task_as_the_chart_installs_it(
+    installed: Installed, model: str, tmp_path: Path
+) -> None:
+    """Claude Code in the workspace image, driven by the model stand-in, under the chart's operator pod: it
+    writes hello.txt on the volume, reports complete through the report tool, and keeps its files and its
+    conversation's record through a pause. No human answers anything at its first start."""
+    kube, ns, real = installed.real.kube, TEAM, installed.real
+    explain = installed.explain(ns, "hello")
+
+    def requests() -> list[dict[str, Any]]:
+        """What the agent asked the model, in order."""
+        recorded = httpx.get(model.replace(str(GATEWAY), "127.0.0.1") + "/_requests").json()
+        return [r for r in recorded if r["path"] == "/v1/messages"]
+
+    transitions = Transitions(kube, ns, "hello")
+    transitions.start()
+    manifest = {
+        "apiVersion": "taskpod.dev/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": "hello", "namespace": ns},
+        "spec": {"prompt": "Write hello.txt, please"},
+    }
+    real.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    wait_for(lambda: delivered(kube, ns, "hello"), 180, "the prompt delivered", explain=explain)
+    done = wait_for(
+        lambda: (
+            (t := get_task(kube, ns, "hello"))["status"].get("state", {}).get("state") == "idle"
+            and "I wrote hello.txt" in t["status"]["state"].get("message", "")
+            and t
+        ),
+        120,
+        "the agent idle, with its own words",
+        explain=explain,
+    )
+    assert done["status"]["agent"]["type"] == "claude"
+    assert transitions.phases()[:3] == ["Pending", "Initializing", "Active"], transitions.seen
+    states = [s for _, s in transitions.seen if s]
+    assert "working" in states and states.index("working") < len(states) - 1 - states[::-1].index("idle"), (
+        states
+    )
+    assert real.kubectl("exec", "-n", ns, "hello-0", "--", "cat", "/workspace/hello.txt") == "hello ✓\n"
+    # The agent was offered the report tool with no setup.
+    tools = {t["name"] for r in requests() for t in r["body"].get("tools") or []}
+    assert REPORT_TOOL in tools, sorted(tools)
+
+    # Through the API server's pod proxy to the real pod, as a user's plugin goes.
+    logs = installed.task_cli("logs", "hello", "-n", ns, "-o", "json")
+    said = [(m["role"], m["content"]) for m in json.loads(logs)["messages"]]
+    assert any(role == "user" and "Write hello.txt, please" in text for role, text in said), said
+    assert any(role == "agent" and "I wrote hello.txt" in text for role, text in said), said
+    installed.task_cli("send", "hello", "Report that you are done.", "-n", ns)
+    reported = wait_for(
+        lambda: (
+            (t := get_task(kube, ns, "hello"))["status"].get("state", {}).get("state") == "complete" and t
+        ),
+        120,
+        "STATE complete, from the agent's report",
+        explain=explain,
+    )
+    assert reported["status"]["state"]["message"] == "hello.txt is written ✓"
+    wait_for(lambda: any("Reported." in t for _, t in _live(installed, ns)), 60, "the agent's last words")
+
+    # The first lifetime's last request holds the whole conversation: each input in it once.
+    last = requests()[-1]["body"]["messages"]
+    for given in ("Write hello.txt, please", "Report that you are done."):
+        assert sum(given in json.dumps(m) for m in last if m["role"] == "user") == 1, given
+    before_pause = len(requests())
+
+    _pause(kube, ns, "hello", True)
+    paused = wait_for(lambda: phase_is(kube, ns, "hello", "Paused"), 90, "Paused", explain=explain)
+    assert not _pods(kube, ns, "hello")
+    assert kube.core.list_namespaced_persistent_volume_claim(
+        ns, label_selector="taskpod.dev/task=hello"
+    ).items
+    snapshot = kube.core.read_namespaced_config_map(paused["status"]["logSnapshot"]["configMap"], ns)
+    kept = json.loads(snapshot.data["snapshot.json"])["data"]["messages"]  # as AgentAPI parsed the screen
+    (tmp_path / "snapshot.json").write_text(json.dumps(kept, indent=1))
+    seen = [(m["role"], m["content"][:200]) for m in kept]
+    assert any(m["role"] == "user" and "Write hello.txt, please" in m["content"] for m in kept), seen
+    assert any(m["role"] == "agent" and "I wrote hello.txt" in m["content"] for m in kept), seen
+    assert any(m["role"] == "user" and "Report that you are done." in m["content"] for m in kept), seen
+
+    _pause(kube, ns, "hello", False)
+    resumed = wait_for(lambda: phase_is(kube, ns, "hello", "Active"), 180, "Active again", explain=explain)
+    assert resumed["status"]["workspace"]["lifetime"] == 2
+    assert real.kubectl("exec", "-n", ns, "hello-0", "--", "cat", "/workspace/hello.txt") == "hello ✓\n"
+    time.sleep(5)  # a prompt sent again would be asked of the model by now
+    again = [r for r in requests()[before_pause:] if "Write hello.txt" in json.dumps(r["body"]["messages"])]
+    assert not again, "the resumed agent was given the prompt again"
+    transitions.stopped.set()
+    _delete(installed, ns, "hello")
+
+
+def _live(installed: Installed, ns: str) -> list[tuple[str, str]]:
+    out = installed.task_cli("logs", "hello", "-n", ns, "-o", "json")
+    return [(m["role"], m["content"]) for m in json.loads(out)["messages"]]
 
 
 def test_down_leaves_the_host_as_it_was(real: RealCluster) -> None:
