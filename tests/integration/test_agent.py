@@ -299,11 +299,11 @@ def test_the_agent_reports_complete_and_it_stands(
     assert task["status"]["state"]["uri"] == "https://example.com/pr/42"
     assert task["status"]["message"] == "Opened PR #42"  # the MESSAGE column
 
-    # The agent works again and goes idle: the report stands.
+    # A task whose agent reported complete takes input (kubectl task send), works again and goes idle:
+    # the report stands.
     sim_config(kube, namespace, "pr", append_messages=[{"role": "agent", "content": "idle now"}])
-    httpx.post(
-        agent_url(kube, namespace, "pr") + "/message", json={"type": "user", "content": "thanks"}, timeout=5
-    )
+    asyncio.run(taskops.send(namespace, "pr", "thanks", timeout=30, progress=lambda _: None))
+    assert prompts_in(agent_messages(kube, namespace, "pr"), "thanks") == 1
     time.sleep(3)
     assert get_task(kube, namespace, "pr")["status"]["state"]["state"] == "complete"
 

@@ -355,7 +355,8 @@ def installed(real: RealCluster, model: str, tmp_path_factory: pytest.TempPathFa
         timeout=330,
     )
     yield Installed(real, helm)
-    helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout=120s", timeout=150)
+    if real.cluster.running():  # the module's last tests stop the cluster
+        helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout=120s", timeout=150)
 
 
 @pytest.mark.timeout(1800)  # the first run on a machine builds the images
@@ -453,19 +454,31 @@ class Transitions(threading.Thread):
                 api.list_namespaced_custom_object, "taskpod.dev", "v1alpha1", self.ns, "tasks",
                 field_selector=f"metadata.name={self.name}", timeout_seconds=5,
             )  # fmt: skip
-            for event in stream:
-                status = event["object"].get("status") or {}
-                now = (status.get("phase", ""), (status.get("state") or {}).get("state", ""))
-                if not self.seen or self.seen[-1] != now:
-                    self.seen.append(now)
+            try:
+                for event in stream:
+                    status = event["object"].get("status") or {}
+                    now = (status.get("phase", ""), (status.get("state") or {}).get("state", ""))
+                    if not self.seen or self.seen[-1] != now:
+                        self.seen.append(now)
+            except Exception:  # the watch broke (its test failed, the cluster went): watch again, or stop
+                time.sleep(0.5)
 
     def phases(self) -> list[str]:
         return [p for i, (p, _) in enumerate(self.seen) if p and (i == 0 or self.seen[i - 1][0] != p)]
 
 
+@pytest.fixture
+def transitions(installed: Installed) -> Iterator[Transitions]:
+    """What a watch of the task "hello" in the team's namespace sees, from before it exists."""
+    watching = Transitions(installed.real.kube, TEAM, "hello")
+    watching.start()
+    yield watching
+    watching.stopped.set()
+
+
 @pytest.mark.timeout(1200)
 def test_claude_code_does_a_task_as_the_chart_installs_it(
-    installed: Installed, model: str, tmp_path: Path
+    installed: Installed, model: str, transitions: Transitions, tmp_path: Path
 ) -> None:
     """Claude Code in the workspace image, driven by the model stand-in, under the chart's operator pod: it
     writes hello.txt on the volume, reports complete through the report tool, and keeps its files and its
@@ -478,8 +491,6 @@ def test_claude_code_does_a_task_as_the_chart_installs_it(
         recorded = httpx.get(model.replace(str(GATEWAY), "127.0.0.1") + "/_requests").json()
         return [r for r in recorded if r["path"] == "/v1/messages"]
 
-    transitions = Transitions(kube, ns, "hello")
-    transitions.start()
     manifest = {
         "apiVersion": "taskpod.dev/v1alpha1",
         "kind": "Task",
@@ -553,7 +564,6 @@ def test_claude_code_does_a_task_as_the_chart_installs_it(
     time.sleep(5)  # a prompt sent again would be asked of the model by now
     again = [r for r in requests()[before_pause:] if "Write hello.txt" in json.dumps(r["body"]["messages"])]
     assert not again, "the resumed agent was given the prompt again"
-    transitions.stopped.set()
     _delete(installed, ns, "hello")
 
 

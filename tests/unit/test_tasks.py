@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from taskpod import kube
-from taskpod.agentapi import AgentUnavailable
+from taskpod.agentapi import AgentError, AgentUnavailable, StatusReport
+from taskpod.api.models import AgentStatus
 from taskpod.client import tasks
 from taskpod.core.snapshots import DATA_KEY
 
@@ -140,3 +141,58 @@ def test_a_snapshot_left_by_a_deleted_task_of_the_same_name_is_not_shown(cluster
     cluster["task"] = body
     logs = asyncio.run(tasks.logs("team", "fix-login"))
     assert logs.snapshot and logs.messages == []
+
+
+# -- send: only to an agent that says it is stable, and never twice ----------------------------------
+
+
+class Agent:
+    """An AgentAPI whose status moves as listed, one answer per call (the last repeats), and whose POST
+    /message answers as `answer` says, after `takes` seconds."""
+
+    def __init__(self, statuses: list[str], answer: Exception | None = None, takes: float = 0) -> None:
+        self.statuses, self.answer, self.takes = statuses, answer, takes
+        self.sent: list[str] = []
+
+    async def status(self) -> StatusReport:
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return StatusReport(AgentStatus(status), "claude")
+
+    async def send(self, content: str, kind: str = "user") -> None:
+        self.sent.append(content)
+        await asyncio.sleep(self.takes)
+        if self.answer is not None:
+            raise self.answer
+
+
+def test_input_goes_to_a_stable_agent() -> None:
+    agent = Agent(["stable"])
+    assert asyncio.run(tasks.deliver(agent, "thanks")) is True  # type: ignore[arg-type]
+    assert agent.sent == ["thanks"]
+
+
+def test_input_waits_while_the_agent_works_whatever_the_tasks_state_says() -> None:
+    agent = Agent(["running"])
+    assert asyncio.run(tasks.deliver(agent, "thanks")) is False  # type: ignore[arg-type]
+    assert agent.sent == []
+
+
+def test_a_refusal_because_the_screen_moved_is_tried_again() -> None:
+    """Found on the real node: Claude Code's screen moves again just after it goes idle, and AgentAPI
+    refuses input then with HTTP 500, before it writes anything."""
+    agent = Agent(
+        ["stable", "running"], answer=AgentError("POST /message: HTTP 500: unexpected error occurred")
+    )
+    assert asyncio.run(tasks.deliver(agent, "thanks")) is False  # type: ignore[arg-type]
+
+
+def test_a_failure_that_may_have_reached_the_agent_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failure after AgentAPI wrote the input comes after its waits; the agent is busy with it by then.
+    monkeypatch.setattr(tasks, "REFUSED_AT_ONCE", 0.05)
+    slow = Agent(["stable", "running"], answer=AgentError("POST /message: HTTP 500"), takes=0.1)
+    with pytest.raises(AgentError):
+        asyncio.run(tasks.deliver(slow, "thanks"))  # type: ignore[arg-type]
+    # A refusal from an agent still stable is not about its screen: the error, not a silent retry.
+    stable = Agent(["stable"], answer=AgentError("POST /message: HTTP 500"))
+    with pytest.raises(AgentError):
+        asyncio.run(tasks.deliver(stable, "thanks"))  # type: ignore[arg-type]

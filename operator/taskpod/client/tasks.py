@@ -143,7 +143,11 @@ async def follow(namespace: str, name: str, interval: float = 1.0) -> AsyncItera
 async def send(
     namespace: str, name: str, content: str, timeout: float = 300, progress: Callable[[str], None] = print
 ) -> None:
-    """Send input as a user message; a paused task is resumed first, and the agent must be idle."""
+    """Send input as a user message; a paused task is resumed first, and the agent must be stable.
+
+    Whether it is stable is the agent's own answer, asked just before sending: the task's STATE may be a
+    moment old (Claude Code's screen moves again just after it goes idle), and an agent that reported
+    complete or failed takes input too."""
     if not content.strip():
         raise ValueError("the input is empty")
     task = await _task(namespace, name)
@@ -153,19 +157,45 @@ async def send(
     deadline = time.monotonic() + timeout
     while True:
         task = await _task(namespace, name)
-        state = task.status.state.state if task.status.state else None
-        if task.status.phase is Phase.ACTIVE and state is AgentState.IDLE:
-            break
         if task.status.phase in (Phase.ERROR, Phase.UNKNOWN):
             raise TaskConflict(
                 f"cannot send to task in current state: {task.status.phase} ({task.status.message})"
             )
+        waiting = f"{task.status.phase or 'Pending'}, {'starting' if task.status.phase is None else 'busy'}"
+        if task.status.phase is Phase.ACTIVE:
+            try:
+                async with _connected(task) as client:
+                    if await deliver(client, content):
+                        return
+            except AgentUnavailable:  # e.g. its pod going away for a pause someone else asked for
+                waiting = "Active, not answering"
         if time.monotonic() > deadline:
-            raise TimeoutError(f"task {name} did not become active and idle within {timeout:.0f}s")
-        progress(f"Waiting for task {name}: {task.status.phase or 'Pending'}, {state or 'starting'}")
+            raise TimeoutError(f"task {name}'s agent did not become ready for input within {timeout:.0f}s")
+        progress(f"Waiting for task {name}: {waiting}")
         await asyncio.sleep(1)
-    async with _connected(task) as client:
+
+
+REFUSED_AT_ONCE = 5.0  # seconds: AgentAPI's refusals come at once, its failures after writing take 15 s
+
+
+async def deliver(client: AgentClient, content: str) -> bool:
+    """Send `content` if the agent is stable; False if it is not (or stopped being so), to try again.
+
+    AgentAPI answers a message that arrives while the screen changes with HTTP 500, as it answers every
+    failure, but refuses it before writing anything; a failure once it has written (the screen not
+    settling) comes only after its 15 s waits. So only a quick refusal from an agent that is no longer
+    stable is taken as "not now": anything else may have reached the agent and is not sent twice."""
+    if (await client.status()).status is not AgentStatus.STABLE:
+        return False
+    started = time.monotonic()
+    try:
         await client.send(content, "user")
+    except AgentError:
+        quick = time.monotonic() - started < REFUSED_AT_ONCE
+        if quick and (await client.status()).status is not AgentStatus.STABLE:
+            return False
+        raise
+    return True
 
 
 # -- what the plugin's other commands do --------------------------------------------------------
