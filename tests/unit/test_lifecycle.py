@@ -175,6 +175,25 @@ PHASES: dict[str, tuple[Observation, Phase, str, str]] = {
         observe(paused=True, pod=pod("Failed", reason="Evicted")), Phase.ERROR, "PodFailed", "Evicted"
     ),
     "paused, pod stopping": (observe(paused=True, pod=pod(deleting=True)), Phase.PENDING, "Pausing", "stop"),
+    # A deleted pod's containers end and the kubelet gives it a terminal phase: a pause, not a failure.
+    "paused, pod stopped with exit 0": (
+        observe(paused=True, pod=pod("Succeeded", ready=False, deleting=True)),
+        Phase.PENDING,
+        "Pausing",
+        "stop",
+    ),
+    "paused, pod stopped with SIGTERM's exit": (
+        observe(paused=True, pod=pod("Failed", ready=False, deleting=True)),
+        Phase.PENDING,
+        "Pausing",
+        "stop",
+    ),
+    "deleted by someone, stopped": (
+        observe(pod=pod("Failed", ready=False, deleting=True)),
+        Phase.PENDING,
+        "PodStopping",
+        "is stopping",
+    ),
     "template missing": (
         observe(template=None, template_name="gone"), Phase.ERROR, "TemplateNotFound", 'TaskTemplate "gone"'
     ),

@@ -259,6 +259,13 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
         return Verdict(
             Phase.PENDING, "PodPending", "Workspace is pending: waiting for its pod to be created."
         )
+    if pod.deleting and pod.phase in ("Failed", "Succeeded"):
+        # Its containers ended because it is being deleted (a pause, a replacement): the kubelet gives a
+        # deleted pod a terminal phase once they stop. Not a failure (found on a real node: kwok pods
+        # never end, so the pause went Active, Error, Paused).
+        return Verdict(
+            Phase.PENDING, "PodStopping", f"Workspace is pending: the previous pod {pod.name} is stopping."
+        )
     if pod.phase == "Failed":
         return Verdict(Phase.ERROR, "PodFailed", f"Workspace pod {pod.name} failed: {pod.ended_why}.")
     if pod.phase == "Succeeded":
