@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from taskpod import kube
-from taskpod.agentapi import AgentError, AgentUnavailable, StatusReport
+from taskpod.agentapi import AgentError, AgentMessage, AgentUnavailable, StatusReport
 from taskpod.api.models import AgentStatus
 from taskpod.client import tasks
 from taskpod.core.snapshots import DATA_KEY
@@ -196,3 +196,26 @@ def test_a_failure_that_may_have_reached_the_agent_is_not_retried(monkeypatch: p
     stable = Agent(["stable"], answer=AgentError("POST /message: HTTP 500"))
     with pytest.raises(AgentError):
         asyncio.run(tasks.deliver(stable, "thanks"))  # type: ignore[arg-type]
+
+
+def test_live_logs_show_claude_codes_words_without_its_screens_padding(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude Code's messages come padded to the terminal (found on a real workspace: twenty blank lines
+    before its words in `kubectl task logs`); live logs show them as the snapshot keeps them."""
+    padded = "\n" * 20 + "● I wrote hello.txt ✓   \n\n\n\n  ⎿  done\t\n" + " " * 80 + "\n" * 20
+
+    class Live:
+        async def messages(self) -> list[AgentMessage]:
+            return [AgentMessage(0, "agent", padded, "2026-11-29T10:00:01Z")]
+
+        async def aclose(self) -> None:
+            pass
+
+    async def agent_client(task: Any) -> Live:
+        return Live()
+
+    monkeypatch.setattr(tasks, "agent_client", agent_client)
+    cluster["task"] = task_body(paused=False)
+    (message,) = asyncio.run(tasks.logs("team", "fix-login")).messages
+    assert message["content"] == "● I wrote hello.txt ✓\n\n  ⎿  done"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskpod import kube
-from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable, agent_url
+from taskpod.agentapi import AgentClient, AgentError, AgentMessage, AgentUnavailable, agent_url
 from taskpod.api.models import (
     DEFAULT_AGENT_PORT,
     GROUP,
@@ -34,7 +34,7 @@ from taskpod.api.models import (
     rfc3339,
 )
 from taskpod.core import naming
-from taskpod.core.snapshots import DATA_KEY, configmap_name
+from taskpod.core.snapshots import DATA_KEY, configmap_name, tidy
 from taskpod.core.workspace import PORT_NAME
 
 SNAPSHOT_PHASES = frozenset({Phase.PAUSED, Phase.PENDING, Phase.INITIALIZING})
@@ -96,7 +96,7 @@ async def logs(namespace: str, name: str) -> Logs:
     if phase is Phase.ACTIVE:
         try:
             async with _connected(task) as client:
-                return Logs([m.dump() for m in await client.messages()], snapshot=False)
+                return Logs([_shown(m) for m in await client.messages()], snapshot=False)
         except (AgentUnavailable, AgentError):
             if not task.spec.paused:
                 raise
@@ -119,6 +119,11 @@ async def _snapshot_logs(task: Task) -> Logs:
     return Logs(list(envelope["data"]["messages"]), snapshot=True, snapshot_at=at)
 
 
+def _shown(message: AgentMessage) -> dict[str, Any]:
+    """A live message as logs show it: without a terminal screen's padding, as snapshots keep it."""
+    return {**message.dump(), "content": tidy(message.content)}
+
+
 async def follow(namespace: str, name: str, interval: float = 1.0) -> AsyncIterator[dict[str, Any]]:
     """Messages of an Active task as they complete (every message so far first); ends when the task
     leaves Active. A message is complete once a newer one exists or the agent is stable again."""
@@ -136,7 +141,7 @@ async def follow(namespace: str, name: str, interval: float = 1.0) -> AsyncItera
         for i, message in enumerate(messages):
             if message.id not in shown and (stable or i < len(messages) - 1):
                 shown.add(message.id)
-                yield message.dump()
+                yield _shown(message)
         await asyncio.sleep(interval)
 
 
