@@ -28,8 +28,8 @@ export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-demo: binaries ## the main job: a local control plane, the operator, and a task through its life
-	$(BIN)/python hack/demo.py --dir $(CLUSTER_DIR)
+demo: binaries ## the main job: a local control plane, the operator, and a task through its life (NODE=real: for real)
+	$(BIN)/python hack/demo.py --dir $(CLUSTER_DIR) --node $(NODE)
 
 # The images' pins constrain the venv, so the tests run what the images ship even when PyPI moves on
 # (hack/pin-requirements.py re-pins on purpose).
