@@ -52,6 +52,8 @@ def children(kube: Kube, namespace: str, name: str) -> dict[str, list[str]]:
 
 def test_example_goes_from_pending_to_active(kube: Kube, namespace: str, operator: Operator) -> None:
     recorder = PhaseRecorder(kube, namespace, "fix-flaky-login")
+    # The example's workspace is admitted where Pod Security `restricted` is enforced, as it ships.
+    kubectl(kube, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     kubectl(kube, "apply", "-n", namespace, "-f", str(ROOT / "examples"))
 
     wait_for(
