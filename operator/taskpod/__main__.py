@@ -110,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             standalone=True,
             # Kopf's own default is user@host from the passwd database, which has no entry for the image's
             # uid 65532 (or for the arbitrary uids some platforms run pods as): it would crash at start.
-            identity=cast(
-                Any, election.default_identity()
-            ),  # kopf's Identity: a NewType of str, not exported
+            # (Kopf's Identity is a NewType of str that it does not export.)
+            identity=cast(Any, election.default_identity()),
             clusterwide=settings.cluster_wide,
             namespaces=settings.namespaces,
             liveness_endpoint=settings.liveness,

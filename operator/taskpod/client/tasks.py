@@ -166,14 +166,15 @@ async def send(
             raise TaskConflict(
                 f"cannot send to task in current state: {task.status.phase} ({task.status.message})"
             )
-        waiting = f"{task.status.phase or 'Pending'}, {'starting' if task.status.phase is None else 'busy'}"
+        waiting = str(task.status.phase or Phase.PENDING)
         if task.status.phase is Phase.ACTIVE:
             try:
                 async with _connected(task) as client:
                     if await deliver(client, content):
                         return
+                waiting = "Active, the agent busy"
             except AgentUnavailable:  # e.g. its pod going away for a pause someone else asked for
-                waiting = "Active, not answering"
+                waiting = "Active, the agent not answering"
         if time.monotonic() > deadline:
             raise TimeoutError(f"task {name}'s agent did not become ready for input within {timeout:.0f}s")
         progress(f"Waiting for task {name}: {waiting}")
