@@ -115,7 +115,9 @@ def _labels(name: str) -> dict[str, str]:
 
 
 def ensure_base(base: Base, work: Path) -> None:
-    """Make the base image unless one of the same recipe is there."""
+    """Make the base image unless one of the same recipe is there (buildah and mmdebstrap installed first,
+    when missing: a test may want a base before any image is built)."""
+    ensure_packages(BUILD_PACKAGES)
     recipe = base.recipe()
     if _labels(base.name).get(RECIPE_LABEL) == recipe:
         return
@@ -273,7 +275,6 @@ def bases_of(image: str) -> list[Base]:
 def build_all(images: tuple[str, ...] = IMAGES, node: Node | None = None) -> list[str]:
     """The bases, then each image; loaded into `node`'s containerd when given."""
     ensure_packages()
-    ensure_packages(BUILD_PACKAGES)
     names = []
     with tempfile.TemporaryDirectory(prefix="taskpod-images-") as tmp:
         work = Path(tmp)
