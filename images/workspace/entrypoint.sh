@@ -23,6 +23,10 @@ if agentapi server --help 2>/dev/null | grep -q -e '--state-file'; then
 else
     set -- -- claude --permission-mode "$mode" "$@"
 fi
+# A task with a repository reports its checkout's git state to the operator, beside the agent.
+if [ -n "${TASKPOD_CHECKOUT:-}" ] && [ -n "${TASKPOD_REPORT_URL:-}" ]; then
+    taskpod-git-state watch &
+fi
 # What Claude Code would ask a human at its first start, answered (see settle-claude.mjs).
 node "${TASKPOD_SETTLE_CLAUDE:-/usr/local/lib/taskpod/settle-claude.mjs}"
 exec agentapi server --type claude --port "$port" --allowed-hosts '*' "$@"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -20,7 +22,9 @@ import pytest
 
 from taskpod.client import tasks as taskops
 from taskpod.core.agentstate import prompt_sha
+from tests.gitserver import GitServer, git
 from tests.support import (
+    ROOT,
     Kube,
     McpClient,
     Operator,
@@ -31,6 +35,7 @@ from tests.support import (
     delivered,
     free_port,
     get_task,
+    node_bin,
     patch_task,
     phase_is,
     pod_token,
@@ -406,3 +411,94 @@ def test_a_pause_made_while_the_operator_was_down_still_snapshots(
     contents = [m["content"] for m in json.loads(cm.data["snapshot.json"])["data"]["messages"]]
     assert contents[-1] == "Said while nobody watched"
     assert task["status"]["logSnapshot"]["messages"] == len(contents)
+
+
+GIT_STATE = ROOT / "images" / "workspace" / "git-state.mjs"
+
+
+def test_the_workspace_images_git_state_shows_in_status_through_a_pause(
+    kube: Kube, namespace: str, simulator: object, operator: Operator, tmp_path: Path
+) -> None:
+    """The workspace image's git-state reporter (images/workspace/git-state.mjs), run here on a checkout
+    that the clone step made, with the task pod's token: status shows the branch, the commits ahead of the
+    base and the diff stat, replaced whole by each report, and kept while the task is paused. Only the
+    task's current pod may report, and only for a task with a repository."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/report"
+    operator.start("--report-listen", f"127.0.0.1:{port}", "--report-url", url)
+    template_with(kube, namespace, reply="On it.")
+    (tmp_path / "forge").mkdir()
+    with GitServer(tmp_path / "forge", "t0ken") as forge:
+        base = forge.create("shop", {"README.md": "# Shop\n", "app.py": "print(1)\n"})
+        repo_url = forge.url("shop")
+        create_task(kube, namespace, "shop", prompt="Fix the README", repository={"url": repo_url})
+        create_task(kube, namespace, "plain", prompt="Fix the README")
+        wait_for(partial(delivered, kube, namespace, "shop"), 60, "delivered")
+        pod = kube.core.read_namespaced_pod("shop-0", namespace)
+        assert [c.name for c in pod.spec.init_containers] == ["clone"]
+        env = {e.name: e.value for e in pod.spec.containers[0].env}
+        checkout = tmp_path / "workspace" / "shop"
+        assert env["TASKPOD_CHECKOUT"] == pod.spec.containers[0].working_dir == "/workspace/shop"
+        # The clone step, as the pod's init container runs it (kwok runs no containers).
+        secret = tmp_path / "secret"
+        secret.mkdir()
+        (secret / "token").write_text("t0ken")
+        clone_env = {e.name: e.value for e in pod.spec.init_containers[0].env}
+        clone_env.update(
+            TASKPOD_REPO_DIR=str(checkout), TASKPOD_GIT_CREDENTIALS=str(secret), PATH=os.environ["PATH"]
+        )
+        clone_env["TASKPOD_TERMINATION_LOG"] = str(tmp_path / "termination-log")
+        subprocess.run(["sh", "-c", pod.spec.init_containers[0].command[2]], env=clone_env, check=True)
+
+    token = tmp_path / "token"
+    token.write_text(pod_token(kube, namespace, "shop-0"))
+    reporter_env = {
+        "PATH": f"{node_bin()}:{os.environ['PATH']}",
+        "TASKPOD_CHECKOUT": str(checkout),
+        "TASKPOD_REPORT_URL": url,
+        "TASKPOD_REPORT_TOKEN_FILE": str(token),
+    }
+
+    def report_git() -> str:
+        run = subprocess.run(
+            ["node", str(GIT_STATE), "once"], env=reporter_env, capture_output=True, text=True, timeout=30
+        )
+        assert run.returncode == 0
+        return run.stderr
+
+    def shown(**expected: Any) -> dict[str, Any] | None:
+        status = (get_task(kube, namespace, "shop")["status"].get("repository")) or {}
+        return status if all(status.get(k) == v for k, v in expected.items()) else None
+
+    assert report_git() == ""
+    first = wait_for(partial(shown, ahead=0), 30, "the fresh checkout in status")
+    assert (
+        first["url"] == repo_url
+        and first["branch"] == "taskpod/shop"
+        and first["base"] == first["head"] == base
+    )
+    assert (first["filesChanged"], first["uncommitted"]) == (0, 0)
+
+    (checkout / "README.md").write_text("# Shop ✓\nFixed.\n")
+    git("commit", "--quiet", "--all", "--message", "Fix the README", cwd=checkout)
+    (checkout / "notes.txt").write_text("not committed\n")
+    assert report_git() == ""
+    second = wait_for(partial(shown, ahead=1), 30, "one commit ahead in status")
+    assert (second["filesChanged"], second["insertions"], second["deletions"], second["uncommitted"]) == (
+        1,
+        2,
+        1,
+        1,
+    )
+    assert second["head"] == git("rev-parse", "HEAD", cwd=checkout) != base
+
+    # Paused, it still shows what the agent did; the paused pod's token is no one's any more.
+    patch_task(kube, namespace, "shop", {"paused": True})
+    wait_for(partial(phase_is, kube, namespace, "shop", "Paused"), 60, "Paused")
+    assert shown(ahead=1, head=second["head"]) is not None
+    assert "409" in report_git() or "401" in report_git()
+
+    # A task without a repository has no git state to show.
+    token.write_text(pod_token(kube, namespace, "plain-0"))
+    assert "has no repository" in report_git()
+    assert "repository" not in get_task(kube, namespace, "plain")["status"]

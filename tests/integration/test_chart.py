@@ -117,6 +117,7 @@ def everything(watched: list[str]) -> dict[str, Any]:
             "enabled": True,
             "anthropicSecret": "anthropic",
             "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://llm-gateway.example.com"}],
+            "repository": {"secretRef": {"name": "forge"}, "depth": 0},
         },
         "simulatorTemplate": {"enabled": True, "agent": {"work_seconds": 1}},
         "podLabels": {"team": "platform"},

@@ -156,6 +156,14 @@ def test_create_reads_stdin_and_list_filters_and_prints_json(
     assert task["spec"]["prompt"] == prompt and task["spec"]["paused"] is True
     assert task["spec"]["displayName"] == "修复登录测试 🚀"
     ok(kubectl_task(kube, "create", "Upgrade the ORM", "--name", "orm", "--display-name", "ORM upgrade", *n))
+    repo = ("--repo", "git@forge.example.com:acme/shop.git", "--ref", "v1.2", "--branch", "fix/login")
+    ok(kubectl_task(kube, "create", "Fix the login", "--name", "login", "--paused", *repo, *n))
+    assert get_task(kube, namespace, "login")["spec"]["repository"] == {
+        "url": "git@forge.example.com:acme/shop.git",
+        "ref": "v1.2",
+        "branch": "fix/login",
+    }
+    ok(kubectl_task(kube, "delete", "login", *n, "-y"))
     wait_for(lambda: phase_is(kube, namespace, name, "Paused"), 60, "the paused task to be Paused")
 
     paused = ok(kubectl_task(kube, "list", *n, "--status", "paused", "-c", "name,display-name,status"))
@@ -241,6 +249,11 @@ def test_bad_usage_is_one_line_and_a_non_zero_exit(
     fails(kubectl_task(kube, "create", "--stdin", *n, stdin=" \n"), 2, "the prompt is empty")
     fails(kubectl_task(kube, "create", *n), 2, "no prompt")
     fails(kubectl_task(kube, "create", "Do it", "--name", "Bad_Name", *n), 2, "task names must")
+    with_token = kubectl_task(kube, "create", "Do it", "--repo", "https://me:ghp_t0ken@forge/x.git", *n)
+    fails(with_token, 2, "with no credentials in it")
+    assert "ghp_t0ken" not in with_token.err
+    fails(kubectl_task(kube, "create", "Do it", "--repo", "/srv/x.git", *n), 2, "--repo must be an https://")
+    fails(kubectl_task(kube, "create", "Do it", "--ref", "-x", *n), 2, "--ref '-x' is not a git branch")
     fails(kubectl_task(kube, "list", *n, "-c", "name,colour"), 2, "unknown column colour")
 
     dead = tmp_path / "kubeconfig"

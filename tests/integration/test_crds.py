@@ -107,6 +107,24 @@ def test_the_examples_apply_and_the_api_server_fills_in_defaults(
             "less than or equal to",
         ),
         (create("tasktemplates", template(pod={})), "spec.pod.image", "Required value"),
+        (
+            create("tasks", task(repository={"url": "https://me:ghp_t0ken@forge.example/x.git"})),
+            "spec.repository.url",
+            "should match",
+        ),
+        (create("tasks", task(repository={"url": "/srv/git/x.git"})), "spec.repository.url", "should match"),
+        (
+            create("tasktemplates", template(repository={"url": "git@forge:x", "path": "../etc"})),
+            "spec.repository.path",
+            "should match",
+        ),
+        (create("tasks", task(repository={"ref": "-f"})), "spec.repository.ref", "should match"),
+        (create("tasks", task(repository={"depth": -1})), "spec.repository.depth", "greater than or equal"),
+        (
+            create("tasks", task(repository={"secretRef": {"name": "Forge Token"}})),
+            "spec.repository.secretRef.name",
+            "should match",
+        ),
     ],
     ids=[
         "empty-prompt",
@@ -120,6 +138,12 @@ def test_the_examples_apply_and_the_api_server_fills_in_defaults(
         "unknown-phase",
         "agent-port-out-of-range",
         "template-without-image",
+        "repository-url-with-a-token",
+        "repository-url-a-path",
+        "repository-path-out-of-the-volume",
+        "repository-ref-an-option",
+        "repository-depth-negative",
+        "repository-secret-not-a-name",
     ],
 )
 def test_invalid_input_is_rejected_naming_the_field(
@@ -164,6 +188,52 @@ def test_the_prompt_can_change_only_while_paused(kube: Kube, crds: list[str], na
         "paused": True,
         "template": "default",
     }
+
+
+URLS = [
+    "https://github.com/acme/shop.git",
+    "http://10.244.0.1:8080/shop.git",
+    "ssh://git@forge.example.com:2222/acme/shop.git",
+    "git@github.com:acme/shop.git",
+    "git://forge.example.com/shop",
+    "https://forge.example.com/gröup/ünïcode-repo",
+]
+
+
+def test_the_repository_example_applies(kube: Kube, crds: list[str], namespace: str) -> None:
+    out = kubectl(kube, "apply", "-n", namespace, "-f", str(EXAMPLES / "repository"))
+    assert "task.taskpod.dev/fix-login-in-shop created" in out
+    spec = read_task(client.CustomObjectsApi(kube.api), namespace, "fix-login-in-shop")["spec"]
+    assert spec["repository"]["url"] == "https://github.com/acme/shop.git"
+    assert spec["repository"]["secretRef"] == {"name": "forge"}
+
+
+def test_repositories_are_accepted_and_cannot_change_after_creation(
+    kube: Kube, crds: list[str], namespace: str
+) -> None:
+    api = client.CustomObjectsApi(kube.api)
+    for i, url in enumerate(URLS):
+        repo = {"url": url, "ref": "release/v1.2+build", "branch": "taskpod/fix_login-2", "path": "src/shop"}
+        create("tasks", task(f"repo-{i}", repository={**repo, "depth": 0, "secretRef": {"name": "forge"}}))(
+            api, namespace
+        )
+        assert read_task(api, namespace, f"repo-{i}")["spec"]["repository"]["url"] == url
+    create("tasktemplates", template(repository={"secretRef": {"name": "forge"}}))(api, namespace)
+
+    create("tasks", task(repository={"url": URLS[0]}))(api, namespace)
+    for change in ({"url": URLS[1]}, {"branch": "other"}, None):
+        with pytest.raises(ApiException) as err:
+            patch_task(api, namespace, {"spec": {"paused": True, "repository": change}})
+        assert err.value.status == 422
+        assert "the repository cannot be changed" in err.value.body, err.value.body
+    # A task made without one cannot have one added either (its workspace may exist already).
+    create("tasks", task("plain"))(api, namespace)
+    with pytest.raises(ApiException) as err:
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "tasks", "plain", {"spec": {"repository": {"url": URLS[0]}}},
+            _content_type=MERGE_PATCH,
+        )  # fmt: skip
+    assert "the repository cannot be changed" in err.value.body
 
 
 def test_status_is_a_subresource(kube: Kube, crds: list[str], namespace: str) -> None:

@@ -11,6 +11,7 @@ from taskpod.api.models import (
     AgentState,
     AgentStatus,
     ConditionStatus,
+    GitState,
     Phase,
     PromptStatus,
     StateReport,
@@ -236,3 +237,32 @@ def test_task_status_weighs_a_report_against_the_observed_lifetime(
     status = task_status(task, obs, T1, report=report, verdict=ACTIVE)
     assert (status["state"]["state"], status["state"]["message"]) == expected
     assert status["workspace"]["lifetime"] == lifetime
+
+
+def test_a_reported_git_state_replaces_the_shown_one_whole_and_none_leaves_it() -> None:
+    shown = {"url": "https://forge/shop.git", "branch": "taskpod/t", "head": "ab" * 20, "base": "cd" * 20}
+    task = Task.model_validate(
+        {
+            "metadata": {"name": "t", "namespace": "n", "generation": 2},
+            "spec": {"prompt": "Fix it", "paused": True},
+            "status": {"repository": {**shown, "ahead": 1, "filesChanged": 2}},
+        }
+    )
+    obs = Observation(
+        generation=2, paused=True, template_name="default", template=None, claim=ClaimView("c"), pod=None
+    )
+    assert "repository" not in task_status(task, obs, T1)  # a merge patch leaves what status shows
+    detached = GitState(url=shown["url"], head="ef" * 20, ahead=None, files_changed=0, reported_at=T1)
+    status = task_status(task, obs, T1, git=detached)
+    assert status["repository"] == {
+        "url": shown["url"],
+        "branch": None,  # removed by the merge patch: not the old branch left standing
+        "head": "ef" * 20,
+        "base": None,
+        "ahead": None,
+        "filesChanged": 0,
+        "insertions": None,
+        "deletions": None,
+        "uncommitted": None,
+        "reportedAt": "2026-11-28T12:05:00Z",
+    }

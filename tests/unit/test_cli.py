@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from taskpod import kube
 from taskpod.agentapi import AgentUnavailable
+from taskpod.api.models import GitState, Task
 from taskpod.client import cli, tasks
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -91,3 +92,45 @@ def test_an_unreachable_agent_is_one_line_not_a_traceback(monkeypatch: pytest.Mo
     result = CliRunner().invoke(cli.cli, ["logs", "fix-login"])
     assert result.exit_code == cli.EXIT_ERROR
     assert result.output == "error: cannot reach the task's agent: pod fix-login-0 is gone\n"
+
+
+def test_status_shows_the_checkout_and_the_agents_link() -> None:
+    task = Task.model_validate(
+        {
+            "metadata": {"name": "shop", "namespace": "team"},
+            "spec": {"prompt": "Fix it"},
+            "status": {
+                "phase": "Active",
+                "state": {"state": "complete", "message": "PR opened", "uri": "https://forge/pull/7"},
+                "repository": {
+                    "url": "https://forge/acme/shop.git",
+                    "branch": "taskpod/shop",
+                    "head": "ab" * 20,
+                    "base": "1a2b3c4d5e6f7a8b" + "0" * 24,
+                    "ahead": 1,
+                    "filesChanged": 3,
+                    "insertions": 40,
+                    "deletions": 7,
+                    "uncommitted": 2,
+                },
+            },
+        }
+    )
+    shown = {k: v.strip() for k, v in (line.split(":", 1) for line in cli.describe(task).splitlines())}
+    assert shown["Link"] == "https://forge/pull/7"
+    assert shown["Repository"] == (
+        "taskpod/shop, 1 commit ahead of 1a2b3c4d5e6f, 3 files changed (+40 -7), 2 uncommitted,"
+        " from https://forge/acme/shop.git"
+    )
+    detached = task.model_copy(
+        update={"status": task.status.model_copy(update={"repository": GitState(head="cd" * 20, url="u")})}
+    )
+    reported = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    detached = detached.model_copy(
+        update={
+            "status": detached.status.model_copy(
+                update={"repository": GitState(head="cd" * 20, url="u", reported_at=reported)}
+            )
+        }
+    )
+    assert "Repository:    detached at cdcdcdcdcdcd, from u (reported 5m ago)" in cli.describe(detached)

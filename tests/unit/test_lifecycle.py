@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from taskpod.core.lifecycle import (
     FATAL_WAITING,
     AgentView,
     ClaimView,
+    CloneView,
     ContainerProblem,
     NodeView,
     Observation,
@@ -562,3 +564,96 @@ CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
 def test_status_changed(current: dict[str, Any], desired: dict[str, Any], changed: bool) -> None:
     assert status_changed(current, desired) is changed
     assert (merge_patch(current, desired) != current) is changed
+
+
+# -- the clone step --------------------------------------------------------------------------------
+
+REPO = "https://git.example.com/acme/shop.git"
+DENIED = "git fetch failed: fatal: Authentication failed for 'https://git.example.com/acme/shop.git/'"
+FAILED_CLONE = {"exitCode": 1, "reason": "Error", "message": DENIED + "\n"}
+
+
+def cloning_pod(clone_status: dict[str, Any] | None, phase: str = "Pending", **kwargs: Any) -> PodView:
+    """A pod with the clone step, whose init container status is `clone_status` (state and lastState)."""
+    body = raw_pod(phase, ready=False, waiting={"reason": "PodInitializing"}, **kwargs)
+    env = [{"name": "MODEL", "value": "opus"}, {"name": "TASKPOD_REPO_URL", "value": REPO}]
+    body["spec"]["initContainers"] = [{"name": "clone", "image": "ghcr.io/acme/agent:1", "env": env}]
+    if clone_status is not None:
+        body["status"]["initContainerStatuses"] = [{"name": "clone", "restartCount": 2, **clone_status}]
+    return PodView.parse(body)
+
+
+CLONES: dict[str, tuple[dict[str, Any] | None, CloneView]] = {
+    "not started": (None, CloneView(REPO)),
+    "running": ({"state": {"running": {"startedAt": "2025-03-01T09:00:05Z"}}}, CloneView(REPO, running=True)),
+    "done": ({"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}, CloneView(REPO, done=True)),
+    "failed": ({"state": {"terminated": FAILED_CLONE}}, CloneView(REPO, failed=DENIED)),
+    "waiting to try again": (
+        {"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": FAILED_CLONE}},
+        CloneView(REPO, failed=DENIED),
+    ),
+    "trying again": (
+        {"state": {"running": {}}, "lastState": {"terminated": FAILED_CLONE}},
+        CloneView(REPO, running=True),
+    ),
+    "failed with nothing said": (
+        {"state": {"terminated": {"exitCode": 128, "reason": "Error"}}},
+        CloneView(REPO, failed="exit code 128"),
+    ),
+}
+
+
+@pytest.mark.parametrize(("clone_status", "expected"), CLONES.values(), ids=CLONES.keys())
+def test_clone_view_parse(clone_status: dict[str, Any] | None, expected: CloneView) -> None:
+    assert cloning_pod(clone_status).clone == expected
+
+
+CLONE_PHASES: dict[str, tuple[PodView, Phase, str, str]] = {
+    "cloning": (
+        cloning_pod({"state": {"running": {}}}),
+        Phase.INITIALIZING, "Cloning", f"Workspace is starting: cloning {REPO}.",
+    ),
+    "failed: git's own words": (
+        cloning_pod({"state": {"terminated": FAILED_CLONE}}),
+        Phase.ERROR, "CloneFailed", f"The repository {REPO} could not be cloned: {DENIED}",
+    ),
+    "failed, and the kubelet backs off": (
+        cloning_pod(
+            {"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+             "lastState": {"terminated": FAILED_CLONE}}
+        ),
+        Phase.ERROR, "CloneFailed", DENIED,
+    ),
+    "trying again after a failure": (
+        cloning_pod({"state": {"running": {}}, "lastState": {"terminated": FAILED_CLONE}}),
+        Phase.INITIALIZING, "Cloning", "cloning",
+    ),
+    "cloned, the agent starting": (
+        cloning_pod({"state": {"terminated": {"exitCode": 0}}}),
+        Phase.INITIALIZING, "ContainersStarting", "containers are being created",
+    ),
+    "cloned, the agent answering": (
+        cloning_pod({"state": {"terminated": {"exitCode": 0}}}, "Running"),
+        Phase.INITIALIZING, "AgentStarting", "Agent is starting",
+    ),
+    "a pause while the clone fails is no error": (
+        replace(cloning_pod({"state": {"terminated": FAILED_CLONE}}), deleting=True),
+        Phase.PENDING, "PodStopping", "is stopping",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("view", "phase", "reason", "message"), CLONE_PHASES.values(), ids=CLONE_PHASES.keys()
+)
+def test_the_clone_step_in_the_phase(view: PodView, phase: Phase, reason: str, message: str) -> None:
+    verdict = derive_phase(observe(pod=view, agent=None))
+    assert (verdict.phase, verdict.reason) == (phase, reason)
+    assert message in verdict.message
+
+
+def test_an_image_the_clone_step_cannot_pull_is_an_error_naming_it() -> None:
+    view = cloning_pod({"state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}})
+    verdict = derive_phase(observe(pod=view))
+    assert (verdict.phase, verdict.reason) == (Phase.ERROR, "ErrImagePull")
+    assert "Container clone cannot start" in verdict.message

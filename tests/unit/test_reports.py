@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes.client.exceptions import ApiException
 
 from taskpod.api.models import AgentState
-from taskpod.controller.reports import POD_NAME, POD_UID, Reporter, app, parse, reporter
+from taskpod.controller.reports import POD_NAME, POD_UID, Reporter, app, parse, parse_git, reporter
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 
@@ -80,3 +80,73 @@ def test_a_token_that_cannot_be_checked_gets_a_retryable_answer_not_a_crash() ->
 
     status, body = asyncio.run(post())
     assert status == 503 and "try again" in body["error"]
+
+
+HEAD, BASE = "3f" * 20, "9a" * 20
+GIT = {
+    "branch": "taskpod/fix-login",
+    "head": HEAD,
+    "base": BASE,
+    "ahead": 2,
+    "filesChanged": 3,
+    "insertions": 40,
+    "deletions": 7,
+    "uncommitted": 1,
+}
+
+
+def test_a_git_state_is_parsed_with_when_it_came() -> None:
+    state = parse_git({**GIT, "url": "https://tok@evil/", "extra": "ignored"}, NOW)
+    assert state.dump() == {**GIT, "reportedAt": "2026-11-28T12:00:00Z"}  # the url is the operator's to say
+    detached = parse_git({"head": HEAD, "branch": None, "base": None, "ahead": None}, NOW)
+    assert (detached.branch, detached.base, detached.ahead) == (None, None, None)
+    long = parse_git({**GIT, "branch": "b" * 1000 + "\ud800"}, NOW)
+    assert long.branch == "b" * 255
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        ([GIT], "expected a JSON object"),
+        ({**GIT, "head": "HEAD; rm -rf /"}, "head must be a commit's hash"),
+        ({**GIT, "base": "xyz"}, "base must be a commit's hash"),
+        ({**GIT, "ahead": -1}, "ahead"),
+        ({**GIT, "insertions": "many"}, "insertions"),
+        ({**GIT, "branch": 7}, "branch"),
+    ],
+    ids=[
+        "not an object",
+        "head not a hash",
+        "base not a hash",
+        "negative",
+        "not a number",
+        "branch a number",
+    ],
+)
+def test_a_bad_git_state_says_what_is_wrong(body: Any, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse_git(body, NOW)
+
+
+def test_git_states_go_to_their_own_route_and_are_refused_without_a_taker() -> None:
+    taken: list[tuple[Reporter, Any]] = []
+
+    async def bound(token: str) -> dict[str, Any]:
+        return review(BOUND)
+
+    async def accept(who: Reporter, report: Any) -> str | None:
+        raise AssertionError("a git state is not a report")
+
+    async def accept_git(who: Reporter, state: Any) -> str | None:
+        taken.append((who, state))
+        return None
+
+    async def post(application: Any, body: Any) -> int:
+        async with TestClient(TestServer(application)) as http:
+            response = await http.post("/report/git", json=body, headers={"Authorization": "Bearer t"})
+            return response.status
+
+    assert asyncio.run(post(app(bound, accept, accept_git), GIT)) == 200
+    assert taken[0][0] == Reporter("team", "fix-0", "u1") and taken[0][1].head == HEAD
+    assert asyncio.run(post(app(bound, accept, accept_git), {**GIT, "head": "x"})) == 400
+    assert asyncio.run(post(app(bound, accept), GIT)) == 404

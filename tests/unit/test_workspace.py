@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
-from taskpod.api.models import Task, TaskTemplate
+from taskpod.api.models import REPOSITORY_PATH_PATTERN, Task, TaskTemplate
 from taskpod.core.lifecycle import PodView
 from taskpod.core.workspace import (
+    Checkout,
     WorkspaceNames,
+    checkout,
+    checkout_name,
     claim,
     labels,
     merged_env,
     names,
     next_lifetime,
     pod,
+    refusal,
     selector,
     spec_hash,
 )
@@ -325,3 +330,151 @@ def test_a_changed_input_changes_the_hash(change: dict[str, Any]) -> None:
 )
 def test_everything_is_plain_json(obj: dict[str, Any]) -> None:
     assert json.loads(json.dumps(obj)) == obj
+
+
+# -- a repository ----------------------------------------------------------------------------------
+
+REPO = "https://git.example.com/acme/shop.git"
+
+
+def with_repos(
+    template_repo: dict[str, Any] | None, task_repo: dict[str, Any] | None
+) -> tuple[Task, TaskTemplate]:
+    task = TASK.model_copy(update={"spec": TASK.spec.model_copy(update={"repository": None})})
+    raw_task = task.dump()
+    if task_repo is not None:
+        raw_task["spec"]["repository"] = task_repo
+    raw_template = TEMPLATE.dump()
+    if template_repo is not None:
+        raw_template["spec"]["repository"] = template_repo
+    return Task.model_validate(raw_task), TaskTemplate.model_validate(raw_template)
+
+
+def clone_step(body: dict[str, Any]) -> dict[str, Any]:
+    (init,) = body["spec"]["initContainers"]
+    return dict(init)
+
+
+def clone_env(body: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in clone_step(body)["env"] if e["name"].startswith("TASKPOD_")}
+
+
+CHECKOUTS: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None, Checkout | None]] = {
+    "none": (None, None, None),
+    "the template's, with defaults": (
+        {"url": REPO},
+        None,
+        Checkout(url=REPO, branch="taskpod/fix-bug", path="shop", depth=1),
+    ),
+    "the task's alone": (
+        None,
+        {"url": "git@github.com:acme/api", "ref": "v2.1", "depth": 0},
+        Checkout(url="git@github.com:acme/api", branch="taskpod/fix-bug", path="api", depth=0, ref="v2.1"),
+    ),
+    "the task's fields over the template's": (
+        {"url": REPO, "ref": "main", "secretRef": {"name": "forge"}, "path": "src/shop"},
+        {"url": "https://git.example.com/acme/web", "branch": "fix/login"},
+        Checkout(
+            url="https://git.example.com/acme/web",
+            branch="fix/login",
+            path="src/shop",
+            depth=1,
+            ref="main",
+            secret="forge",
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize(("template_repo", "task_repo", "expected"), CHECKOUTS.values(), ids=CHECKOUTS.keys())
+def test_the_checkout_is_the_templates_repository_with_the_tasks_fields_over_it(
+    template_repo: dict[str, Any] | None, task_repo: dict[str, Any] | None, expected: Checkout | None
+) -> None:
+    task, template = with_repos(template_repo, task_repo)
+    assert checkout(task, template) == expected
+    assert refusal(task, template) is None
+
+
+def test_a_repository_with_no_url_is_refused_with_the_reason() -> None:
+    task, template = with_repos({"secretRef": {"name": "forge"}}, {"branch": "fix/login"})
+    assert refusal(task, template) == (
+        "The repository has no url: the task's and template claude's repository sets none."
+    )
+    with pytest.raises(ValueError, match="has no url"):
+        build(task, template)
+
+
+NAMES = {
+    "https://git.example.com/acme/shop.git": "shop",
+    "https://git.example.com/acme/shop/": "shop",
+    "git@github.com:acme/api.git": "api",
+    "git@github.com:api": "api",
+    "ssh://git@host:2222/srv/repos/ünïcode.git": "n-code",
+    "https://host/.git": "repo",
+    "https://host/--x": "x",
+}
+
+
+@pytest.mark.parametrize(("url", "expected"), NAMES.items())
+def test_the_checkout_is_named_as_git_clone_would_name_it(url: str, expected: str) -> None:
+    assert checkout_name(url) == expected
+    assert re.fullmatch(REPOSITORY_PATH_PATTERN, checkout_name(url))
+
+
+def test_without_a_repository_there_is_no_clone_step_and_the_agent_starts_in_the_volume() -> None:
+    body = build()
+    assert "initContainers" not in body["spec"]
+    assert "workingDir" not in container(body)
+
+
+def test_the_clone_step_runs_before_the_agent_and_the_agent_starts_in_the_checkout() -> None:
+    task, template = with_repos({"url": REPO, "ref": "release/1.2"}, None)
+    body = build(task, template, report_url=REPORT_URL)
+    step = clone_step(body)
+    assert step["name"] == "clone"
+    assert step["command"][:2] == ["sh", "-c"] and "git" in step["command"][2]
+    # The same image, user and resources as the agent: the checkout is the agent's own.
+    for field in ("image", "imagePullPolicy", "securityContext", "resources"):
+        assert step[field] == container(body)[field]
+    assert clone_env(body) == {
+        "TASKPOD_REPO_URL": REPO,
+        "TASKPOD_REPO_BRANCH": "taskpod/fix-bug",
+        "TASKPOD_REPO_DIR": "/home/agent/work/shop",
+        "TASKPOD_REPO_DEPTH": "1",
+        "TASKPOD_REPO_REF": "release/1.2",
+    }
+    assert step["volumeMounts"] == [{"name": "workspace", "mountPath": "/home/agent/work"}]
+    assert container(body)["workingDir"] == "/home/agent/work/shop"
+    assert {"name": "TASKPOD_CHECKOUT", "value": "/home/agent/work/shop"} in container(body)["env"]
+    # Its git state is reported once more as the pod stops (a pause), by the image's reporter if it has one.
+    (hook,) = [container(body)["lifecycle"]["preStop"]["exec"]["command"]]
+    assert hook[:2] == ["sh", "-c"] and "taskpod-git-state once" in hook[2]
+    assert "lifecycle" not in container(build(task, template))  # no report endpoint: no one to tell
+    # The template's variables (a proxy, GIT_* settings) reach the clone; the report token does not.
+    names_ = [e["name"] for e in step["env"]]
+    assert names_[:2] == ["MODEL", "API_KEY"]
+    assert not any(n.startswith("TASKPOD_REPORT") for n in names_)
+    # The operator shows git's own words when it fails: the kubelet keeps them as its termination message.
+    assert step["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_the_credentials_secret_is_mounted_in_the_clone_step_only() -> None:
+    task, template = with_repos({"url": REPO, "secretRef": {"name": "forge-token"}}, None)
+    body = build(task, template)
+    assert volumes(body)["taskpod-git-credentials"] == {
+        "name": "taskpod-git-credentials",
+        "secret": {"secretName": "forge-token", "defaultMode": 0o444},
+    }
+    mount = {"name": "taskpod-git-credentials", "mountPath": "/var/run/taskpod/git", "readOnly": True}
+    assert mount in clone_step(body)["volumeMounts"]
+    assert clone_env(body)["TASKPOD_GIT_CREDENTIALS"] == "/var/run/taskpod/git"
+    agent = container(body)
+    assert all(m["name"] != "taskpod-git-credentials" for m in agent["volumeMounts"])
+    assert all("GIT_CREDENTIALS" not in e["name"] for e in agent["env"])
+
+
+def test_the_clone_step_is_seen_by_the_pod_view() -> None:
+    task, template = with_repos({"url": REPO}, None)
+    view = PodView.parse(build(task, template))
+    assert view.clone is not None and view.clone.url == REPO
+    assert PodView.parse(build()).clone is None

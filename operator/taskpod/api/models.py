@@ -24,6 +24,14 @@ DEFAULT_TEMPLATE = "default"
 Key = tuple[str, str]  # a Task's namespace and name: what the operator keeps per task is kept by this
 DEFAULT_AGENT_PORT = 3284
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# https://, http://, ssh://, git:// or scp-like (git@host:path), with no password in it: a Secret holds
+# credentials. (The API server's patterns are RE2: no look-ahead.)
+REPOSITORY_URL_PATTERN = r"^((https?|ssh|git)://[^\s:@/]+(:[0-9]*)?/|(ssh://)?[^\s:@/]+@[^\s:@/]+[:/])\S*$"
+# A branch, tag or commit, in the characters git's ref names commonly use; git itself checks the rest
+# (`..`, a trailing ".lock") and the clone fails with its message.
+GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*$"
+# A path under the volume: relative, and no segment is "." or ".." (each starts with a letter, digit or _)
+REPOSITORY_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$"
 
 
 NO_STATUS: Mapping[str, Any] = MappingProxyType({})  # one empty status: callers may tell it by identity
@@ -89,12 +97,29 @@ class EnvVar(Model):
 # -- Task ----------------------------------------------------------------------------------------
 
 
+class SecretReference(Model):
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+
+
+class Repository(Model):
+    """A git repository the workspace starts from: cloned into the volume once, before the agent starts.
+    On a Task, each field set overrides the template's."""
+
+    url: str | None = Field(default=None, min_length=1, max_length=2048, pattern=REPOSITORY_URL_PATTERN)
+    ref: str | None = Field(default=None, min_length=1, max_length=255, pattern=GIT_REF_PATTERN)
+    branch: str | None = Field(default=None, min_length=1, max_length=255, pattern=GIT_REF_PATTERN)
+    path: str | None = Field(default=None, min_length=1, max_length=255, pattern=REPOSITORY_PATH_PATTERN)
+    depth: int | None = Field(default=None, ge=0)
+    secret_ref: SecretReference | None = None
+
+
 class TaskSpec(Model):
     prompt: str = Field(min_length=1, max_length=65536)
     display_name: str | None = Field(default=None, max_length=64)
     paused: bool = False
     template: str = Field(default=DEFAULT_TEMPLATE, min_length=1, max_length=253, pattern=NAME_PATTERN)
     env: list[EnvVar] | None = None
+    repository: Repository | None = None
 
 
 class StateReport(Model):
@@ -148,6 +173,21 @@ class LogSnapshot(Model):
     sha256: str | None = None
 
 
+class GitState(Model):
+    """A checkout's state, as the workspace reports it (see controller/reports.py)."""
+
+    url: str | None = None
+    branch: str | None = None
+    head: str | None = None
+    base: str | None = None
+    ahead: int | None = Field(default=None, ge=0)
+    files_changed: int | None = Field(default=None, ge=0)
+    insertions: int | None = Field(default=None, ge=0)
+    deletions: int | None = Field(default=None, ge=0)
+    uncommitted: int | None = Field(default=None, ge=0)
+    reported_at: dt.datetime | None = None
+
+
 class TaskStatus(Model):
     phase: Phase | None = None
     message: str | None = None
@@ -159,6 +199,7 @@ class TaskStatus(Model):
     template: TemplateInfo | None = None
     prompt: PromptStatus | None = None
     log_snapshot: LogSnapshot | None = None
+    repository: GitState | None = None
     observed_generation: int | None = Field(default=None, ge=0)
 
 
@@ -262,6 +303,7 @@ class TaskTemplateSpec(Model):
     agent: AgentSpec = Field(default_factory=AgentSpec)
     pod: PodTemplate
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    repository: Repository | None = None
 
 
 class TaskTemplate(Model):

@@ -23,13 +23,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 import yaml
 from kubernetes import config as kubeconfig
+from pydantic import ValidationError
 from rich.cells import cell_len
 from rich.console import Console
 from urllib3.exceptions import HTTPError as TransportError
 
 from taskpod import kube
 from taskpod.agentapi import AgentError, AgentUnavailable
-from taskpod.api.models import Phase, Task, rfc3339
+from taskpod.api.models import GitState, Phase, Repository, Task, rfc3339
 from taskpod.client import tasks
 from taskpod.core import naming
 
@@ -297,6 +298,9 @@ def cli() -> None:
 @click.option("--template", help="TaskTemplate to use (default: the namespace's only one).")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the prompt from standard input.")
 @click.option("--paused", is_flag=True, help="Create it paused: no workspace until resumed.")
+@click.option("--repo", metavar="URL", help="Git repository to clone into the workspace (https or ssh).")
+@click.option("--ref", help="Branch, tag or commit to start from (default: the remote's default branch).")
+@click.option("--branch", help="Working branch for the agent (default: taskpod/<task name>).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the task's name.")
 @cluster_options()
 def create(
@@ -307,15 +311,20 @@ def create(
     template: str | None,
     from_stdin: bool,
     paused: bool,
+    repo: str | None,
+    ref: str | None,
+    branch: str | None,
     quiet: bool,
 ) -> None:
     """Create a task from PROMPT.
 
     Without --name, the name and display name come from the prompt: through Anthropic's API when
-    ANTHROPIC_API_KEY is set, else from the prompt's own words."""
+    ANTHROPIC_API_KEY is set, else from the prompt's own words. --repo, --ref and --branch override the
+    template's repository; its credentials come from the template's secretRef."""
     text = _read_input(prompt, from_stdin, "prompt")
     if display_name is not None and not 0 < len(display_name) <= naming.DISPLAY_MAX:
         _fail(f"--display-name must be 1 to {naming.DISPLAY_MAX} characters", EXIT_USAGE)
+    repository = _repository(repo, ref, branch)
     with Progress("Creating the task..."):
         task = run(
             tasks.create(
@@ -325,6 +334,7 @@ def create(
                 display_name=display_name,
                 template=template,
                 paused=paused,
+                repository=repository,
             )
         )
     if quiet:
@@ -332,6 +342,24 @@ def create(
         return
     click.echo(f'task {task.name} created in namespace {namespace}: "{_display_name(task)}"')
     err.print(f"Follow it with: kubectl task status {task.name} -n {namespace} --watch")
+
+
+def _repository(url: str | None, ref: str | None, branch: str | None) -> Repository | None:
+    """The task's repository from the create options, checked as the API server would check it."""
+    given = {"url": url, "ref": ref, "branch": branch}
+    if all(v is None for v in given.values()):
+        return None
+    try:
+        return Repository.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        field = exc.errors()[0]["loc"][0]
+        if field == "url":  # not echoed: it may hold a token
+            _fail(
+                "--repo must be an https://, http://, ssh://, git:// or scp-like (git@host:org/repo) URL,"
+                " with no credentials in it: they go in the Secret of the template's repository.secretRef",
+                EXIT_USAGE,
+            )
+        _fail(f"--{field} {given[str(field)]!r} is not a git branch, tag or commit name", EXIT_USAGE)
 
 
 @cli.command("list")
@@ -398,6 +426,10 @@ def describe(task: Task) -> str:
         ("Message", s.message or ""),
         ("Paused", str(task.spec.paused).lower()),
     ]
+    if s.state is not None and s.state.uri:
+        rows.append(("Link", s.state.uri))  # the agent's report's: a pull request, say
+    if s.repository is not None:
+        rows.append(("Repository", _git_line(s.repository)))
     if s.prompt is not None:
         rows.append(("Prompt", f"delivered {ago(s.prompt.delivered_at)} (lifetime {s.prompt.lifetime})"))
     if s.workspace is not None and (s.workspace.claim or s.workspace.pod):
@@ -411,6 +443,24 @@ def describe(task: Task) -> str:
         )
         rows.append(("Snapshot", f"{snap.messages} messages, {snap.bytes} bytes: {when}".rstrip(": ")))
     return "\n".join(f"{k + ':':14} {v}" for k, v in rows)
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _git_line(git: GitState) -> str:
+    """The checkout as status shows it: "taskpod/x, 2 commits ahead of 1a2b3c4d5e6f, 3 files changed
+    (+40 -7), 1 uncommitted, from URL (reported 5m ago)"."""
+    parts = [git.branch or f"detached at {(git.head or '?')[:12]}"]
+    if git.base is not None:
+        parts.append(f"{_plural(git.ahead or 0, 'commit')} ahead of {git.base[:12]}")
+        lines = f"+{git.insertions or 0} -{git.deletions or 0}"
+        parts.append(f"{_plural(git.files_changed or 0, 'file')} changed ({lines})")
+    if git.uncommitted:
+        parts.append(f"{git.uncommitted} uncommitted")
+    when = f" (reported {ago(git.reported_at)})" if git.reported_at else ""
+    return ", ".join(parts) + f", from {git.url}{when}"
 
 
 def _summary(task: Task) -> str:

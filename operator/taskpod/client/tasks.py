@@ -30,6 +30,7 @@ from taskpod.api.models import (
     AgentState,
     AgentStatus,
     Phase,
+    Repository,
     Task,
     rfc3339,
 )
@@ -241,8 +242,10 @@ async def create(
     display_name: str | None = None,
     template: str | None = None,
     paused: bool = False,
+    repository: Repository | None = None,
 ) -> Task:
-    """Create a task, naming it from the prompt when no name is given (see taskpod.core.naming)."""
+    """Create a task, naming it from the prompt when no name is given (see taskpod.core.naming).
+    `repository`: its fields override the template's repository (see Repository)."""
     if not prompt.strip():
         raise ValueError("the prompt is empty")
     if name is not None and (why := naming.invalid_task_name(name)):
@@ -259,6 +262,7 @@ async def create(
                 "displayName": names.display_name,
                 "template": chosen,
                 "paused": paused,
+                **({"repository": repository.dump()} if repository is not None else {}),
             },
         }
         try:

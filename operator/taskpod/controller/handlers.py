@@ -95,7 +95,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     reconciler.agents = Agents(Transport(make_http, server), reconciler.poke, ours.agent_probe_after_seconds)
     memo.health.attach(asyncio.get_running_loop(), reconciler.phase_counts)  # /healthz asks this loop
     if (listen := ours.report_host_port) is not None:
-        runner = web.AppRunner(reports.app(kube.token_review, reconciler.accept_report), access_log=None)
+        runner = web.AppRunner(
+            reports.app(kube.token_review, reconciler.accept_report, reconciler.accept_git), access_log=None
+        )
         await runner.setup()
         await web.TCPSite(runner, *listen).start()
         memo.servers.append(runner)

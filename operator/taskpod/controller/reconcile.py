@@ -20,7 +20,16 @@ from typing import Any, Protocol
 
 from taskpod import kube
 from taskpod.agentapi import AgentClient, AgentError, AgentUnavailable
-from taskpod.api.models import AgentStatus, InvalidTask, Key, Phase, Task, TaskStatus, TaskTemplate
+from taskpod.api.models import (
+    AgentStatus,
+    GitState,
+    InvalidTask,
+    Key,
+    Phase,
+    Task,
+    TaskStatus,
+    TaskTemplate,
+)
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Target, deliver_prompt
 from taskpod.controller.names import Namer
@@ -239,6 +248,7 @@ class News:
     prompts: dict[Key, dict[str, Any]] = field(default_factory=dict)  # delivered
     snapshots: dict[Key, dict[str, Any]] = field(default_factory=dict)  # taken
     reports: dict[Key, agentstate.Report] = field(default_factory=dict)  # received from the agent
+    git: dict[Key, GitState] = field(default_factory=dict)  # the checkout's, received from the workspace
     delivery_failures: dict[Key, _DeliveryFailure] = field(default_factory=dict)  # the prompt's, in a row
 
     def forget(self, key: Key) -> None:
@@ -286,16 +296,35 @@ class Reconciler:
 
     async def accept_report(self, who: reports.Reporter, report: reports.AgentReport) -> str | None:
         """Take an agent's report if it comes from its task's current pod; else say why not."""
-        task_name = who.pod.rsplit("-", 1)[0]
-        key = (who.namespace, task_name)
-        pod: PodView | None = _one(self._views.pods, key) if self._views else None
-        if pod is None or pod.uid != who.pod_uid or pod.name != who.pod:
+        key, pod = self._reporting(who)
+        if pod is None:
             return f"pod {who.pod} is not the current workspace of a task; its report is ignored"
         lifetime = pod.lifetime or 0
         said = agentstate.Report(report.state, report.message, report.uri, lifetime, report.at)
         self.news.reports[key] = said
         self.poke(key)
         return None
+
+    async def accept_git(self, who: reports.Reporter, state: GitState) -> str | None:
+        """Take a workspace's git state if it comes from its task's current pod, which has a repository
+        (whose url status shows beside it); else say why not. A pod being stopped for a pause still
+        counts: its last word is the state a paused task shows."""
+        key, pod = self._reporting(who)
+        if pod is None:
+            return f"pod {who.pod} is not the current workspace of a task; its git state is ignored"
+        if pod.clone is None:
+            return f"the task of pod {who.pod} has no repository"
+        self.news.git[key] = state.model_copy(update={"url": pod.clone.url})
+        self.poke(key)
+        return None
+
+    def _reporting(self, who: reports.Reporter) -> tuple[Key, PodView | None]:
+        """The task a reporting pod is the workspace of, and that pod if it is the task's current one."""
+        key = (who.namespace, who.pod.rsplit("-", 1)[0])
+        pod: PodView | None = _one(self._views.pods, key) if self._views else None
+        if pod is None or pod.uid != who.pod_uid or pod.name != who.pod:
+            return key, None
+        return key, pod
 
     def poke(self, key: Key) -> None:
         """Ask for a reconcile of `key` that runs even if no view changed (the agent said something, a
@@ -384,6 +413,8 @@ class Reconciler:
         """The steps, in order. Returns the workspace's pod and claim as this reconcile left them."""
         key = (task.namespace, task.name)
         template = _one(views.templates, (task.namespace, task.spec.template))
+        if isinstance(template, TaskTemplate) and (refused := workspace.refusal(task, template)) is not None:
+            template = refused  # no workspace can be made of the two (say, a repository with no url)
         recorded = (self._current_status(key, task).get("workspace") or {}).get("lifetime") or 0
         if (deleted := self.memory.deleted.get(key)) is not None and deleted.lifetime is not None:
             recorded = max(recorded, deleted.lifetime)  # the pod we stopped, whose status may be held
@@ -823,6 +854,7 @@ class Reconciler:
             task = task.model_copy(update={"status": TaskStatus.model_validate(current)})
         report = self.news.reports.get(key)
         failure = self.news.delivery_failures.get(key)
+        git = self.news.git.get(key)
         status = agentstate.task_status(
             task,
             obs,
@@ -832,6 +864,7 @@ class Reconciler:
             report,
             failure.shown() if failure is not None else None,
             verdict,
+            git,
         )
         named = None
         if not status.get("displayName"):
@@ -841,6 +874,8 @@ class Reconciler:
             self.queue.end_hold(key)
             self.news.prompts.pop(key, None)
             self.news.snapshots.pop(key, None)
+            if git is not None and self.news.git.get(key) is git:
+                del self.news.git[key]  # status shows it already
             return
         if write is plan.Write.HOLD and self.queue.hold(key, self.options.status_hold):
             return  # its end runs this key again
@@ -849,6 +884,8 @@ class Reconciler:
         # What arrived during the patch (an agent's report, a name from Anthropic) waits for the next one.
         if report is not None and self.news.reports.get(key) is report:
             del self.news.reports[key]
+        if git is not None and self.news.git.get(key) is git:
+            del self.news.git[key]
         if named is not None:
             self._namer.written(key, named)
         self.news.prompts.pop(key, None)  # recorded in status now

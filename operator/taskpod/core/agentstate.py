@@ -14,11 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from taskpod.api.models import (
     AgentState,
     AgentStatus,
     Condition,
     ConditionStatus,
+    GitState,
     Phase,
     PromptStatus,
     StateReport,
@@ -33,6 +36,8 @@ from taskpod.core.lifecycle import (
     lifecycle_status,
     set_condition,
 )
+
+GIT_FIELDS = tuple(to_camel(name) for name in GitState.model_fields)  # status.repository's keys
 
 SUMMARY_CHARS = 120
 PROMPT_DELIVERED = "PromptDelivered"
@@ -174,9 +179,11 @@ def task_status(
     report: Report | None = None,
     delivery: DeliveryFailure | None = None,
     verdict: Verdict | None = None,
+    git: GitState | None = None,
 ) -> dict[str, Any]:
-    """The whole status patch: the lifecycle's part plus the agent's state, health and prompt record.
-    `verdict`: derive_phase(obs), when the caller has it already."""
+    """The whole status patch: the lifecycle's part plus the agent's state, health and prompt record, and
+    the checkout's git state when the workspace reported it. `verdict`: derive_phase(obs), when the
+    caller has it already."""
     verdict = verdict or derive_phase(obs)
     status = lifecycle_status(task, obs, now, verdict)
     lifetime = obs.lifetime
@@ -193,6 +200,10 @@ def task_status(
         status["prompt"] = dict(prompt)
     if snapshot is not None:
         status["logSnapshot"] = dict(snapshot)
+    if git is not None:
+        # Whole: a field the new report leaves out (say, no base any more) must not survive from the old.
+        shown_git = git.dump()
+        status["repository"] = {k: shown_git.get(k) for k in GIT_FIELDS}
     recorded = PromptStatus.model_validate(prompt) if prompt else task.status.prompt
     conditions = [Condition.model_validate(c) for c in status["conditions"]]
     delivered, reason, message = prompt_condition(task.spec.prompt, recorded, delivery)

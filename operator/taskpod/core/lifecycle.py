@@ -17,6 +17,8 @@ LIFETIME_LABEL = "taskpod.dev/lifetime"  # on the pod: which of its task's pods 
 LIFETIME_ANNOTATION = LIFETIME_LABEL  # where the StatefulSet of earlier releases put it
 AGENT_PORT_NAME = "agentapi"  # the workspace container's port where AgentAPI listens
 SPEC_HASH_ANNOTATION = "taskpod.dev/spec-hash"
+CLONE_CONTAINER = "clone"  # the workspace pod's init container that clones the task's repository
+CLONE_URL_ENV = "TASKPOD_REPO_URL"  # its variable naming the repository
 READY = "Ready"
 PAUSED = "Paused"
 
@@ -63,6 +65,7 @@ class PodView:
     owner_uid: str | None = None  # its controller's (the Task's) uid
     owner_kind: str | None = None  # its controller's kind: a Task, or an earlier release's StatefulSet
     spec_hash: str | None = None  # of what it was made from (see workspace.pod)
+    clone: CloneView | None = None  # its clone step, when it has a repository
 
     @property
     def ended_why(self) -> str:
@@ -76,7 +79,7 @@ class PodView:
         scheduled = conditions.get("PodScheduled", {})
         waiting = tuple(
             ContainerProblem(cs.get("name", ""), w.get("reason", ""), w.get("message", ""))
-            for cs in status.get("containerStatuses") or []
+            for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
             if (w := (cs.get("state") or {}).get("waiting")) and w.get("reason")
         )
         annotations = meta.get("annotations") or {}
@@ -100,7 +103,40 @@ class PodView:
             owner_uid=_controller(meta, "uid"),
             owner_kind=_controller(meta, "kind"),
             spec_hash=annotations.get(SPEC_HASH_ANNOTATION),
+            clone=CloneView.parse(spec, status),
         )
+
+
+@dataclass(frozen=True)
+class CloneView:
+    """The pod's clone step (its init container), as its status tells it."""
+
+    url: str
+    running: bool = False
+    done: bool = False
+    failed: str | None = None  # git's words from its last failed attempt, until one succeeds
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], status: Mapping[str, Any]) -> CloneView | None:
+        container = next(
+            (c for c in spec.get("initContainers") or [] if c.get("name") == CLONE_CONTAINER), None
+        )
+        if container is None:
+            return None
+        url = next((e.get("value") for e in container.get("env") or [] if e.get("name") == CLONE_URL_ENV), "")
+        found: Mapping[str, Any] = next(
+            (c for c in status.get("initContainerStatuses") or [] if c.get("name") == CLONE_CONTAINER), {}
+        )
+        state, last = found.get("state") or {}, (found.get("lastState") or {}).get("terminated")
+        ended = state.get("terminated")
+        if ended is not None and ended.get("exitCode") == 0:
+            return cls(url or "", done=True)
+        if ended is None and "running" not in state and last is not None and last.get("exitCode") != 0:
+            ended = last  # waiting to try again
+        failed = None
+        if ended is not None:
+            failed = (ended.get("message") or "").strip() or f"exit code {ended.get('exitCode')}"
+        return cls(url or "", running="running" in state, failed=failed)
 
 
 def _controller(meta: Mapping[str, Any], field: str) -> str | None:
@@ -243,6 +279,12 @@ def derive_phase(obs: Observation) -> Verdict:
     return _workspace_verdict(obs)
 
 
+def _stopping(pod: PodView) -> Verdict:
+    return Verdict(
+        Phase.PENDING, "PodStopping", f"Workspace is pending: the previous pod {pod.name} is stopping."
+    )
+
+
 def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
     pod = obs.pod
     if obs.leftover is not None:
@@ -263,9 +305,7 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
         # Its containers ended because it is being deleted (a pause, a replacement): the kubelet gives a
         # deleted pod a terminal phase once they stop. Not a failure (found on a real node: kwok pods
         # never end, so the pause went Active, Error, Paused).
-        return Verdict(
-            Phase.PENDING, "PodStopping", f"Workspace is pending: the previous pod {pod.name} is stopping."
-        )
+        return _stopping(pod)
     if pod.phase == "Failed":
         return Verdict(Phase.ERROR, "PodFailed", f"Workspace pod {pod.name} failed: {pod.ended_why}.")
     if pod.phase == "Succeeded":
@@ -283,8 +323,11 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
             Phase.UNKNOWN, "NodeNotReady", f"Node {node.name} that runs the workspace is not Ready{detail}."
         )
     if pod.deleting:
+        return _stopping(pod)
+    clone = pod.clone
+    if clone is not None and clone.failed is not None:  # the kubelet tries again, with back-off
         return Verdict(
-            Phase.PENDING, "PodStopping", f"Workspace is pending: the previous pod {pod.name} is stopping."
+            Phase.ERROR, "CloneFailed", f"The repository {clone.url} could not be cloned: {clone.failed}"
         )
     for problem in pod.waiting:
         if problem.reason in FATAL_WAITING:
@@ -300,6 +343,8 @@ def _workspace_verdict(obs: Observation, agent_needed: bool = True) -> Verdict:
         return Verdict(
             Phase.PENDING, "Scheduling", "Workspace is pending: waiting for a node and its volume."
         )
+    if pod.phase == "Pending" and clone is not None and clone.running:
+        return Verdict(Phase.INITIALIZING, "Cloning", f"Workspace is starting: cloning {clone.url}.")
     if pod.phase == "Pending":
         return Verdict(
             Phase.INITIALIZING,

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from taskpod.api.models import API_VERSION, EnvVar, Task, TaskTemplate
-from taskpod.core.lifecycle import AGENT_PORT_NAME, LIFETIME_LABEL, SPEC_HASH_ANNOTATION, PodView
+from taskpod.api.models import API_VERSION, EnvVar, Repository, Task, TaskTemplate
+from taskpod.core.lifecycle import (
+    AGENT_PORT_NAME,
+    CLONE_CONTAINER,
+    CLONE_URL_ENV,
+    LIFETIME_LABEL,
+    SPEC_HASH_ANNOTATION,
+    PodView,
+)
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 TASK_LABEL = "taskpod.dev/task"
@@ -26,6 +35,14 @@ PORT_NAME = AGENT_PORT_NAME
 REPORT_AUDIENCE = "taskpod"
 REPORT_VOLUME = "taskpod-report"
 REPORT_DIR = "/var/run/taskpod"
+GIT_CREDENTIALS_VOLUME = "taskpod-git-credentials"
+GIT_CREDENTIALS_DIR = "/var/run/taskpod/git"
+CHECKOUT_ENV = "TASKPOD_CHECKOUT"  # where the agent container finds the checkout (its working directory)
+# The workspace image's reporter (images/workspace/git-state.mjs); an image without one just stops.
+GIT_STATE_ON_STOP = "command -v taskpod-git-state >/dev/null 2>&1 || exit 0; exec taskpod-git-state once"
+DEFAULT_DEPTH = 1
+BRANCH_PREFIX = "taskpod/"
+CLONE_SCRIPT = (Path(__file__).parent / "clone.sh").read_text()
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,92 @@ def merged_env(template: TaskTemplate, task: Task) -> list[dict[str, Any]]:
     for var in [*(template.spec.pod.env or []), *(task.spec.env or [])]:
         merged[var.name] = var
     return [v.dump() for v in merged.values()]
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """The repository a workspace starts from, with every default filled in."""
+
+    url: str
+    branch: str
+    path: str  # relative to the volume's mount path
+    depth: int  # 0: the whole history
+    ref: str | None = None  # None: the remote's default branch
+    secret: str | None = None
+
+
+def checkout(task: Task, template: TaskTemplate) -> Checkout | None:
+    """The template's repository with the task's fields over it, or None when neither has one.
+    Raises ValueError when no url is left to clone (say, a task that sets only a branch)."""
+    base, own = template.spec.repository, task.spec.repository
+    if base is None and own is None:
+        return None
+    merged = Repository(
+        **{
+            **(base.model_dump(exclude_none=True) if base else {}),
+            **(own.model_dump(exclude_none=True) if own else {}),
+        }
+    )
+    if merged.url is None:
+        where = "the task's" if base is None else f"the task's and template {template.metadata.name}'s"
+        raise ValueError(f"The repository has no url: {where} repository sets none.")
+    return Checkout(
+        url=merged.url,
+        branch=merged.branch or f"{BRANCH_PREFIX}{task.name}",
+        path=merged.path or checkout_name(merged.url),
+        depth=DEFAULT_DEPTH if merged.depth is None else merged.depth,
+        ref=merged.ref,
+        secret=merged.secret_ref.name if merged.secret_ref else None,
+    )
+
+
+def checkout_name(url: str) -> str:
+    """The directory `git clone` would make for `url`: its last segment without ".git", in the
+    characters a checkout path may hold ("repo" if nothing is left)."""
+    last = re.split(r"[/:]", url.rstrip("/"))[-1].removesuffix(".git")
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", last).lstrip(".-")
+    return name or "repo"
+
+
+def refusal(task: Task, template: TaskTemplate) -> str | None:
+    """Why no workspace can be made for this task from this template, or None."""
+    try:
+        checkout(task, template)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _clone_container(
+    agent: dict[str, Any], env_vars: list[dict[str, Any]], repo: Checkout, mount_path: str
+) -> dict[str, Any]:
+    """The init container that clones the repository into the volume before the agent starts, once: it
+    finds the checkout there on every later start and leaves it be (the agent's work is in it). It has
+    the template's and task's variables too (a proxy, GIT_* settings), but not the report token."""
+    env = [
+        *env_vars,
+        {"name": CLONE_URL_ENV, "value": repo.url},
+        {"name": "TASKPOD_REPO_BRANCH", "value": repo.branch},
+        {"name": "TASKPOD_REPO_DIR", "value": f"{mount_path.rstrip('/')}/{repo.path}"},
+        {"name": "TASKPOD_REPO_DEPTH", "value": str(repo.depth)},
+    ]
+    if repo.ref:
+        env.append({"name": "TASKPOD_REPO_REF", "value": repo.ref})
+    mounts: list[dict[str, Any]] = [{"name": VOLUME, "mountPath": mount_path}]
+    if repo.secret:
+        env.append({"name": "TASKPOD_GIT_CREDENTIALS", "value": GIT_CREDENTIALS_DIR})
+        mounts.append({"name": GIT_CREDENTIALS_VOLUME, "mountPath": GIT_CREDENTIALS_DIR, "readOnly": True})
+    container = {
+        "name": CLONE_CONTAINER,
+        "image": agent["image"],
+        "command": ["sh", "-c", CLONE_SCRIPT],
+        "env": env,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    # As the agent runs (the same user, so the checkout is its own) and within the same resources.
+    container.update({k: agent[k] for k in ("imagePullPolicy", "resources", "securityContext") if k in agent})
+    return container
 
 
 def _spec_hash(obj: dict[str, Any]) -> str:
@@ -141,6 +244,17 @@ def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | Non
             {"name": "TASKPOD_REPORT_URL", "value": report_url},
             {"name": "TASKPOD_REPORT_TOKEN_FILE", "value": f"{REPORT_DIR}/token"},
         ]
+    repo = checkout(task, template)
+    if repo is not None:
+        container["workingDir"] = f"{storage.mount_path.rstrip('/')}/{repo.path}"
+        container["env"].append({"name": CHECKOUT_ENV, "value": container["workingDir"]})
+        if report_url:
+            # The checkout's last git state before the pod stops (a pause), for status to keep showing.
+            container["lifecycle"] = {"preStop": {"exec": {"command": ["sh", "-c", GIT_STATE_ON_STOP]}}}
+        if repo.secret:
+            # Only the clone sees it; 0444 because it runs as the agent's user, which may not be root's group.
+            secret = {"secretName": repo.secret, "defaultMode": 0o444}
+            volumes.append({"name": GIT_CREDENTIALS_VOLUME, "secret": secret})
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
@@ -154,6 +268,9 @@ def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | Non
         "tolerations": pod_template.tolerations,
     }
     pod_spec.update({k: v for k, v in pod_optional.items() if v})
+    if repo is not None:
+        clone = _clone_container(container, merged_env(template, task), repo, storage.mount_path)
+        pod_spec["initContainers"] = [clone]
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -1,0 +1,106 @@
+# The workspace pod's clone step (its init container "clone"): the task's repository into the volume,
+# once. A later start finds the checkout and leaves it be: the agent's work is in it.
+#
+# In:  TASKPOD_REPO_URL, TASKPOD_REPO_DIR (absolute), TASKPOD_REPO_BRANCH, TASKPOD_REPO_DEPTH (0: all),
+#      TASKPOD_REPO_REF (optional: the remote's default branch), TASKPOD_GIT_CREDENTIALS (optional: the
+#      mounted Secret: password or token, and username; or ssh-privatekey and known_hosts).
+# Out: the checkout on its working branch, refs/taskpod/base at the commit it started from. On failure,
+#      git's own words in the termination message, which the operator shows as the task's Error. No secret
+#      is written to the volume, passed on a command line, or printed.
+set -eu
+
+dir=$TASKPOD_REPO_DIR
+creds=${TASKPOD_GIT_CREDENTIALS:-}
+staging="$(dirname "$dir")/.taskpod-clone.$(basename "$dir")"
+log="${TMPDIR:-/tmp}/taskpod-clone.$$.log"
+key=""
+
+if [ -e "$dir/.git" ]; then
+    echo "taskpod: $dir is a checkout already; not cloning again"
+    exit 0
+fi
+
+cleanup() {
+    [ -z "$key" ] || rm -f "$key"
+    rm -f "$log"
+}
+trap cleanup EXIT
+
+# Anything the Secret holds, replaced in text that may be shown (git does not print it; belt and braces).
+redact() {
+    awk -v dir="$creds" '
+        BEGIN {
+            n = 0
+            if (dir != "") {
+                split("password token", names, " ")
+                for (i in names) {
+                    f = dir "/" names[i]
+                    while ((getline line < f) > 0) if (length(line) > 3) secret[++n] = line
+                    close(f)
+                }
+            }
+        }
+        {
+            for (i = 1; i <= n; i++)
+                while ((at = index($0, secret[i])) > 0)
+                    $0 = substr($0, 1, at - 1) "[redacted]" substr($0, at + length(secret[i]))
+            print
+        }'
+}
+
+fail() {
+    # The kubelet keeps the last 4 KiB of the termination message: git's last lines are its reason.
+    message="$(redact < "$log" | grep -v '^$' | tail -n 8 | cut -c 1-400)"
+    printf '%s: %s\n' "$1" "${message:-no output}" | tee "${TASKPOD_TERMINATION_LOG:-/dev/termination-log}" >&2 || true
+    exit 1
+}
+
+# Credentials go to git through a helper that reads the mounted files when git asks, and through ssh
+# options; never into the URL or the checkout's config.
+set -- -c credential.interactive=never -c http.lowSpeedLimit=1 -c http.lowSpeedTime=120
+if [ -n "$creds" ] && { [ -f "$creds/password" ] || [ -f "$creds/token" ]; }; then
+    # shellcheck disable=SC2016  # expanded by the helper's shell, when git runs it
+    helper='!f() { test "$1" = get || exit 0; echo "username=$(cat "$TASKPOD_GIT_CREDENTIALS/username" 2>/dev/null || echo x-access-token)"; echo "password=$(cat "$TASKPOD_GIT_CREDENTIALS/password" 2>/dev/null || cat "$TASKPOD_GIT_CREDENTIALS/token")"; }; f'
+    set -- "$@" -c credential.helper= -c "credential.helper=$helper"
+fi
+ssh="ssh -o BatchMode=yes -o ConnectTimeout=30 -o StrictHostKeyChecking=yes"
+if [ -n "$creds" ] && [ -f "$creds/ssh-privatekey" ]; then
+    # ssh refuses a key others may read, and a Secret's files are: a private copy for the clone's length.
+    key="$(mktemp)"
+    cat "$creds/ssh-privatekey" > "$key"
+    ssh="$ssh -o IdentitiesOnly=yes -i $key"
+fi
+if [ -n "$creds" ] && [ -f "$creds/known_hosts" ]; then
+    ssh="$ssh -o UserKnownHostsFile=$creds/known_hosts"
+fi
+export GIT_SSH_COMMAND="$ssh" GIT_TERMINAL_PROMPT=0 GIT_ASKPASS=/bin/false SSH_ASKPASS=/bin/false
+
+git check-ref-format --branch "$TASKPOD_REPO_BRANCH" > "$log" 2>&1 \
+    || fail "The working branch $TASKPOD_REPO_BRANCH is not a valid branch name"
+if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+    echo "$dir holds files and is not a git checkout" > "$log"
+    fail "Cannot clone into $dir"
+fi
+
+echo "taskpod: cloning $TASKPOD_REPO_URL${TASKPOD_REPO_REF:+ at $TASKPOD_REPO_REF} into $dir" | redact
+rm -rf "$staging" # what a clone cut short left
+mkdir -p "$staging"
+depth=""
+[ "${TASKPOD_REPO_DEPTH:-1}" = 0 ] || depth="--depth=${TASKPOD_REPO_DEPTH:-1}"
+{
+    git -C "$staging" init --quiet &&
+        git -C "$staging" remote add origin "$TASKPOD_REPO_URL" &&
+        # shellcheck disable=SC2086  # $depth is one word or none
+        git "$@" -C "$staging" fetch --quiet --no-tags $depth origin "${TASKPOD_REPO_REF:-HEAD}"
+} > "$log" 2>&1 || fail "git fetch failed"
+{
+    git -C "$staging" checkout --quiet -b "$TASKPOD_REPO_BRANCH" FETCH_HEAD &&
+        git -C "$staging" update-ref refs/taskpod/base HEAD &&
+        # The agent's commits need an author; GIT_AUTHOR_NAME and the like in the template's env win.
+        git -C "$staging" config user.name "taskpod agent" &&
+        git -C "$staging" config user.email "agent@taskpod.invalid"
+} > "$log" 2>&1 || fail "git checkout failed"
+rmdir "$dir" 2> /dev/null || true # an empty directory where the checkout goes
+mkdir -p "$(dirname "$dir")"
+mv "$staging" "$dir"
+echo "taskpod: $dir is on branch $TASKPOD_REPO_BRANCH at $(git -C "$dir" rev-parse --short HEAD)"
