@@ -24,7 +24,7 @@ else
     set -- -- claude --permission-mode "$mode" "$@"
 fi
 # A task with a repository reports its checkout's git state to the operator, beside the agent.
-if [ -n "${TASKPOD_CHECKOUT:-}" ] && [ -n "${TASKPOD_REPORT_URL:-}" ]; then
+if [ -n "${TASKPOD_CHECKOUT:-}" ] && [ -n "${TASKPOD_REPORT_URL:-}" ] && command -v taskpod-git-state >/dev/null; then
     taskpod-git-state watch &
 fi
 # What Claude Code would ask a human at its first start, answered (see settle-claude.mjs).

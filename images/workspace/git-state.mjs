@@ -8,6 +8,9 @@
 //                             goes idle (AgentAPI's status turns stable), and every 30 s while it works,
 //                             posting only what changed
 //   taskpod-git-state once    the pod's preStop hook: the last word before a pause stops the pod
+//   taskpod-git-state push    push the branch checked out to origin, under the same name, and report the
+//                             state with the push's outcome (the report tool on complete, kubectl task
+//                             push); exits 1 if the push failed
 //
 // TASKPOD_CHECKOUT is the checkout (the operator sets it with the repository). Nothing here is fatal to
 // the agent: a failure is said on stderr and tried again at the next look.
@@ -67,6 +70,47 @@ async function post(state) {
   if (!answer.ok) throw new Error(`the operator answered ${answer.status}: ${(await answer.text()).trim()}`);
 }
 
+/** Git's words, last lines first in importance, with anything the mounted Secret holds taken out. */
+function said(error) {
+  let text = String(error.stderr || error.message || error).trim().split("\n").slice(-4).join(" ");
+  const secrets = process.env.TASKPOD_GIT_CREDENTIALS;
+  for (const name of ["password", "token"]) {
+    try {
+      const secret = fs.readFileSync(`${secrets}/${name}`, "utf8").trim();
+      if (secrets && secret.length > 3) text = text.split(secret).join("[redacted]");
+    } catch {
+      // no such key
+    }
+  }
+  return text.slice(0, 1024);
+}
+
+async function push() {
+  let outcome;
+  try {
+    const branch = git("branch", "--show-current");
+    if (!branch) throw new Error("HEAD is detached: there is no branch to push");
+    execFileSync("git", ["-C", checkout, "-c", "credential.interactive=never", "push", "--quiet", "origin", `HEAD:refs/heads/${branch}`], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: 120000,
+      env: { ...process.env, GIT_TERMINAL_PROMPT: "0" },
+    });
+    outcome = { pushed: { branch, commit: git("rev-parse", "HEAD") } };
+    console.log(`pushed ${branch} at ${outcome.pushed.commit.slice(0, 12)}`);
+  } catch (error) {
+    outcome = { pushError: said(error) };
+    console.error(`taskpod-git-state: the push failed: ${outcome.pushError}`);
+    process.exitCode = 1;
+  }
+  try {
+    await post({ ...gitState(), ...outcome });
+  } catch (error) {
+    console.error(`taskpod-git-state: ${error.message.split("\n")[0]}`);
+    process.exitCode = 1;
+  }
+}
+
 let posted = "";
 
 async function look() {
@@ -111,7 +155,9 @@ if (!checkout || !process.env.TASKPOD_REPORT_URL) {
   await watch();
 } else if (process.argv[2] === "once") {
   await look();
+} else if (process.argv[2] === "push") {
+  await push();
 } else {
-  console.error("usage: taskpod-git-state watch|once");
+  console.error("usage: taskpod-git-state watch|once|push");
   process.exitCode = 2;
 }

@@ -39,6 +39,13 @@ if (key) {
 const project = ((config.projects ??= {})[process.cwd()] ??= {});
 project.hasTrustDialogAccepted = true;
 project.hasCompletedProjectOnboarding = true;
+// With repository.push, the report tool pushes on `complete`: it needs the checkout and git's credential
+// settings (workspace.credentials_env), which Claude Code would not pass on.
+function pushEnv() {
+  const names = ["PATH", "HOME", "TASKPOD_PUSH", "TASKPOD_CHECKOUT", "TASKPOD_GIT_CREDENTIALS", "GIT_SSH_COMMAND"];
+  const wanted = ([name]) => names.includes(name) || name.startsWith("GIT_CONFIG_");
+  return Object.fromEntries(Object.entries(process.env).filter(wanted));
+}
 const servers = (config.mcpServers ??= {});
 const { TASKPOD_REPORT_URL, TASKPOD_REPORT_TOKEN_FILE } = process.env;
 if (TASKPOD_REPORT_URL) {
@@ -50,7 +57,11 @@ if (TASKPOD_REPORT_URL) {
     alwaysLoad: true,
     command: process.execPath,
     args: [process.env.TASKPOD_REPORT_MCP || "/usr/local/lib/taskpod/report-mcp/server.mjs"],
-    env: { TASKPOD_REPORT_URL, TASKPOD_REPORT_TOKEN_FILE: TASKPOD_REPORT_TOKEN_FILE || "/var/run/taskpod/token" },
+    env: {
+      TASKPOD_REPORT_URL,
+      TASKPOD_REPORT_TOKEN_FILE: TASKPOD_REPORT_TOKEN_FILE || "/var/run/taskpod/token",
+      ...(process.env.TASKPOD_PUSH === "true" ? pushEnv() : {}),
+    },
   };
 } else {
   delete servers.taskpod;

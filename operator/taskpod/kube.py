@@ -11,7 +11,9 @@ import json
 import os
 import re
 import ssl
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from urllib.parse import quote
@@ -303,6 +305,56 @@ async def agent_port(namespace: str, pod: str, port_name: str) -> int | None:
             if port.get("name") == port_name:
                 return int(port["containerPort"])
     return None
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a command run in a container said, as `kubectl exec` shows it."""
+
+    code: int
+    out: str
+    err: str
+
+
+def _exec(namespace: str, pod: str, container: str, command: list[str], timeout: float) -> Ran:
+    from kubernetes.client import CoreV1Api  # a client's call, rare: not worth its import for the operator
+    from kubernetes.stream import stream
+
+    # A client of its own: stream() swaps the request method of the client it is given while it runs.
+    api = CoreV1Api(client.ApiClient(api_client().configuration))
+    conn = stream(
+        api.connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        container=container,
+        command=command,
+        stdin=False,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
+    )
+    out: list[str] = []
+    err: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while conn.is_open() and time.monotonic() < deadline:
+            conn.update(timeout=1)
+            out.append(conn.read_stdout())
+            err.append(conn.read_stderr())
+        if conn.is_open():
+            raise TimeoutError(f"{' '.join(command)} in pod {pod} did not end within {timeout:.0f}s")
+        code = conn.returncode
+    finally:
+        conn.close()
+    return Ran(code if code is not None else -1, "".join(out), "".join(err))
+
+
+async def exec_in_pod(
+    namespace: str, pod: str, container: str, command: list[str], timeout: float = 180
+) -> Ran:
+    """Run `command` in a container of a pod through the API server (pods/exec), as `kubectl exec` does."""
+    return await asyncio.to_thread(_exec, namespace, pod, container, command, timeout)
 
 
 async def token_review(token: str, audience: str = "taskpod") -> dict[str, Any]:

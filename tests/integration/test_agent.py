@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 
 from taskpod.client import tasks as taskops
 from taskpod.core.agentstate import prompt_sha
+from taskpod.core.workspace import credentials_env
 from tests.gitserver import GitServer, git
 from tests.support import (
     ROOT,
@@ -416,39 +418,46 @@ def test_a_pause_made_while_the_operator_was_down_still_snapshots(
 GIT_STATE = ROOT / "images" / "workspace" / "git-state.mjs"
 
 
+@pytest.fixture
+def forge(tmp_path: Path) -> Iterator[GitServer]:
+    """A forge on loopback that wants the token "t0ken"."""
+    (tmp_path / "forge").mkdir()
+    with GitServer(tmp_path / "forge", "t0ken") as server:
+        yield server
+
+
 def test_the_workspace_images_git_state_shows_in_status_through_a_pause(
-    kube: Kube, namespace: str, simulator: object, operator: Operator, tmp_path: Path
+    kube: Kube, namespace: str, simulator: object, operator: Operator, tmp_path: Path, forge: GitServer
 ) -> None:
     """The workspace image's git-state reporter (images/workspace/git-state.mjs), run here on a checkout
     that the clone step made, with the task pod's token: status shows the branch, the commits ahead of the
     base and the diff stat, replaced whole by each report, and kept while the task is paused. Only the
-    task's current pod may report, and only for a task with a repository."""
+    task's current pod may report, and only for a task with a repository. Its push (on the agent's
+    complete report, or kubectl task push) pushes the branch with the pod's git credentials and is
+    recorded in status and an Event; a refused one too, in git's words, with no token in them."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/report"
     operator.start("--report-listen", f"127.0.0.1:{port}", "--report-url", url)
     template_with(kube, namespace, reply="On it.")
-    (tmp_path / "forge").mkdir()
-    with GitServer(tmp_path / "forge", "t0ken") as forge:
-        base = forge.create("shop", {"README.md": "# Shop\n", "app.py": "print(1)\n"})
-        repo_url = forge.url("shop")
-        create_task(kube, namespace, "shop", prompt="Fix the README", repository={"url": repo_url})
-        create_task(kube, namespace, "plain", prompt="Fix the README")
-        wait_for(partial(delivered, kube, namespace, "shop"), 60, "delivered")
-        pod = kube.core.read_namespaced_pod("shop-0", namespace)
-        assert [c.name for c in pod.spec.init_containers] == ["clone"]
-        env = {e.name: e.value for e in pod.spec.containers[0].env}
-        checkout = tmp_path / "workspace" / "shop"
-        assert env["TASKPOD_CHECKOUT"] == pod.spec.containers[0].working_dir == "/workspace/shop"
-        # The clone step, as the pod's init container runs it (kwok runs no containers).
-        secret = tmp_path / "secret"
-        secret.mkdir()
-        (secret / "token").write_text("t0ken")
-        clone_env = {e.name: e.value for e in pod.spec.init_containers[0].env}
-        clone_env.update(
-            TASKPOD_REPO_DIR=str(checkout), TASKPOD_GIT_CREDENTIALS=str(secret), PATH=os.environ["PATH"]
-        )
-        clone_env["TASKPOD_TERMINATION_LOG"] = str(tmp_path / "termination-log")
-        subprocess.run(["sh", "-c", pod.spec.init_containers[0].command[2]], env=clone_env, check=True)
+    base = forge.create("shop", {"README.md": "# Shop\n", "app.py": "print(1)\n"})
+    repo_url = forge.url("shop")
+    create_task(kube, namespace, "shop", prompt="Fix the README", repository={"url": repo_url})
+    create_task(kube, namespace, "plain", prompt="Fix the README")
+    wait_for(partial(delivered, kube, namespace, "shop"), 60, "delivered")
+    pod = kube.core.read_namespaced_pod("shop-0", namespace)
+    assert [c.name for c in pod.spec.init_containers] == ["clone"]
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    checkout = tmp_path / "workspace" / "shop"
+    assert env["TASKPOD_CHECKOUT"] == pod.spec.containers[0].working_dir == "/workspace/shop"
+    # The clone step, as the pod's init container runs it (kwok runs no containers).
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "token").write_text("t0ken")
+    clone_env = {e.name: e.value for e in pod.spec.init_containers[0].env}
+    clone_env.update({e["name"]: e["value"] for e in credentials_env(str(secret))})  # no secretRef here
+    clone_env.update(TASKPOD_REPO_DIR=str(checkout), PATH=os.environ["PATH"])
+    clone_env["TASKPOD_TERMINATION_LOG"] = str(tmp_path / "termination-log")
+    subprocess.run(["sh", "-c", pod.spec.init_containers[0].command[2]], env=clone_env, check=True)
 
     token = tmp_path / "token"
     token.write_text(pod_token(kube, namespace, "shop-0"))
@@ -491,6 +500,26 @@ def test_the_workspace_images_git_state_shows_in_status_through_a_pause(
         1,
     )
     assert second["head"] == git("rev-parse", "HEAD", cwd=checkout) != base
+
+    # A push, as the report tool makes it on complete: the branch on the forge, and the push in status.
+    push_env = {**reporter_env, **{e["name"]: e["value"] for e in credentials_env(str(secret))}}
+    pushing = subprocess.run(["node", str(GIT_STATE), "push"], env=push_env, capture_output=True, text=True)
+    assert pushing.returncode == 0, pushing.stderr
+    head = second["head"]
+    assert git("rev-parse", "refs/heads/taskpod/shop", cwd=forge.root / "shop.git") == head
+    done = wait_for(lambda: (s := shown()) and s.get("pushed") and s, 30, "pushed, in status")
+    assert (done["pushed"]["branch"], done["pushed"]["commit"]) == ("taskpod/shop", head)
+    assert done["pushed"]["pushedAt"] == done["reportedAt"]  # in the same report
+    events = kube.core.list_namespaced_event(namespace, field_selector="involvedObject.name=shop").items
+    assert any(e.reason == "Pushed" and head[:12] in e.message for e in events), [e.reason for e in events]
+    forge.token = "rotated"  # the Secret's token no longer works
+    refused = subprocess.run(["node", str(GIT_STATE), "push"], env=push_env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "Authentication failed" in refused.stderr
+    failed = wait_for(lambda: (s := shown()) and s.get("pushError") and s, 30, "the push's failure in status")
+    assert "Authentication failed" in failed["pushError"] and "t0ken" not in failed["pushError"]
+    assert failed["pushed"]["commit"] == head  # the last push that worked still stands
+    events = kube.core.list_namespaced_event(namespace, field_selector="involvedObject.name=shop").items
+    assert any(e.reason == "PushFailed" for e in events)
 
     # Paused, it still shows what the agent did; the paused pod's token is no one's any more.
     patch_task(kube, namespace, "shop", {"paused": True})

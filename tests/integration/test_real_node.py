@@ -28,7 +28,7 @@ from kubernetes import client, watch
 from localkube import images, node, servicenet
 from localkube.cluster import LocalCluster
 from taskpod.core import workspace
-from tests.gitserver import GitServer
+from tests.gitserver import GitServer, git
 from tests.support import (
     ROOT,
     Kube,
@@ -585,7 +585,7 @@ def forge(installed: Installed, tmp_path: Path) -> Iterator[GitServer]:
     kube = installed.real.kube
     api = tasks_api(kube)
     default = api.get_namespaced_custom_object("taskpod.dev", "v1alpha1", TEAM, "tasktemplates", "default")
-    spec = {**default["spec"], "repository": {"secretRef": {"name": "forge"}}}
+    spec = {**default["spec"], "repository": {"secretRef": {"name": "forge"}, "push": True}}
     template = {
         "apiVersion": "taskpod.dev/v1alpha1",
         "kind": "TaskTemplate",
@@ -654,6 +654,17 @@ def test_claude_code_works_on_a_checkout_of_the_tasks_repository(
     )
     assert reported["status"]["state"]["message"] == "README fixed, one commit"
     assert reported["status"]["state"]["uri"] == "https://forge.example/acme/shop/pull/1"
+    # repository.push: the report tool pushed the branch before it reported complete.
+    pushed = wait_for(
+        lambda: (get_task(kube, ns, "shop")["status"].get("repository") or {}).get("pushed"),
+        60,
+        "the push in status",
+        explain=explain,
+    )
+    assert pushed["branch"] == "taskpod/shop"
+    assert git("rev-parse", "refs/heads/taskpod/shop", cwd=forge.root / "shop.git") == pushed["commit"]
+    changes = installed.task_cli("diff", "shop", "-n", ns)
+    assert "+# Shop, fixed ✓" in changes and "-# Shop" in changes, changes
     described = installed.task_cli("status", "shop", "-n", ns)
     assert "https://forge.example/acme/shop/pull/1" in described, described
     assert "taskpod/shop, 1 commit ahead" in described, described
@@ -679,12 +690,15 @@ def test_claude_code_works_on_a_checkout_of_the_tasks_repository(
     wait_for(lambda: phase_is(kube, ns, "shop", "Paused"), 90, "Paused", explain=explain)
     paused = get_task(kube, ns, "shop")["status"]
     assert paused["repository"]["head"] == head  # a paused task still shows what it did
+    assert "taskpod/shop, 1 commit ahead of" in installed.task_cli("diff", "shop", "-n", ns)
     assert paused["repository"]["reportedAt"] >= reported["status"]["repository"]["reportedAt"]
     _pause(kube, ns, "shop", False)
     resumed = wait_for(lambda: phase_is(kube, ns, "shop", "Active"), 180, "Active again", explain=explain)
     assert resumed["status"]["workspace"]["lifetime"] == 2
     assert git_in_pod("rev-parse", "HEAD").strip() == head
     assert len(forge.requests) == asked  # not cloned again: the forge was not even asked
+    again = installed.task_cli("push", "shop", "-n", ns)  # on demand, nothing new: the same commit
+    assert f"pushed taskpod/shop at {head[:12]}" in again, again
     clone_log = real.kubectl("logs", "-n", ns, "shop-0", "-c", "clone")
     assert "is a checkout already; not cloning again" in clone_log
 

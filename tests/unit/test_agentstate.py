@@ -14,6 +14,7 @@ from taskpod.api.models import (
     GitState,
     Phase,
     PromptStatus,
+    PushRecord,
     StateReport,
     Task,
 )
@@ -266,3 +267,20 @@ def test_a_reported_git_state_replaces_the_shown_one_whole_and_none_leaves_it() 
         "uncommitted": None,
         "reportedAt": "2026-11-28T12:05:00Z",
     }
+
+
+def test_a_push_stands_until_the_next_one_and_a_success_clears_the_last_failure() -> None:
+    task = Task.model_validate(
+        {"metadata": {"name": "t", "namespace": "n"}, "spec": {"prompt": "Fix it", "paused": True}}
+    )
+    obs = Observation(
+        generation=1, paused=True, template_name="default", template=None, claim=ClaimView("c"), pod=None
+    )
+    plain = task_status(task, obs, T1, git=GitState(head="ab" * 20))["repository"]
+    assert "pushed" not in plain and "pushError" not in plain  # a merge patch keeps what status shows
+    record = PushRecord(branch="taskpod/t", commit="ab" * 20, pushed_at=T1)
+    ok = task_status(task, obs, T1, git=GitState(head="ab" * 20, pushed=record))["repository"]
+    assert ok["pushed"] == {"branch": "taskpod/t", "commit": "ab" * 20, "pushedAt": "2026-11-28T12:05:00Z"}
+    assert ok["pushError"] is None
+    failed = task_status(task, obs, T1, git=GitState(head="ab" * 20, push_error="rejected"))["repository"]
+    assert failed["pushError"] == "rejected" and "pushed" not in failed

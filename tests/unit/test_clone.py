@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from taskpod.core.workspace import CLONE_SCRIPT
+from taskpod.core.workspace import CLONE_SCRIPT, credentials_env
 from tests.gitserver import GitServer, git
 
 TOKEN = "ghp_s3cr3t-Tök€n"
@@ -57,7 +57,7 @@ def clone(
         "TASKPOD_REPO_DIR": str(tmp_path / dir_),
         "TASKPOD_REPO_BRANCH": "taskpod/fix-login",
         "TASKPOD_REPO_DEPTH": "1",
-        **({"TASKPOD_GIT_CREDENTIALS": str(secret)} if secret else {}),
+        **({e["name"]: e["value"] for e in credentials_env(str(secret))} if secret else {}),
         **env,
     }
     (tmp_path / "workspace").mkdir(exist_ok=True)
@@ -210,3 +210,48 @@ def test_a_clone_cut_short_is_started_again_cleanly(tmp_path: Path, forge: GitSe
         "docs",
         "src",
     ]
+
+
+FAKE_SSH = """#!/bin/sh
+# Records how git called ssh, and the key it was given, then fails as a refused host does.
+for arg in "$@"; do printf '%s\\n' "$arg"; done > "$RECORD/args"
+while [ $# -gt 0 ]; do
+    if [ "$1" = -i ]; then
+        stat -c %a "$2" > "$RECORD/mode"; cat "$2" > "$RECORD/key"; echo "$2" > "$RECORD/path"
+    fi
+    shift
+done
+echo "Host key verification failed." >&2
+exit 255
+"""
+
+
+def test_ssh_gets_a_private_copy_of_the_key_and_checks_the_host(tmp_path: Path) -> None:
+    """The ssh path without an ssh server: a stand-in ssh records what git's ssh command gave it."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "ssh").write_text(FAKE_SSH)
+    (bin_ / "ssh").chmod(0o755)
+    record = tmp_path / "record"
+    record.mkdir()
+    secret = tmp_path / "ssh-secret"
+    secret.mkdir()
+    (secret / "ssh-privatekey").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxyz\n")
+    (secret / "ssh-privatekey").chmod(0o444)  # as the Secret's volume has it
+    (secret / "known_hosts").write_text("forge.example ssh-ed25519 AAAA\n")
+    run = clone(
+        tmp_path,
+        "git@forge.example:acme/shop.git",
+        secret=secret,
+        PATH=f"{bin_}:{os.environ['PATH']}",
+        RECORD=str(record),
+    )
+    assert run.code == 1
+    assert "Host key verification failed." in run.message
+    args = (record / "args").read_text().splitlines()
+    for option in ("BatchMode=yes", "StrictHostKeyChecking=yes", f"UserKnownHostsFile={secret}/known_hosts"):
+        assert option in args, args
+    assert "git@forge.example" in args
+    assert (record / "mode").read_text().strip() == "600"
+    assert (record / "key").read_text() == (secret / "ssh-privatekey").read_text()
+    assert not Path((record / "path").read_text().strip()).exists()  # the copy is gone after the call

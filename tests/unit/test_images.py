@@ -21,6 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from localkube import binaries
+from taskpod.core.workspace import credentials_env
 from tests.support import ROOT, node_bin
 
 IMAGES = ROOT / "images"
@@ -364,6 +365,26 @@ def test_the_entrypoint_gives_claude_code_the_report_tool_while_the_pod_has_an_e
 
     run_entrypoint(tmp_path, V0_11_8_HELP)
     assert json.loads((home / ".claude.json").read_text())["mcpServers"] == {"mine": {"command": "my-server"}}
+
+
+def test_with_push_the_report_tool_gets_what_a_push_needs(tmp_path: Path) -> None:
+    """Claude Code passes an MCP server only the environment its entry names: a push on `complete` needs
+    the checkout and git's credential settings, and nothing is added without repository.push."""
+    url = "http://taskpod-reports.taskpod-system.svc:8081/report"
+    git_env = {e["name"]: e["value"] for e in credentials_env("/var/run/taskpod/git")}
+    run_entrypoint(
+        tmp_path,
+        V0_11_8_HELP,
+        TASKPOD_REPORT_URL=url,
+        TASKPOD_PUSH="true",
+        TASKPOD_CHECKOUT="/w/shop",
+        **git_env,
+    )
+    home = tmp_path / "home"
+    tool_env = json.loads((home / ".claude.json").read_text())["mcpServers"]["taskpod"]["env"]
+    assert {k: tool_env[k] for k in git_env} == git_env
+    assert (tool_env["TASKPOD_PUSH"], tool_env["TASKPOD_CHECKOUT"]) == ("true", "/w/shop")
+    assert "node" in tool_env["PATH"]
 
 
 def test_the_workspace_image_installs_the_report_tool_from_its_lock_file() -> None:

@@ -150,3 +150,17 @@ def test_git_states_go_to_their_own_route_and_are_refused_without_a_taker() -> N
     assert taken[0][0] == Reporter("team", "fix-0", "u1") and taken[0][1].head == HEAD
     assert asyncio.run(post(app(bound, accept, accept_git), {**GIT, "head": "x"})) == 400
     assert asyncio.run(post(app(bound, accept), GIT)) == 404
+
+
+def test_a_push_is_recorded_with_when_it_came_and_a_failure_in_one_line() -> None:
+    pushed = parse_git({**GIT, "pushed": {"branch": "taskpod/fix-login", "commit": HEAD}}, NOW)
+    assert pushed.dump()["pushed"] == {
+        "branch": "taskpod/fix-login",
+        "commit": HEAD,
+        "pushedAt": "2026-11-28T12:00:00Z",
+    }
+    failed = parse_git({**GIT, "pushError": "! [rejected]\n  main -> main (fetch first)"}, NOW)
+    assert (failed.pushed, failed.push_error) == (None, "! [rejected] main -> main (fetch first)")
+    for bad in ({"branch": 1, "commit": HEAD}, {"branch": "b", "commit": "nope"}, "yes"):
+        with pytest.raises(ValueError, match="pushed"):
+            parse_git({**GIT, "pushed": bad}, NOW)

@@ -478,3 +478,26 @@ def test_the_clone_step_is_seen_by_the_pod_view() -> None:
     view = PodView.parse(build(task, template))
     assert view.clone is not None and view.clone.url == REPO
     assert PodView.parse(build()).clone is None
+
+
+def test_with_push_the_agent_gets_the_credentials_through_gits_helper_and_nothing_else() -> None:
+    task, template = with_repos({"url": REPO, "secretRef": {"name": "forge"}, "push": True}, None)
+    agent = container(build(task, template, report_url=REPORT_URL))
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert env["TASKPOD_PUSH"] == "true"
+    assert {k: env[k] for k in ("GIT_CONFIG_KEY_1", "TASKPOD_GIT_CREDENTIALS")} == {
+        "GIT_CONFIG_KEY_1": "credential.helper",
+        "TASKPOD_GIT_CREDENTIALS": "/var/run/taskpod/git",
+    }
+    assert "$c/password" in env["GIT_CONFIG_VALUE_1"]  # read when git asks: no secret in the pod spec
+    assert {
+        "name": "taskpod-git-credentials",
+        "mountPath": "/var/run/taskpod/git",
+        "readOnly": True,
+    } in agent["volumeMounts"]
+    # Without push, or without a Secret, the agent has none of it.
+    for repo in ({"url": REPO, "secretRef": {"name": "forge"}}, {"url": REPO, "push": True}):
+        agent = container(build(*with_repos(repo, None), report_url=REPORT_URL))
+        names_ = {e["name"] for e in agent["env"]}
+        assert not names_ & {"TASKPOD_GIT_CREDENTIALS", "GIT_CONFIG_COUNT", "GIT_SSH_COMMAND"}
+        assert ("TASKPOD_PUSH" in names_) == bool(repo.get("push"))

@@ -4,7 +4,9 @@
 // The operator's report endpoint ($TASKPOD_REPORT_URL) takes {"state", "message", "uri"} with a
 // ServiceAccount token bound to this pod ($TASKPOD_REPORT_TOKEN_FILE, re-read for every report: the kubelet
 // rotates it). Only the agent can say that its task is complete or has failed; working and idle are also
-// accepted, though the operator's watch of the agent's screen overrides those two.
+// accepted, though the operator's watch of the agent's screen overrides those two. With the task's
+// repository.push, `complete` first pushes the working branch (git-state.mjs push), and says how it went.
+import { execFile } from "node:child_process";
 import fs from "node:fs/promises";
 import { pathToFileURL } from "node:url";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
@@ -64,6 +66,16 @@ export async function report({ state, message, link }, env = process.env) {
   return last.ok ? { ok: true } : { ok: false, error: last.error };
 }
 
+/** With repository.push, a complete task's branch is pushed before it is reported (git-state.mjs push). */
+export function pushBranch(env = process.env) {
+  const command = env.TASKPOD_GIT_STATE || "taskpod-git-state";
+  return new Promise((resolve) => {
+    execFile(command, ["push"], { env, timeout: 150_000 }, (error, stdout, stderr) => {
+      resolve(error ? { ok: false, said: (stderr || error.message).trim() } : { ok: true, said: stdout.trim() });
+    });
+  });
+}
+
 export function server(env = process.env) {
   const mcp = new McpServer({ name: "taskpod", version: "0.1.0" });
   mcp.registerTool(
@@ -85,10 +97,12 @@ export function server(env = process.env) {
       _meta: { "anthropic/alwaysLoad": true },
     },
     async (args) => {
+      const pushed = args.state === "complete" && env.TASKPOD_PUSH === "true" ? await pushBranch(env) : null;
       const outcome = await report(args, env);
+      const push = pushed === null ? "" : pushed.ok ? ` The branch is ${pushed.said}.` : ` ${pushed.said}`;
       return outcome.ok
-        ? { content: [{ type: "text", text: `Reported ${args.state}.` }] }
-        : { content: [{ type: "text", text: outcome.error }], isError: true };
+        ? { content: [{ type: "text", text: `Reported ${args.state}.${push}` }] }
+        : { content: [{ type: "text", text: outcome.error + push }], isError: true };
     },
   );
   return mcp;

@@ -111,6 +111,7 @@ class Repository(Model):
     path: str | None = Field(default=None, min_length=1, max_length=255, pattern=REPOSITORY_PATH_PATTERN)
     depth: int | None = Field(default=None, ge=0)
     secret_ref: SecretReference | None = None
+    push: bool | None = None
 
 
 class TaskSpec(Model):
@@ -173,6 +174,12 @@ class LogSnapshot(Model):
     sha256: str | None = None
 
 
+class PushRecord(Model):
+    branch: str | None = None
+    commit: str | None = None
+    pushed_at: dt.datetime | None = None
+
+
 class GitState(Model):
     """A checkout's state, as the workspace reports it (see controller/reports.py)."""
 
@@ -186,6 +193,8 @@ class GitState(Model):
     deletions: int | None = Field(default=None, ge=0)
     uncommitted: int | None = Field(default=None, ge=0)
     reported_at: dt.datetime | None = None
+    pushed: PushRecord | None = None
+    push_error: str | None = None
 
 
 class TaskStatus(Model):

@@ -76,6 +76,8 @@ def _explained(namespace: str) -> Iterator[None]:
         raise Failure(str(exc), EXIT_CONFLICT) from None
     except tasks.NoTemplate as exc:
         raise Failure(str(exc)) from None
+    except tasks.GitFailed as exc:
+        raise Failure(str(exc)) from None
     except AgentUnavailable as exc:
         raise Failure(f"cannot reach the task's agent: {exc}") from None
     except AgentError as exc:
@@ -575,6 +577,32 @@ def _wait_phase(namespace: str, name: str, phases: set[Phase], timeout: float, t
     if task.status.phase is Phase.ERROR and Phase.ERROR not in phases:
         _fail(f"task {name} is in Error: {task.status.message}", EXIT_ERROR)
     return task
+
+
+@cli.command()
+@task_argument()
+@cluster_options()
+def diff(namespace: str, name: str) -> None:
+    """The workspace's changes since the task's base commit, committed or not.
+
+    Live while the task is Active; otherwise the last reported summary (no lines), said on stderr."""
+    result = run(tasks.diff(namespace, name))
+    if result.live:
+        click.echo(result.text, nl=False)
+        return
+    assert result.recorded is not None
+    when = f", reported {rfc3339(result.recorded.reported_at)}" if result.recorded.reported_at else ""
+    err.print(f"Task {name} is not Active: its last reported changes{when}, without their lines.")
+    click.echo(_git_line(result.recorded))
+
+
+@cli.command()
+@task_argument()
+@cluster_options()
+def push(namespace: str, name: str) -> None:
+    """Push an Active task's working branch to its repository now (the template's repository.push
+    does it when the agent reports complete). Status records it."""
+    click.echo(f"task {name}: {run(tasks.push(namespace, name))}")
 
 
 @cli.command()

@@ -29,6 +29,7 @@ from taskpod.api.models import (
     VERSION,
     AgentState,
     AgentStatus,
+    GitState,
     Phase,
     Repository,
     Task,
@@ -36,7 +37,7 @@ from taskpod.api.models import (
 )
 from taskpod.core import naming
 from taskpod.core.snapshots import DATA_KEY, configmap_name, tidy
-from taskpod.core.workspace import PORT_NAME
+from taskpod.core.workspace import CONTAINER, PORT_NAME
 
 SNAPSHOT_PHASES = frozenset({Phase.PAUSED, Phase.PENDING, Phase.INITIALIZING})
 _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -89,6 +90,63 @@ async def _connected(task: Task) -> AsyncIterator[AgentClient]:
         yield client
     finally:
         await client.aclose()
+
+
+class GitFailed(Exception):
+    """git in the workspace said no (a push the forge refused, say); the message is git's."""
+
+
+@dataclass(frozen=True)
+class Diff:
+    text: str  # the diff against the base, live; empty when not live
+    live: bool
+    recorded: GitState | None  # what status shows: the last report, for a task that is not Active
+
+
+def _in_checkout(task: Task, doing: str) -> str:
+    """The pod of an Active task with a repository, where `doing` can run; else TaskConflict."""
+    if (
+        task.status.phase is not Phase.ACTIVE
+        or task.status.workspace is None
+        or not task.status.workspace.pod
+    ):
+        raise TaskConflict(f"cannot {doing} task {task.name} now: it is {task.status.phase or Phase.PENDING}")
+    if task.spec.repository is None and task.status.repository is None:
+        raise TaskConflict(f"task {task.name} has no repository")
+    return task.status.workspace.pod
+
+
+# Against the base, the working tree included (what the agent changed, committed or not), then the files it
+# added and has not told git of, which a diff leaves out.
+DIFF = (
+    'cd "$TASKPOD_CHECKOUT" && git -c core.quotepath=off diff --stat --patch refs/taskpod/base && '
+    'git -c core.quotepath=off ls-files --others --exclude-standard | sed "s/^/untracked: /"'
+)
+
+
+async def diff(namespace: str, name: str) -> Diff:
+    """The workspace's changes since the task's base: live while Active (through pods/exec); otherwise
+    what the workspace last reported, which has the stat but not the lines."""
+    task = await _task(namespace, name)
+    if task.status.phase is not Phase.ACTIVE:
+        if task.status.repository is None:
+            raise TaskConflict(f"task {name} has no repository, or has reported none of its changes yet")
+        return Diff("", live=False, recorded=task.status.repository)
+    ran = await kube.exec_in_pod(namespace, _in_checkout(task, "diff"), CONTAINER, ["sh", "-c", DIFF])
+    if ran.code != 0:
+        raise GitFailed(ran.err.strip() or f"git diff exited {ran.code}")
+    return Diff(ran.out, live=True, recorded=task.status.repository)
+
+
+async def push(namespace: str, name: str) -> str:
+    """Push an Active task's working branch now (the workspace image's taskpod-git-state push, which also
+    records it in status); git's words on success. GitFailed with them when the push fails."""
+    task = await _task(namespace, name)
+    pod = _in_checkout(task, "push")
+    ran = await kube.exec_in_pod(namespace, pod, CONTAINER, ["taskpod-git-state", "push"])
+    if ran.code != 0:
+        raise GitFailed(ran.err.strip().removeprefix("taskpod-git-state: ") or f"the push exited {ran.code}")
+    return ran.out.strip()
 
 
 async def logs(namespace: str, name: str) -> Logs:

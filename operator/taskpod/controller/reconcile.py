@@ -315,7 +315,7 @@ class Reconciler:
         if pod.clone is None:
             return f"the task of pod {who.pod} has no repository"
         self.news.git[key] = state.model_copy(update={"url": pod.clone.url})
-        self.poke(key)
+        self.poke(key)  # its push, if it tells one, gets its Event with the status that shows it
         return None
 
     def _reporting(self, who: reports.Reporter) -> tuple[Key, PodView | None]:
@@ -886,6 +886,8 @@ class Reconciler:
             del self.news.reports[key]
         if git is not None and self.news.git.get(key) is git:
             del self.news.git[key]
+        if git is not None:
+            self._tell_push(task, git)
         if named is not None:
             self._namer.written(key, named)
         self.news.prompts.pop(key, None)  # recorded in status now
@@ -894,6 +896,19 @@ class Reconciler:
         self._observe_latency(key, task.spec.paused, status["phase"])
         if (event := plan.story_event(current.get("phase"), verdict)) is not None:
             self.event(task, type=event.type, reason=event.reason, message=event.message)
+
+    def _tell_push(self, task: Task, git: GitState) -> None:
+        if git.pushed is not None:
+            commit = (git.pushed.commit or "")[:12]
+            message = f"Pushed branch {git.pushed.branch} at {commit} to {git.url}."
+            self.event(task, type="Normal", reason="Pushed", message=message)
+        elif git.push_error is not None:
+            self.event(
+                task,
+                type="Warning",
+                reason="PushFailed",
+                message=f"The push to {git.url} failed: {git.push_error}",
+            )
 
     def _note_wish(self, key: Key, paused: bool) -> None:
         """Remember when a pause or resume was first seen, to time it (a new task's start is neither)."""

@@ -8,7 +8,7 @@ which lifetime. No per-task RBAC objects, no Secrets; a report from an earlier p
 
 The workspace reports its checkout's git state the same way, to `<endpoint>/git` (images/workspace/
 git-state.mjs): `{"branch", "head", "base", "ahead", "filesChanged", "insertions", "deletions",
-"uncommitted"}`.
+"uncommitted"}`, with `"pushed": {"branch", "commit"}` or `"pushError"` after a push.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from taskpod.api.models import AgentState, GitState, storable
+from taskpod.api.models import AgentState, GitState, PushRecord, storable
 from taskpod.core import clock
 
 log = logging.getLogger("taskpod.controller.reports")
@@ -96,7 +96,28 @@ def parse_git(body: Any, now: dt.datetime) -> GitState:
         if commit is not None and not COMMIT.fullmatch(commit):
             raise ValueError(f"{name} must be a commit's hash")
     branch = storable(state.branch[:MAX_BRANCH]) if state.branch else None
-    return state.model_copy(update={"branch": branch, "reported_at": now, "url": None})
+    update: dict[str, Any] = {
+        "branch": branch,
+        "reported_at": now,
+        "url": None,
+        "pushed": None,
+        "push_error": None,
+    }
+    pushed, push_error = body.get("pushed"), body.get("pushError")
+    if pushed is not None:
+        if not isinstance(pushed, dict) or not isinstance(pushed.get("branch"), str):
+            raise ValueError('pushed must be {"branch", "commit"}')
+        if not COMMIT.fullmatch(str(pushed.get("commit"))):
+            raise ValueError("pushed.commit must be a commit's hash")
+        record = {
+            "branch": storable(pushed["branch"][:MAX_BRANCH]),
+            "commit": pushed["commit"],
+            "pushed_at": now,
+        }
+        update["pushed"] = PushRecord(**record)
+    elif push_error is not None:
+        update["push_error"] = storable(" ".join(str(push_error).split())[:MAX_MESSAGE]) or "no reason given"
+    return state.model_copy(update=update)
 
 
 def _short(exc: Exception) -> str:

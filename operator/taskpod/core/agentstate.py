@@ -38,6 +38,7 @@ from taskpod.core.lifecycle import (
 )
 
 GIT_FIELDS = tuple(to_camel(name) for name in GitState.model_fields)  # status.repository's keys
+PUSH_FIELDS = ("pushed", "pushError")
 
 SUMMARY_CHARS = 120
 PROMPT_DELIVERED = "PromptDelivered"
@@ -202,8 +203,13 @@ def task_status(
         status["logSnapshot"] = dict(snapshot)
     if git is not None:
         # Whole: a field the new report leaves out (say, no base any more) must not survive from the old.
+        # The push's record stands until the next push says otherwise.
         shown_git = git.dump()
-        status["repository"] = {k: shown_git.get(k) for k in GIT_FIELDS}
+        status["repository"] = {k: shown_git.get(k) for k in GIT_FIELDS if k not in PUSH_FIELDS}
+        if git.pushed is not None:
+            status["repository"].update(pushed=shown_git["pushed"], pushError=None)
+        elif git.push_error is not None:
+            status["repository"]["pushError"] = git.push_error
     recorded = PromptStatus.model_validate(prompt) if prompt else task.status.prompt
     conditions = [Condition.model_validate(c) for c in status["conditions"]]
     delivered, reason, message = prompt_condition(task.spec.prompt, recorded, delivery)

@@ -3,7 +3,8 @@
 #
 # In:  TASKPOD_REPO_URL, TASKPOD_REPO_DIR (absolute), TASKPOD_REPO_BRANCH, TASKPOD_REPO_DEPTH (0: all),
 #      TASKPOD_REPO_REF (optional: the remote's default branch), TASKPOD_GIT_CREDENTIALS (optional: the
-#      mounted Secret: password or token, and username; or ssh-privatekey and known_hosts).
+#      mounted Secret, whose values are redacted from what is printed), and git's GIT_CONFIG_* and
+#      GIT_SSH_COMMAND that use it.
 # Out: the checkout on its working branch, refs/taskpod/base at the commit it started from. On failure,
 #      git's own words in the termination message, which the operator shows as the task's Error. No secret
 #      is written to the volume, passed on a command line, or printed.
@@ -13,18 +14,13 @@ dir=$TASKPOD_REPO_DIR
 creds=${TASKPOD_GIT_CREDENTIALS:-}
 staging="$(dirname "$dir")/.taskpod-clone.$(basename "$dir")"
 log="${TMPDIR:-/tmp}/taskpod-clone.$$.log"
-key=""
 
 if [ -e "$dir/.git" ]; then
     echo "taskpod: $dir is a checkout already; not cloning again"
     exit 0
 fi
 
-cleanup() {
-    [ -z "$key" ] || rm -f "$key"
-    rm -f "$log"
-}
-trap cleanup EXIT
+trap 'rm -f "$log"' EXIT
 
 # Anything the Secret holds, replaced in text that may be shown (git does not print it; belt and braces).
 redact() {
@@ -55,25 +51,12 @@ fail() {
     exit 1
 }
 
-# Credentials go to git through a helper that reads the mounted files when git asks, and through ssh
-# options; never into the URL or the checkout's config.
+# Credentials reach git through the environment the pod gives this step (workspace.credentials_env): a
+# credential helper and an ssh command that read the mounted Secret when git asks; never the URL or the
+# checkout's config.
 set -- -c credential.interactive=never -c http.lowSpeedLimit=1 -c http.lowSpeedTime=120
-if [ -n "$creds" ] && { [ -f "$creds/password" ] || [ -f "$creds/token" ]; }; then
-    # shellcheck disable=SC2016  # expanded by the helper's shell, when git runs it
-    helper='!f() { test "$1" = get || exit 0; echo "username=$(cat "$TASKPOD_GIT_CREDENTIALS/username" 2>/dev/null || echo x-access-token)"; echo "password=$(cat "$TASKPOD_GIT_CREDENTIALS/password" 2>/dev/null || cat "$TASKPOD_GIT_CREDENTIALS/token")"; }; f'
-    set -- "$@" -c credential.helper= -c "credential.helper=$helper"
-fi
-ssh="ssh -o BatchMode=yes -o ConnectTimeout=30 -o StrictHostKeyChecking=yes"
-if [ -n "$creds" ] && [ -f "$creds/ssh-privatekey" ]; then
-    # ssh refuses a key others may read, and a Secret's files are: a private copy for the clone's length.
-    key="$(mktemp)"
-    cat "$creds/ssh-privatekey" > "$key"
-    ssh="$ssh -o IdentitiesOnly=yes -i $key"
-fi
-if [ -n "$creds" ] && [ -f "$creds/known_hosts" ]; then
-    ssh="$ssh -o UserKnownHostsFile=$creds/known_hosts"
-fi
-export GIT_SSH_COMMAND="$ssh" GIT_TERMINAL_PROMPT=0 GIT_ASKPASS=/bin/false SSH_ASKPASS=/bin/false
+export GIT_SSH_COMMAND="${GIT_SSH_COMMAND:-ssh -o BatchMode=yes -o ConnectTimeout=30 -o StrictHostKeyChecking=yes}"
+export GIT_TERMINAL_PROMPT=0 GIT_ASKPASS=/bin/false SSH_ASKPASS=/bin/false
 
 git check-ref-format --branch "$TASKPOD_REPO_BRANCH" > "$log" 2>&1 \
     || fail "The working branch $TASKPOD_REPO_BRANCH is not a valid branch name"

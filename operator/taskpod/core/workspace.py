@@ -37,6 +37,23 @@ REPORT_VOLUME = "taskpod-report"
 REPORT_DIR = "/var/run/taskpod"
 GIT_CREDENTIALS_VOLUME = "taskpod-git-credentials"
 GIT_CREDENTIALS_DIR = "/var/run/taskpod/git"
+CREDENTIALS_MOUNT = {"name": GIT_CREDENTIALS_VOLUME, "mountPath": GIT_CREDENTIALS_DIR, "readOnly": True}
+# git's credential helper and ssh command, reading the mounted Secret when git asks (and nothing if it has
+# no such key): https takes `password` or `token` (and `username`), ssh `ssh-privatekey` and `known_hosts`.
+# ssh refuses a key others may read, as a Secret's files are, so it gets a private copy for the call.
+GIT_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; c=$TASKPOD_GIT_CREDENTIALS; '
+    'echo "username=$(cat "$c/username" 2>/dev/null || echo x-access-token)"; '
+    'echo "password=$(cat "$c/password" 2>/dev/null || cat "$c/token" 2>/dev/null)"; }; f'
+)
+GIT_SSH_COMMAND = (
+    "taskpod_ssh() { c=$TASKPOD_GIT_CREDENTIALS; "
+    "set -- -o BatchMode=yes -o ConnectTimeout=30 -o StrictHostKeyChecking=yes "
+    '-o "UserKnownHostsFile=$c/known_hosts" "$@"; '
+    'if [ ! -f "$c/ssh-privatekey" ]; then ssh "$@"; return; fi; '
+    'k=$(mktemp) && cat "$c/ssh-privatekey" > "$k" && ssh -o IdentitiesOnly=yes -i "$k" "$@"; '
+    's=$?; rm -f "$k"; return $s; }; taskpod_ssh'
+)
 CHECKOUT_ENV = "TASKPOD_CHECKOUT"  # where the agent container finds the checkout (its working directory)
 # The workspace image's reporter (images/workspace/git-state.mjs); an image without one just stops.
 GIT_STATE_ON_STOP = "command -v taskpod-git-state >/dev/null 2>&1 || exit 0; exec taskpod-git-state once"
@@ -99,6 +116,7 @@ class Checkout:
     depth: int  # 0: the whole history
     ref: str | None = None  # None: the remote's default branch
     secret: str | None = None
+    push: bool = False  # the agent container may push, and does on a complete report
 
 
 def checkout(task: Task, template: TaskTemplate) -> Checkout | None:
@@ -123,6 +141,7 @@ def checkout(task: Task, template: TaskTemplate) -> Checkout | None:
         depth=DEFAULT_DEPTH if merged.depth is None else merged.depth,
         ref=merged.ref,
         secret=merged.secret_ref.name if merged.secret_ref else None,
+        push=bool(merged.push),
     )
 
 
@@ -132,6 +151,19 @@ def checkout_name(url: str) -> str:
     last = re.split(r"[/:]", url.rstrip("/"))[-1].removesuffix(".git")
     name = re.sub(r"[^A-Za-z0-9._-]", "-", last).lstrip(".-")
     return name or "repo"
+
+
+def credentials_env(directory: str) -> list[dict[str, Any]]:
+    """What makes git use the Secret mounted at `directory`: the helper replaces any other (the image's)."""
+    return [
+        {"name": "TASKPOD_GIT_CREDENTIALS", "value": directory},
+        {"name": "GIT_CONFIG_COUNT", "value": "2"},
+        {"name": "GIT_CONFIG_KEY_0", "value": "credential.helper"},
+        {"name": "GIT_CONFIG_VALUE_0", "value": ""},
+        {"name": "GIT_CONFIG_KEY_1", "value": "credential.helper"},
+        {"name": "GIT_CONFIG_VALUE_1", "value": GIT_CREDENTIAL_HELPER},
+        {"name": "GIT_SSH_COMMAND", "value": GIT_SSH_COMMAND},
+    ]
 
 
 def refusal(task: Task, template: TaskTemplate) -> str | None:
@@ -160,8 +192,8 @@ def _clone_container(
         env.append({"name": "TASKPOD_REPO_REF", "value": repo.ref})
     mounts: list[dict[str, Any]] = [{"name": VOLUME, "mountPath": mount_path}]
     if repo.secret:
-        env.append({"name": "TASKPOD_GIT_CREDENTIALS", "value": GIT_CREDENTIALS_DIR})
-        mounts.append({"name": GIT_CREDENTIALS_VOLUME, "mountPath": GIT_CREDENTIALS_DIR, "readOnly": True})
+        env += credentials_env(GIT_CREDENTIALS_DIR)
+        mounts.append(CREDENTIALS_MOUNT)
     container = {
         "name": CLONE_CONTAINER,
         "image": agent["image"],
@@ -251,10 +283,16 @@ def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | Non
         if report_url:
             # The checkout's last git state before the pod stops (a pause), for status to keep showing.
             container["lifecycle"] = {"preStop": {"exec": {"command": ["sh", "-c", GIT_STATE_ON_STOP]}}}
+        if repo.push:
+            container["env"].append({"name": "TASKPOD_PUSH", "value": "true"})
         if repo.secret:
-            # Only the clone sees it; 0444 because it runs as the agent's user, which may not be root's group.
+            # The clone's, and the agent's too if it is to push; 0444: they run as the agent's user, which may
+            # not be in root's group.
             secret = {"secretName": repo.secret, "defaultMode": 0o444}
             volumes.append({"name": GIT_CREDENTIALS_VOLUME, "secret": secret})
+            if repo.push:
+                container["env"] += credentials_env(GIT_CREDENTIALS_DIR)
+                container["volumeMounts"].append(CREDENTIALS_MOUNT)
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
