@@ -46,6 +46,16 @@ TEMPLATE_FIELDS = {
     "spec.pod.securityContext": CORE + "SecurityContext",
     "spec.pod.podSecurityContext": CORE + "PodSecurityContext",
     "spec.pod.tolerations[]": CORE + "Toleration",
+    "spec.pod.volumes[]": CORE + "Volume",
+    "spec.pod.volumeMounts[]": CORE + "VolumeMount",
+    "spec.pod.envFrom[]": CORE + "EnvFromSource",
+    "spec.pod.initContainers[]": CORE + "Container",
+    "spec.pod.sidecars[]": CORE + "Container",
+    "spec.pod.imagePullSecrets[]": CORE + "LocalObjectReference",
+    "spec.pod.affinity": CORE + "Affinity",
+    "spec.pod.hostAliases[]": CORE + "HostAlias",
+    "spec.pod.dnsConfig": CORE + "PodDNSConfig",
+    "spec.pod.topologySpreadConstraints[]": CORE + "TopologySpreadConstraint",
     "spec.storage.size": QUANTITY,
 }
 # Each CRD file -> its fields typed from Kubernetes.
@@ -81,8 +91,16 @@ ORDER = [
 ]  # fmt: skip
 
 
-def structural(node: Schema, schemas: dict[str, Schema], where: str) -> Schema:
-    """`node` as a CRD structural schema: references inlined, what CRDs refuse or would apply dropped."""
+def structural(
+    node: Schema,
+    schemas: dict[str, Schema],
+    where: str,
+    map_keys: frozenset[str] = frozenset(),
+    keep_default: bool = False,
+) -> Schema:
+    """`node` as a CRD structural schema: references inlined, what CRDs refuse or would apply dropped.
+    `map_keys`: when `node` is a list's item, the properties that key the list; their defaults stay (the
+    API server requires a map key to be required or defaulted, as a Container port's protocol is)."""
     if ref := _reference(node, where):
         if ref in SCALARS:
             description = node.get("description") or schemas[ref].get("description")
@@ -92,12 +110,16 @@ def structural(node: Schema, schemas: dict[str, Schema], where: str) -> Schema:
     out: Schema = {}
     for key, value in node.items():
         if key == "properties":
-            out[key] = {name: structural(p, schemas, f"{where}.{name}") for name, p in value.items()}
+            out[key] = {
+                name: structural(p, schemas, f"{where}.{name}", keep_default=name in map_keys)
+                for name, p in value.items()
+            }
         elif key == "items":
-            out[key] = structural(value, schemas, f"{where}[]")
+            keys = frozenset(node.get("x-kubernetes-list-map-keys") or ())
+            out[key] = structural(value, schemas, f"{where}[]", map_keys=keys)
         elif key == "additionalProperties" and isinstance(value, dict):
             out[key] = structural(value, schemas, f"{where}{{}}")
-        elif key in KEPT:
+        elif key in KEPT or (key == "default" and keep_default):
             out[key] = value
         elif key not in DROPPED:
             raise ValueError(f"{where}: no CRD equivalent for {key}: {value!r}")
@@ -206,7 +228,11 @@ def _splice(text: str, keys: list[str], schema: Schema) -> str:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style, except lists of scalars in flow style ([a, b]) and multi-line text folded."""
+    """Block style, except lists of scalars in flow style ([a, b]) and multi-line text folded; no anchors
+    (a schema met twice, as a Container's quantities are, is written out each time)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:

@@ -347,6 +347,24 @@ def kubectl_refuses(kube: Kube, namespace: str, manifest: dict[str, Any]) -> str
             {"pod": pod(env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "agent"}}}])},
             "spec.pod.env[0].valueFrom.secretKeyRef.key: Required value",
         ),
+        ({"pod": pod(volumes=[{"name": "workspace", "emptyDir": {}}])}, "spec.pod.volumes: Invalid value"),
+        ({"pod": pod(sidecars=[{"name": "agent", "image": "x:1"}])}, "the container names agent and clone"),
+        (
+            {"pod": pod(initContainers=[{"name": "clone", "image": "x:1"}])},
+            "spec.pod.initContainers: Invalid",
+        ),
+        (
+            {"pod": pod(volumeMounts=[{"name": "workspace", "mountPath": "/w"}])},
+            "the workspace volume is mounted by taskpod",
+        ),
+        (
+            {"pod": pod(sidecars=[{"name": "proxy", "image": "x:1", "ports": [{"containerPort": "80"}]}])},
+            "spec.pod.sidecars[0].ports[0].containerPort",
+        ),
+        (
+            {"pod": pod(volumes=[{"name": "cache", "emptyDir": {}, "hostPth": {}}])},
+            'unknown field "spec.pod.volumes[0].hostPth"',
+        ),
     ],
     ids=[
         "storage-size-not-a-quantity",
@@ -358,6 +376,12 @@ def kubectl_refuses(kube: Kube, namespace: str, manifest: dict[str, Any]) -> str
         "value-from-unknown-key",
         "security-context-unknown-key",
         "secret-key-ref-without-key",
+        "a-volume-named-like-ours",
+        "a-sidecar-named-like-the-agent",
+        "an-init-container-named-like-the-clone",
+        "a-mount-of-our-volume",
+        "a-sidecar-port-not-an-integer",
+        "a-volume-with-an-unknown-key",
     ],
 )
 def test_kubectl_refuses_a_template_whose_pod_fields_kubernetes_would_refuse(
@@ -410,6 +434,50 @@ def test_a_template_using_every_pod_field_is_accepted_and_reads_back_unchanged(
                     "tolerationSeconds": 300,
                 },
                 {"operator": "Exists", "effect": ""},  # valid in a Pod: every effect
+            ],
+            volumes=[
+                {"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}},
+                {"name": "ca", "configMap": {"name": "ca"}},
+            ],
+            volumeMounts=[
+                {"name": "cache", "mountPath": "/cache"},
+                {"name": "ca", "mountPath": "/etc/ca", "readOnly": True},
+            ],
+            envFrom=[
+                {"secretRef": {"name": "team-env"}},
+                {"configMapRef": {"name": "team"}, "prefix": "TEAM_"},
+            ],
+            initContainers=[
+                {
+                    "name": "deps",
+                    "image": "node:22",
+                    "command": ["npm", "ci"],
+                    "volumeMounts": [{"name": "workspace", "mountPath": "/workspace"}],
+                }
+            ],
+            sidecars=[
+                {"name": "proxy", "image": "envoy:1", "ports": [{"containerPort": 15001, "protocol": "TCP"}]}
+            ],
+            imagePullSecrets=[{"name": "registry"}],
+            runtimeClassName="gvisor",
+            affinity={
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["agents"]}]}
+                        ]
+                    }
+                }
+            },
+            priorityClassName="agents",
+            hostAliases=[{"ip": "10.0.0.9", "hostnames": ["forge.internal"]}],
+            dnsConfig={"options": [{"name": "ndots", "value": "2"}]},
+            topologySpreadConstraints=[
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                }
             ],
         ),
         "storage": {"size": "20Gi"},

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -23,10 +24,12 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from taskpod import kube as taskkube
-from taskpod.api.models import storable
+from taskpod.api.models import Task, TaskTemplate, storable
+from taskpod.core import workspace
 from taskpod.core.agentstate import summary
 from taskpod.core.snapshots import tidy
 from tests.support import (
@@ -310,3 +313,155 @@ def test_any_conversation_is_followed_and_kept_by_a_pause(
         else:
             assert kept_text == tidy(original)
     tasks_api(kube).delete_namespaced_custom_object(*GROUP, namespace, "tasks", name)
+
+
+# -- what a Pod takes, merged with taskpod's own parts -------------------------------------------------
+
+# Names an adversary would try: taskpod's own, valid ones, and ones Kubernetes refuses.
+PART_NAMES = st.sampled_from(
+    [
+        "cache",
+        "data",
+        "proxy",
+        "workspace",
+        "taskpod-report",
+        "taskpod-git-credentials",
+        "agent",
+        "clone",
+        "Bad_Name",
+    ]
+)
+MOUNT_PATHS = st.sampled_from(
+    ["/cache", "/data", "/workspace", "/workspace/sub", "relative", "/var/run/taskpod"]
+)
+EXTRA_VOLUMES = st.lists(
+    st.fixed_dictionaries(
+        {"name": PART_NAMES},
+        optional={
+            "emptyDir": st.just({}),
+            "configMap": st.fixed_dictionaries({"name": st.just("team-config")}),
+        },
+    ),
+    max_size=3,
+)
+EXTRA_CONTAINERS = st.lists(
+    st.fixed_dictionaries(
+        {"name": PART_NAMES, "image": st.sampled_from(["busybox:1", "busybox:1", ""])},
+        optional={
+            "volumeMounts": st.lists(
+                st.fixed_dictionaries({"name": PART_NAMES, "mountPath": MOUNT_PATHS}), max_size=1
+            )
+        },
+    ),
+    max_size=2,
+)
+POD_EXTRAS = st.fixed_dictionaries(
+    {"image": st.just("agent:1")},
+    optional={
+        "volumes": EXTRA_VOLUMES,
+        "volumeMounts": st.lists(
+            st.fixed_dictionaries({"name": PART_NAMES, "mountPath": MOUNT_PATHS}), max_size=3
+        ),
+        "envFrom": st.lists(
+            st.fixed_dictionaries({"secretRef": st.fixed_dictionaries({"name": PART_NAMES})}), max_size=2
+        ),
+        "initContainers": EXTRA_CONTAINERS,
+        "sidecars": EXTRA_CONTAINERS,
+        "imagePullSecrets": st.lists(st.fixed_dictionaries({"name": PART_NAMES}), max_size=2),
+        "runtimeClassName": st.sampled_from(["taskpod-fuzz", "Bad Name"]),
+        "priorityClassName": st.sampled_from(["taskpod-fuzz"]),
+        "hostAliases": st.lists(
+            st.fixed_dictionaries(
+                {"ip": st.sampled_from(["10.0.0.9", "not-an-ip"]), "hostnames": st.just(["forge.internal"])}
+            ),
+            max_size=2,
+        ),
+        "dnsConfig": st.fixed_dictionaries({"options": st.just([{"name": "ndots", "value": "2"}])}),
+        "topologySpreadConstraints": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "maxSkew": st.integers(-1, 2),
+                    "topologyKey": st.just("zone"),
+                    "whenUnsatisfiable": st.sampled_from(["ScheduleAnyway", "Never"]),
+                }
+            ),
+            max_size=1,
+        ),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def runtime_and_priority(kube: Kube) -> Iterator[None]:
+    """The RuntimeClass and PriorityClass that the drawn templates may name (both cluster-scoped)."""
+    runtime = {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": "taskpod-fuzz"},
+        "handler": "runc",
+    }
+    priority = {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": "taskpod-fuzz"},
+        "value": 10,
+    }
+    for create_it, body in (
+        (client.NodeV1Api(kube.api).create_runtime_class, runtime),
+        (client.SchedulingV1Api(kube.api).create_priority_class, priority),
+    ):
+        try:
+            create_it(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    yield
+    client.NodeV1Api(kube.api).delete_runtime_class("taskpod-fuzz")
+    client.SchedulingV1Api(kube.api).delete_priority_class("taskpod-fuzz")
+
+
+@given(pod=POD_EXTRAS, with_repository=st.booleans())
+def test_any_pod_template_is_refused_naming_the_field_or_merges_into_a_pod_the_api_server_takes(
+    kube: Kube,
+    namespace: str,
+    crds: list[str],
+    runtime_and_priority: None,
+    pod: dict[str, Any],
+    with_repository: bool,
+) -> None:
+    """A template's pod fields merged with taskpod's own parts (workspace.pod): the API server refuses the
+    template naming the field, or the merged pod is one it takes (a server-side dry run), or it refuses
+    that pod naming the field (the task then shows that refusal as its Error). Never does a template
+    shadow taskpod's own volumes or containers: the CRD refuses that, and the operator would too."""
+    name = unique("merge-tpl")
+    spec: dict[str, Any] = {"pod": pod}
+    if with_repository:
+        spec["repository"] = {
+            "url": "https://forge.example/acme/shop.git",
+            "secretRef": {"name": "forge"},
+            "push": True,
+        }
+    if not create(kube, namespace, "tasktemplates", name, spec):
+        return
+    stored = tasks_api(kube).get_namespaced_custom_object(*GROUP, namespace, "tasktemplates", name)
+    template = TaskTemplate.model_validate(stored)
+    found = workspace.conflict(template)
+    if found is not None:  # what a rule could not check cheaply: its tasks' Error names the field
+        assert found.startswith("spec.pod.volumeMounts: "), (
+            f"the CRD took a template that shadows ours: {found}"
+        )
+        event("template refused by the operator")
+        return
+    task = Task.model_validate(
+        {"metadata": {"name": "merge", "namespace": namespace, "uid": "u1"}, "spec": {"prompt": "Do it"}}
+    )
+    body = workspace.pod(task, template, 1, "https://taskpod.example/report")
+    body["metadata"]["ownerReferences"] = []  # no such Task: the dry run would look for it
+    names = [v["name"] for v in body["spec"]["volumes"]]
+    assert len(names) == len(set(names))
+    try:
+        kube.core.create_namespaced_pod(namespace, body, dry_run="All")
+        event("merged pod taken")
+    except ApiException as exc:
+        why = refused_naming_a_field(exc)
+        event(f"merged pod refused: {why.split(' is invalid: ')[-1][:40]}")

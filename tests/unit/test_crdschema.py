@@ -163,9 +163,18 @@ spec:
 USER = {"type": "object", "description": "A user.", "properties": {"uid": {"type": "integer"}}}
 
 
+# The fields of the small CRD below: the first ones typed (the later ones go the same way).
+SMALL_FIELDS = {
+    field: kind
+    for field, kind in TEMPLATE_FIELDS.items()
+    if kind.rsplit(".", 1)[-1]
+    in ("EnvVarSource", "SecurityContext", "PodSecurityContext", "Toleration", "Quantity")
+}
+
+
 def test_the_fields_are_typed_in_place_and_the_rest_of_the_file_stays_as_written() -> None:
     doc = openapi(EnvVarSource=USER, SecurityContext=USER, PodSecurityContext=USER, Toleration=USER)
-    out = generate(SMALL_CRD, doc, TEMPLATE_FIELDS)
+    out = generate(SMALL_CRD, doc, SMALL_FIELDS)
 
     lines = out.splitlines()
     assert lines[0] == "# A CRD with every generated field in its loose form."
@@ -200,4 +209,4 @@ def test_the_fields_are_typed_in_place_and_the_rest_of_the_file_stays_as_written
     }
     assert spec["properties"]["storage"]["properties"]["mountPath"] == {"type": "string"}
 
-    assert generate(out, doc, TEMPLATE_FIELDS) == out  # a second run changes nothing
+    assert generate(out, doc, SMALL_FIELDS) == out  # a second run changes nothing

@@ -16,6 +16,7 @@ from taskpod.core.workspace import (
     checkout,
     checkout_name,
     claim,
+    conflict,
     labels,
     merged_env,
     names,
@@ -501,3 +502,86 @@ def test_with_push_the_agent_gets_the_credentials_through_gits_helper_and_nothin
         names_ = {e["name"] for e in agent["env"]}
         assert not names_ & {"TASKPOD_GIT_CREDENTIALS", "GIT_CONFIG_COUNT", "GIT_SSH_COMMAND"}
         assert ("TASKPOD_PUSH" in names_) == bool(repo.get("push"))
+
+
+# -- what a Pod takes, merged with taskpod's own parts ------------------------------------------------
+
+CACHE = {"name": "cache", "emptyDir": {}}
+PROXY = {"name": "proxy", "image": "envoy:1", "ports": [{"containerPort": 15001}]}
+DEPS = {"name": "deps", "image": "node:22", "command": ["npm", "ci"]}
+POD_EXTRAS: dict[str, Any] = {
+    "volumes": [CACHE],
+    "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+    "envFrom": [{"secretRef": {"name": "team-env"}}],
+    "initContainers": [DEPS],
+    "sidecars": [PROXY],
+    "imagePullSecrets": [{"name": "registry"}],
+    "runtimeClassName": "gvisor",
+    "affinity": {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    },
+    "priorityClassName": "agents",
+    "hostAliases": [{"ip": "10.0.0.9", "hostnames": ["forge.internal"]}],
+    "dnsConfig": {"options": [{"name": "ndots", "value": "2"}]},
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    ],
+}
+
+
+def test_what_a_pod_takes_is_merged_with_taskpods_own_parts_which_come_first() -> None:
+    task, _ = with_repos(None, None)
+    raw = make_template(pod=POD_EXTRAS).dump()
+    template = TaskTemplate.model_validate({**raw, "spec": {**raw["spec"], "repository": {"url": REPO}}})
+    body = build(task, template, report_url=REPORT_URL)
+    spec = body["spec"]
+    assert [v["name"] for v in spec["volumes"]] == ["workspace", "cache", "taskpod-report"]
+    agent = container(body)
+    assert [m["name"] for m in agent["volumeMounts"]] == ["workspace", "cache", "taskpod-report"]
+    assert agent["envFrom"] == [{"secretRef": {"name": "team-env"}}]
+    # Sidecars first (a proxy the clone may need), as native sidecars; then the clone; then the template's
+    # init containers, which find the checkout.
+    assert [(c["name"], c.get("restartPolicy")) for c in spec["initContainers"]] == [
+        ("proxy", "Always"),
+        ("clone", None),
+        ("deps", None),
+    ]
+    for field in ("imagePullSecrets", "runtimeClassName", "affinity", "priorityClassName", "hostAliases"):
+        assert spec[field] == POD_EXTRAS[field], field
+    assert spec["dnsConfig"] == POD_EXTRAS["dnsConfig"]
+    assert spec["topologySpreadConstraints"] == POD_EXTRAS["topologySpreadConstraints"]
+    assert [c["name"] for c in spec["containers"]] == ["agent"]
+    assert refusal(task, template) is None
+
+
+OWN_VOLUME = {"volumes": [{"name": "workspace", "emptyDir": {}}]}
+REPORT_VOLUME = {"volumes": [{"name": "taskpod-report", "emptyDir": {}}]}
+CONFLICTS: dict[str, tuple[dict[str, Any], str]] = {
+    "our volume's name": (OWN_VOLUME, "spec.pod.volumes: the volume name workspace"),
+    "the report token's": (REPORT_VOLUME, "taskpod-report is taskpod's own"),
+    "the agent's name for an init container": (
+        {"initContainers": [{**DEPS, "name": "agent"}]}, "spec.pod.initContainers: the container name agent"
+    ),
+    "the clone's name for a sidecar": (
+        {"sidecars": [{**PROXY, "name": "clone"}]}, "spec.pod.sidecars: the container name clone"
+    ),
+    "a mount of no volume": (
+        {"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "nope is not one of spec.pod.volumes"
+    ),
+    "a mount of the workspace": (
+        {"volumeMounts": [{"name": "workspace", "mountPath": "/x"}]}, "workspace is not one of"
+    ),
+    "a mount where the workspace is": (
+        {"volumes": [CACHE], "volumeMounts": [{"name": "cache", "mountPath": "/home/agent/work"}]},
+        "/home/agent/work is where the workspace volume is",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("extras", "says"), CONFLICTS.values(), ids=CONFLICTS.keys())
+def test_a_template_that_would_shadow_taskpods_parts_is_refused_naming_the_field(
+    extras: dict[str, Any], says: str
+) -> None:
+    template = make_template(pod=extras)
+    assert says in (conflict(template) or "")
+    assert (refusal(TASK, template) or "").startswith("TaskTemplate claude cannot be used: spec.pod.")

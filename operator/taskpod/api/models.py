@@ -297,6 +297,19 @@ class PodTemplate(Model):
     labels: dict[str, str] | None = None
     node_selector: dict[str, str] | None = None
     tolerations: list[dict[str, Any]] | None = None
+    # The rest of what a Pod takes, passed through as Kubernetes' own objects (the CRD types them).
+    volumes: list[dict[str, Any]] | None = None
+    volume_mounts: list[dict[str, Any]] | None = None
+    env_from: list[dict[str, Any]] | None = None
+    init_containers: list[dict[str, Any]] | None = None
+    sidecars: list[dict[str, Any]] | None = None
+    image_pull_secrets: list[dict[str, Any]] | None = None
+    runtime_class_name: str | None = Field(default=None, max_length=253)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    host_aliases: list[dict[str, Any]] | None = None
+    dns_config: dict[str, Any] | None = None
+    topology_spread_constraints: list[dict[str, Any]] | None = None
 
 
 class StorageSpec(Model):

@@ -166,8 +166,34 @@ def credentials_env(directory: str) -> list[dict[str, Any]]:
     ]
 
 
+OWN_VOLUMES = (VOLUME, REPORT_VOLUME, GIT_CREDENTIALS_VOLUME)
+OWN_CONTAINERS = (CONTAINER, CLONE_CONTAINER)
+
+
+def conflict(template: TaskTemplate) -> str | None:
+    """What in the template's pod would shadow taskpod's own parts, naming the field; None if nothing.
+    The CRD refuses the same at apply time; this catches a template stored before those rules."""
+    pod = template.spec.pod
+    for volume in pod.volumes or []:
+        if volume.get("name") in OWN_VOLUMES:
+            return f"spec.pod.volumes: the volume name {volume.get('name')} is taskpod's own"
+    for field, containers in (("initContainers", pod.init_containers), ("sidecars", pod.sidecars)):
+        for container in containers or []:
+            if container.get("name") in OWN_CONTAINERS:
+                return f"spec.pod.{field}: the container name {container.get('name')} is taskpod's own"
+    theirs = {v.get("name") for v in pod.volumes or []}
+    for mount in pod.volume_mounts or []:
+        if mount.get("name") not in theirs:
+            return f"spec.pod.volumeMounts: {mount.get('name')} is not one of spec.pod.volumes"
+        if mount.get("mountPath") == template.spec.storage.mount_path:
+            return f"spec.pod.volumeMounts: {mount.get('mountPath')} is where the workspace volume is"
+    return None
+
+
 def refusal(task: Task, template: TaskTemplate) -> str | None:
     """Why no workspace can be made for this task from this template, or None."""
+    if (found := conflict(template)) is not None:
+        return f"TaskTemplate {template.metadata.name} cannot be used: {found}."
     try:
         checkout(task, template)
     except ValueError as exc:
@@ -263,10 +289,13 @@ def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | Non
         "args": pod_template.args,
         "resources": pod_template.resources.dump() if pod_template.resources else None,
         "securityContext": pod_template.security_context,
+        "envFrom": pod_template.env_from,
     }
     container.update({k: v for k, v in optional.items() if v})
 
     volumes: list[dict[str, Any]] = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": n.claim}}]
+    volumes += pod_template.volumes or []
+    container["volumeMounts"] += pod_template.volume_mounts or []
     if report_url:
         # The agent reports complete/failed with a token bound to this pod, for the operator only.
         token = {"audience": REPORT_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
@@ -304,11 +333,23 @@ def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | Non
         "serviceAccountName": pod_template.service_account_name,
         "nodeSelector": pod_template.node_selector,
         "tolerations": pod_template.tolerations,
+        "imagePullSecrets": pod_template.image_pull_secrets,
+        "runtimeClassName": pod_template.runtime_class_name,
+        "affinity": pod_template.affinity,
+        "priorityClassName": pod_template.priority_class_name,
+        "hostAliases": pod_template.host_aliases,
+        "dnsConfig": pod_template.dns_config,
+        "topologySpreadConstraints": pod_template.topology_spread_constraints,
     }
     pod_spec.update({k: v for k, v in pod_optional.items() if v})
+    # In order: the template's sidecars (a proxy the clone may need, say), the clone, then the template's
+    # init containers (which find the checkout).
+    init = [{**sidecar, "restartPolicy": "Always"} for sidecar in pod_template.sidecars or []]
     if repo is not None:
-        clone = _clone_container(container, merged_env(template, task), repo, storage.mount_path)
-        pod_spec["initContainers"] = [clone]
+        init.append(_clone_container(container, merged_env(template, task), repo, storage.mount_path))
+    init += pod_template.init_containers or []
+    if init:
+        pod_spec["initContainers"] = init
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
