@@ -230,6 +230,11 @@ async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -
     return await _call("PATCH", path("Task", namespace, name, "/status"), {"status": status}, MERGE)
 
 
+async def patch_template_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch of the TaskTemplate's status subresource (its Ready condition)."""
+    return await _call("PATCH", path("TaskTemplate", namespace, name, "/status"), {"status": status}, MERGE)
+
+
 def agent_transport(
     via_proxy: bool, timeout: float = 5.0
 ) -> tuple[Callable[[], httpx.AsyncClient], str | None]:

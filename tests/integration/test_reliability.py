@@ -435,3 +435,64 @@ def test_a_pod_stuck_at_a_bad_template_is_replaced_once_the_template_is_fixed(
     patch_template(kube, namespace, {"pod": {"annotations": {"sim.taskpod.dev/container-waiting": None}}})
     wait_for(partial(phase_is, kube, namespace, "rollout", "Active"), 60, "Active once the template is fixed")
     event_told(kube, namespace, "rollout", lambda e: e.reason == "PodReplaced", "a PodReplaced Event")
+
+
+DENIED = "git fetch failed: fatal: Authentication failed for 'https://forge.example/acme/shop.git/'"
+
+
+def test_a_failed_clone_is_an_error_in_gits_words_that_heals_once_the_clone_works(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    """The clone step as a kubelet reports it failing (kwok plays the init container's exit; the real
+    node runs git itself, tests/integration/test_real_node.py): the task is Error with git's words and a
+    Warning Event, and comes back when a clone works (here: the template's fixed)."""
+    template_with(kube, namespace)
+    patch_template(kube, namespace, {"pod": {"annotations": {"sim.taskpod.dev/init-failed": DENIED}}})
+    create_task(
+        kube, namespace, "clone", prompt="Fix it", repository={"url": "https://forge.example/acme/shop.git"}
+    )
+    task = wait_for(partial(phase_is, kube, namespace, "clone", "Error"), 60, "Error")
+    assert task["status"]["message"] == (
+        f"The repository https://forge.example/acme/shop.git could not be cloned: {DENIED}"
+    )
+    assert condition(task, "Ready")["reason"] == "CloneFailed"
+    event_told(
+        kube, namespace, "clone", lambda e: e.reason == "CloneFailed" and DENIED in e.message, "its Event"
+    )
+
+    patch_template(kube, namespace, {"pod": {"annotations": {"sim.taskpod.dev/init-failed": None}}})
+    wait_for(partial(delivered, kube, namespace, "clone"), 60, "the prompt delivered once the clone works")
+
+
+def test_a_template_the_operator_cannot_use_says_so_in_its_status_and_in_its_tasks(
+    kube: Kube, namespace: str, simulator: object, operator: Operator
+) -> None:
+    """A mount of a volume the pod lacks passes the CRD's rules (too costly to check there): the template's
+    Ready condition says why, its task is Error naming the field, and fixing the template heals both."""
+    template_with(kube, namespace, pod={"volumeMounts": [{"name": "cache", "mountPath": "/cache"}]})
+    create_task(kube, namespace, "mounts", prompt="Fix it")
+
+    def ready() -> dict[str, Any]:
+        stored = tasks_api(kube).get_namespaced_custom_object(
+            "taskpod.dev", "v1alpha1", namespace, "tasktemplates", "default"
+        )
+        return next(
+            c
+            for c in (stored.get("status") or {}).get("conditions") or [{"type": "Ready"}]
+            if c["type"] == "Ready"
+        )
+
+    said = wait_for(lambda: (c := ready()).get("status") == "False" and c, 30, "the template's Ready False")
+    assert said["reason"] == "Conflict"
+    assert (
+        said["message"] == "Tasks cannot use it: spec.pod.volumeMounts: cache is not one of spec.pod.volumes."
+    )
+    task = wait_for(partial(phase_is, kube, namespace, "mounts", "Error"), 60, "Error")
+    assert task["status"]["message"].startswith(
+        "TaskTemplate default cannot be used: spec.pod.volumeMounts: cache"
+    )
+    assert not kube.core.list_namespaced_pod(namespace, label_selector="taskpod.dev/task=mounts").items
+
+    patch_template(kube, namespace, {"pod": {"volumes": [{"name": "cache", "emptyDir": {}}]}})
+    wait_for(lambda: ready().get("status") == "True", 30, "the template's Ready True")
+    wait_for(partial(delivered, kube, namespace, "mounts"), 60, "the prompt delivered")

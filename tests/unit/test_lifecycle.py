@@ -199,8 +199,11 @@ PHASES: dict[str, tuple[Observation, Phase, str, str]] = {
     "template missing": (
         observe(template=None, template_name="gone"), Phase.ERROR, "TemplateNotFound", 'TaskTemplate "gone"'
     ),
-    "template missing beats workspace error": (
-        observe(template=None, workspace_error="x"), Phase.ERROR, "TemplateNotFound", '"claude"'
+    # A template that is there but cannot be used (invalid, or shadowing taskpod's parts) is no missing one:
+    # the reason is shown (it once said "not found", hiding it).
+    "template unusable, not missing": (
+        observe(template=None, workspace_error="TaskTemplate claude cannot be used: x"),
+        Phase.ERROR, "InvalidWorkspace", "cannot be used: x",
     ),
     "workspace refused": (
         observe(workspace_error="spec.containers[0].image: Required value"),

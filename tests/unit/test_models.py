@@ -10,7 +10,7 @@ import yaml
 from crdschema import QUANTITY_PATTERN
 from pydantic import BaseModel, ValidationError
 
-from taskpod.api.models import Task, TaskSpec, TaskStatus, TaskTemplateSpec
+from taskpod.api.models import Task, TaskSpec, TaskStatus, TaskTemplateSpec, TaskTemplateStatus
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 LIMITS = ("minLength", "maxLength", "minimum", "maximum", "pattern")
@@ -95,6 +95,7 @@ def compare(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], pa
         ("taskpod.dev_tasks.yaml", "spec", TaskSpec),
         ("taskpod.dev_tasks.yaml", "status", TaskStatus),
         ("taskpod.dev_tasktemplates.yaml", "spec", TaskTemplateSpec),
+        ("taskpod.dev_tasktemplates.yaml", "status", TaskTemplateStatus),
     ],
 )
 def test_model_agrees_with_crd(filename: str, field: str, model: type[BaseModel]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -25,6 +26,7 @@ from taskpod.core.workspace import (
     refusal,
     selector,
     spec_hash,
+    template_status,
 )
 
 LIFETIME = "taskpod.dev/lifetime"
@@ -585,3 +587,24 @@ def test_a_template_that_would_shadow_taskpods_parts_is_refused_naming_the_field
     template = make_template(pod=extras)
     assert says in (conflict(template) or "")
     assert (refusal(TASK, template) or "").startswith("TaskTemplate claude cannot be used: spec.pod.")
+
+
+NOW_ = dt.datetime(2026, 12, 1, 6, 0, tzinfo=dt.UTC)
+
+
+def test_a_templates_ready_condition_says_whether_tasks_can_use_it_and_is_written_only_on_change() -> None:
+    bad = make_template(pod={"volumeMounts": [{"name": "nope", "mountPath": "/x"}]})
+    status = template_status(bad, NOW_)
+    assert status is not None
+    (ready,) = status["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "Conflict")
+    assert (
+        ready["message"] == "Tasks cannot use it: spec.pod.volumeMounts: nope is not one of spec.pod.volumes."
+    )
+    stored = TaskTemplate.model_validate({**bad.dump(), "status": status})
+    assert template_status(stored, NOW_ + dt.timedelta(minutes=1)) is None  # said already: no write
+
+    fixed = TaskTemplate.model_validate({**make_template().dump(), "status": status})
+    (ready,) = (template_status(fixed, NOW_ + dt.timedelta(minutes=2)) or {})["conditions"]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("True", "Accepted", "Tasks can use it.")
+    assert ready["lastTransitionTime"] == "2026-12-01T06:02:00Z"

@@ -328,6 +328,11 @@ class TaskTemplateSpec(Model):
     repository: Repository | None = None
 
 
+class TaskTemplateStatus(Model):
+    conditions: list[Condition] | None = None
+
+
 class TaskTemplate(Model):
     metadata: ObjectMeta
     spec: TaskTemplateSpec
+    status: TaskTemplateStatus = Field(default_factory=TaskTemplateStatus)

@@ -23,6 +23,7 @@ from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Transport
 from taskpod.controller.reconcile import MAX_MESSAGE, Options, Reconciler, Views
 from taskpod.controller.settings import Settings
+from taskpod.core import clock, workspace
 from taskpod.core.lifecycle import ClaimView, NodeView, PodView
 from taskpod.core.workspace import MANAGED_BY, TASK_LABEL
 
@@ -194,9 +195,18 @@ async def task_changed(namespace: str, name: str, **kw: Any) -> None:
 
 
 @kopf.on.event(*TEMPLATES)
-async def template_changed(namespace: str, name: str, **kw: Any) -> None:
-    """Reconcile the template's tasks. Found by a scan of the tasks index, not by an index of their own:
-    templates change seldom, and a second index would cost every Task event a second handler."""
+async def template_changed(namespace: str, name: str, event: kopf.RawEvent, **kw: Any) -> None:
+    """Say in the template's status whether tasks can use it, then reconcile its tasks. They are found by
+    a scan of the tasks index, not by an index of their own: templates change seldom, and a second index
+    would cost every Task event a second handler."""
+    template = next(iter(kw["templates"].get((namespace, name)) or []), None)
+    status = workspace.template_status(template, clock.now()) if isinstance(template, TaskTemplate) else None
+    if event.get("type") != "DELETED" and status is not None:
+        try:
+            await kube.patch_template_status(namespace, name, status)
+        except kube.ApiException as exc:  # gone meanwhile, or no RBAC yet: its tasks still say it
+            why = kube.api_message(exc)
+            log.warning("cannot write the status of TaskTemplate %s/%s: %s", namespace, name, why)
     views = _views(kw)
     for key in [k for k in views.tasks if k[0] == namespace]:
         if any(isinstance(t, Task) and t.spec.template == name for t in views.tasks.get(key) or []):

@@ -267,6 +267,8 @@ def derive_phase(obs: Observation) -> Verdict:
         if running.phase in (Phase.ERROR, Phase.UNKNOWN):
             return running
         return Verdict(Phase.PENDING, "Pausing", f"Pausing: waiting for pod {obs.pod.name} to stop.")
+    if obs.workspace_error is not None:  # a template that is there, but cannot be used: say why
+        return Verdict(Phase.ERROR, "InvalidWorkspace", obs.workspace_error)
     if obs.template is None:
         return Verdict(
             Phase.ERROR,
@@ -274,8 +276,6 @@ def derive_phase(obs: Observation) -> Verdict:
             f'TaskTemplate "{obs.template_name}" not found in this namespace: create it, '
             "or set spec.template to an existing one.",
         )
-    if obs.workspace_error is not None:
-        return Verdict(Phase.ERROR, "InvalidWorkspace", obs.workspace_error)
     return _workspace_verdict(obs)
 
 

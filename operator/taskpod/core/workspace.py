@@ -9,6 +9,7 @@ where it is.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -16,14 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskpod.api.models import API_VERSION, EnvVar, Repository, Task, TaskTemplate
+from taskpod.api.models import API_VERSION, ConditionStatus, EnvVar, Repository, Task, TaskTemplate
 from taskpod.core.lifecycle import (
     AGENT_PORT_NAME,
     CLONE_CONTAINER,
     CLONE_URL_ENV,
     LIFETIME_LABEL,
+    READY,
     SPEC_HASH_ANNOTATION,
     PodView,
+    set_condition,
 )
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -188,6 +191,28 @@ def conflict(template: TaskTemplate) -> str | None:
         if mount.get("mountPath") == template.spec.storage.mount_path:
             return f"spec.pod.volumeMounts: {mount.get('mountPath')} is where the workspace volume is"
     return None
+
+
+def template_status(template: TaskTemplate, now: dt.datetime) -> dict[str, Any] | None:
+    """The template's status with its Ready condition as `conflict` finds it, or None when the status it
+    has says the same already (nothing to write)."""
+    found = conflict(template)
+    ready = ConditionStatus.FALSE if found else ConditionStatus.TRUE
+    reason, message = (
+        ("Conflict", f"Tasks cannot use it: {found}.") if found else ("Accepted", "Tasks can use it.")
+    )
+    current = template.status.conditions or []
+    was = next((c for c in current if c.type == READY), None)
+    generation = template.metadata.generation
+    if was is not None and (was.status, was.reason, was.message, was.observed_generation) == (
+        ready,
+        reason,
+        message,
+        generation,
+    ):
+        return None
+    conditions = set_condition(current, READY, ready, reason, message, generation, now)
+    return {"conditions": [c.dump() for c in conditions]}
 
 
 def refusal(task: Task, template: TaskTemplate) -> str | None:
