@@ -118,6 +118,7 @@ def everything(watched: list[str]) -> dict[str, Any]:
             "anthropicSecret": "anthropic",
             "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://llm-gateway.example.com"}],
             "repository": {"secretRef": {"name": "forge"}, "depth": 0},
+            "pod": {"imagePullSecrets": [{"name": "registry"}], "runtimeClassName": "gvisor"},
         },
         "simulatorTemplate": {"enabled": True, "agent": {"work_seconds": 1}},
         "podLabels": {"team": "platform"},

@@ -244,7 +244,7 @@ def _clone_container(
     mounts: list[dict[str, Any]] = [{"name": VOLUME, "mountPath": mount_path}]
     if repo.secret:
         env += credentials_env(GIT_CREDENTIALS_DIR)
-        mounts.append(CREDENTIALS_MOUNT)
+        mounts.append(dict(CREDENTIALS_MOUNT))
     container = {
         "name": CLONE_CONTAINER,
         "image": agent["image"],
@@ -346,7 +346,7 @@ def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | Non
             volumes.append({"name": GIT_CREDENTIALS_VOLUME, "secret": secret})
             if repo.push:
                 container["env"] += credentials_env(GIT_CREDENTIALS_DIR)
-                container["volumeMounts"].append(CREDENTIALS_MOUNT)
+                container["volumeMounts"].append(dict(CREDENTIALS_MOUNT))
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
