@@ -365,6 +365,11 @@ def kubectl_refuses(kube: Kube, namespace: str, manifest: dict[str, Any]) -> str
             {"pod": pod(volumes=[{"name": "cache", "emptyDir": {}, "hostPth": {}}])},
             'unknown field "spec.pod.volumes[0].hostPth"',
         ),
+        (
+            {"pod": pod(volumes=[{"name": "c", "emptyDir": {}}, {"name": "c", "emptyDir": {}}])},
+            "spec.pod.volumes[1]: Duplicate value",
+        ),
+        ({"pod": pod(runtimeClassName="gVisor Sandbox")}, "spec.pod.runtimeClassName in body should match"),
     ],
     ids=[
         "storage-size-not-a-quantity",
@@ -382,6 +387,8 @@ def kubectl_refuses(kube: Kube, namespace: str, manifest: dict[str, Any]) -> str
         "a-mount-of-our-volume",
         "a-sidecar-port-not-an-integer",
         "a-volume-with-an-unknown-key",
+        "two-volumes-of-one-name",
+        "a-runtime-class-not-a-name",
     ],
 )
 def test_kubectl_refuses_a_template_whose_pod_fields_kubernetes_would_refuse(

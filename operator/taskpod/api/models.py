@@ -24,6 +24,7 @@ DEFAULT_TEMPLATE = "default"
 Key = tuple[str, str]  # a Task's namespace and name: what the operator keeps per task is kept by this
 DEFAULT_AGENT_PORT = 3284
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # https://, http://, ssh://, git:// or scp-like (git@host:path), with no password in it: a Secret holds
 # credentials. (The API server's patterns are RE2: no look-ahead.)
 REPOSITORY_URL_PATTERN = r"^((https?|ssh|git)://[^\s:@/]+(:[0-9]*)?/|(ssh://)?[^\s:@/]+@[^\s:@/]+[:/])\S*$"
@@ -304,9 +305,9 @@ class PodTemplate(Model):
     init_containers: list[dict[str, Any]] | None = None
     sidecars: list[dict[str, Any]] | None = None
     image_pull_secrets: list[dict[str, Any]] | None = None
-    runtime_class_name: str | None = Field(default=None, max_length=253)
+    runtime_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     affinity: dict[str, Any] | None = None
-    priority_class_name: str | None = Field(default=None, max_length=253)
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     host_aliases: list[dict[str, Any]] | None = None
     dns_config: dict[str, Any] | None = None
     topology_spread_constraints: list[dict[str, Any]] | None = None
