@@ -171,6 +171,7 @@ def _cluster(directory: Path, n: int) -> LocalCluster:
             kubectl,
             *kc,
             "wait",
+            "--timeout=120s",  # the TaskTemplate CRD (460 KB of schema) can take over 30 s under load
             "--for=condition=Established",
             "crd/tasks.taskpod.dev",
             "crd/tasktemplates.taskpod.dev",

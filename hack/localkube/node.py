@@ -526,6 +526,14 @@ class Node:
                     with contextlib.suppress(OSError):
                         os.remove(f"/run/netns/{ns}")
         if BRIDGE in _links():
+            # The pods' veths go with their network namespaces, but the kernel takes its time (over 10 s,
+            # seen under load): delete each one on our bridge now, which removes both its ends.
+            shown = subprocess.run(
+                ["ip", "-o", "link", "show", "master", BRIDGE], capture_output=True, text=True
+            )
+            for line in shown.stdout.splitlines():
+                veth = line.split(":")[1].strip().split("@")[0]
+                subprocess.run(["ip", "link", "delete", veth], capture_output=True)
             subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
         left += _remove_cgroups()
         for name, value in record.sysctls.items():

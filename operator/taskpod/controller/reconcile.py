@@ -170,6 +170,13 @@ class _Pass:
 
 
 @dataclass(frozen=True)
+class _Wanted:
+    made_of: tuple[str, int, str]  # the task's uid and generation, the template's resourceVersion
+    spec_hash: str | None  # of the pod they make; None when they make none
+    refusal: str | None  # why they make none
+
+
+@dataclass(frozen=True)
 class _Created:
     """The pod as our create left it, and when (loop time)."""
 
@@ -220,8 +227,9 @@ class Memory:
     gone: dict[Key, set[str]] = field(default_factory=dict)
     recreations: dict[Key, _Recreation] = field(default_factory=dict)  # failed pods, until one is Ready
     told_claim_deleting: dict[Key, str] = field(default_factory=dict)  # uid of the claim we warned of
-    # what makes the wanted pod (task uid and generation, template version) and its spec hash
-    wanted: dict[Key, tuple[tuple[str, int, str], str]] = field(default_factory=dict)
+    # what makes the wanted pod (task uid and generation, template version), and its spec hash or why
+    # the two make none
+    wanted: dict[Key, _Wanted] = field(default_factory=dict)
     seen: dict[Key, _Inputs] = field(default_factory=dict)  # what the last reconcile read
     asked: dict[Key, tuple[bool, float]] = field(default_factory=dict)  # paused wish, when first seen
 
@@ -413,7 +421,7 @@ class Reconciler:
         """The steps, in order. Returns the workspace's pod and claim as this reconcile left them."""
         key = (task.namespace, task.name)
         template = _one(views.templates, (task.namespace, task.spec.template))
-        if isinstance(template, TaskTemplate) and (refused := workspace.refusal(task, template)) is not None:
+        if isinstance(template, TaskTemplate) and (refused := self._wanted(key, task, template).refusal):
             template = refused  # no workspace can be made of the two (say, a repository with no url)
         recorded = (self._current_status(key, task).get("workspace") or {}).get("lifetime") or 0
         if (deleted := self.memory.deleted.get(key)) is not None and deleted.lifetime is not None:
@@ -449,18 +457,25 @@ class Reconciler:
         await self._write_status(task, obs, verdict)
         return _Children(step.pod, step.claim)
 
-    def _wanted_hash(self, step: _Pass) -> str | None:
-        """The spec hash of the pod that task and template make now (see plan.pod_action), built only
-        when either has changed since."""
-        task, template = step.task, step.template
-        if template is None or step.workspace_error is not None:
-            return None
+    def _wanted(self, key: Key, task: Task, template: TaskTemplate) -> _Wanted:
+        """The pod's spec hash that task and template make now (see plan.pod_action), or why they make
+        none (workspace.refusal): worked out only when either has changed since, not per reconcile."""
         made_of = (task.metadata.uid, task.metadata.generation, template.metadata.resource_version or "")
-        known = self.memory.wanted.get(step.key)
-        if known is None or known[0] != made_of:
-            wanted = workspace.pod(task, template, 0, self.options.report_url)
-            known = self.memory.wanted[step.key] = (made_of, workspace.spec_hash(wanted))
-        return known[1]
+        known = self.memory.wanted.get(key)
+        if known is None or known.made_of != made_of:
+            if (refusal := workspace.refusal(task, template)) is not None:
+                known = _Wanted(made_of, None, refusal)
+            else:
+                body = workspace.pod(task, template, 0, self.options.report_url)
+                known = _Wanted(made_of, workspace.spec_hash(body), None)
+            self.memory.wanted[key] = known
+        return known
+
+    def _wanted_hash(self, step: _Pass) -> str | None:
+        """The spec hash of the pod to run, or None when there is none to make."""
+        if step.template is None or step.workspace_error is not None:
+            return None
+        return self._wanted(step.key, step.task, step.template).spec_hash
 
     async def _keep_the_conversation(self, step: _Pass) -> None:
         """A pod that is to stop (a pause, or a replacement) first has its conversation kept."""
