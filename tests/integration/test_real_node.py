@@ -717,6 +717,30 @@ def test_claude_code_works_on_a_checkout_of_the_tasks_repository(
     shown += real.kubectl("logs", "-n", ns, "denied-0", "-c", "clone")
     assert "ghp_wrong-token" not in shown and FORGE_TOKEN not in shown
     _delete(installed, ns, "denied")
+
+    # A Secret not there yet is named in the Error; once it is created, the kubelet's next try clones.
+    later = installed.explain(ns, "later")
+    create_task(
+        kube, ns, "later", prompt="Fix the README", template="with-forge",
+        repository={"url": url, "secretRef": {"name": "forge-later"}},
+    )  # fmt: skip
+    failed = wait_for(lambda: phase_is(kube, ns, "later", "Error"), 120, "Error", explain=later)
+    assert failed["status"]["message"] == (
+        f"The repository {url} could not be cloned: The credentials Secret forge-later cannot be used: "
+        "it is missing, or holds none of the keys password, token and ssh-privatekey"
+    ), failed["status"]["message"]
+    secret = {"metadata": {"name": "forge-later"}, "stringData": {"token": FORGE_TOKEN}}
+    kube.core.create_namespaced_secret(TEAM, secret)
+    try:
+        wait_for(
+            lambda: phase_is(kube, ns, "later", "Active"),
+            240,
+            "Active once the Secret is there",
+            explain=later,
+        )
+    finally:
+        kube.core.delete_namespaced_secret("forge-later", TEAM)
+    _delete(installed, ns, "later")
     _delete(installed, ns, "shop")
 
 

@@ -163,6 +163,24 @@ def test_no_secret_and_a_forge_that_wants_one_fails_at_once(tmp_path: Path, forg
     assert "could not read Username" in run.message or "Authentication failed" in run.message
 
 
+def test_a_secret_that_is_missing_is_named_and_the_next_try_after_it_appears_clones(
+    tmp_path: Path, forge: GitServer
+) -> None:
+    """The Secret's volume is optional, so a missing Secret mounts as an empty directory: the clone says
+    which Secret, rather than the pod waiting unexplained; the kubelet's retry clones once it is there."""
+    forge.create("shop", FILES)
+    empty = tmp_path / "secret"
+    empty.mkdir()
+    run = clone(tmp_path, forge.url("shop"), secret=empty, TASKPOD_GIT_SECRET="shop-token")
+    assert run.code == 1
+    expected = "The credentials Secret shop-token cannot be used: it is missing"
+    assert run.message.startswith(expected), run.message
+    assert not forge.requests  # it did not go on to ask the forge without credentials
+    (empty / "token").write_text(TOKEN)
+    run = clone(tmp_path, forge.url("shop"), secret=empty, TASKPOD_GIT_SECRET="shop-token")
+    assert run.code == 0, run.out
+
+
 def test_a_repository_that_is_not_there(tmp_path: Path, forge: GitServer, secret: Path) -> None:
     run = clone(tmp_path, forge.url("nope"), secret=secret)
     assert run.code == 1

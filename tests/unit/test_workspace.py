@@ -466,11 +466,13 @@ def test_the_credentials_secret_is_mounted_in_the_clone_step_only() -> None:
     body = build(task, template)
     assert volumes(body)["taskpod-git-credentials"] == {
         "name": "taskpod-git-credentials",
-        "secret": {"secretName": "forge-token", "defaultMode": 0o444},
+        # Optional: a missing Secret is the clone step's error, named, not a pod that never starts.
+        "secret": {"secretName": "forge-token", "defaultMode": 0o444, "optional": True},
     }
     mount = {"name": "taskpod-git-credentials", "mountPath": "/var/run/taskpod/git", "readOnly": True}
     assert mount in clone_step(body)["volumeMounts"]
     assert clone_env(body)["TASKPOD_GIT_CREDENTIALS"] == "/var/run/taskpod/git"
+    assert clone_env(body)["TASKPOD_GIT_SECRET"] == "forge-token"
     agent = container(body)
     assert all(m["name"] != "taskpod-git-credentials" for m in agent["volumeMounts"])
     assert all("GIT_CREDENTIALS" not in e["name"] for e in agent["env"])

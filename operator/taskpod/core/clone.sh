@@ -3,8 +3,9 @@
 #
 # In:  TASKPOD_REPO_URL, TASKPOD_REPO_DIR (absolute), TASKPOD_REPO_BRANCH, TASKPOD_REPO_DEPTH (0: all),
 #      TASKPOD_REPO_REF (optional: the remote's default branch), TASKPOD_GIT_CREDENTIALS (optional: the
-#      mounted Secret, whose values are redacted from what is printed), and git's GIT_CONFIG_* and
-#      GIT_SSH_COMMAND that use it.
+#      mounted Secret, whose values are redacted from what is printed), TASKPOD_GIT_SECRET (that Secret's
+#      name, for the message when it is missing: the volume is optional so that the pod can start and say
+#      so), and git's GIT_CONFIG_* and GIT_SSH_COMMAND that use it.
 # Out: the checkout on its working branch, refs/taskpod/base at the commit it started from. On failure,
 #      git's own words in the termination message, which the operator shows as the task's Error. No secret
 #      is written to the volume, passed on a command line, or printed.
@@ -60,6 +61,12 @@ export GIT_TERMINAL_PROMPT=0 GIT_ASKPASS=/bin/false SSH_ASKPASS=/bin/false
 
 git check-ref-format --branch "$TASKPOD_REPO_BRANCH" > "$log" 2>&1 \
     || fail "The working branch $TASKPOD_REPO_BRANCH is not a valid branch name"
+if [ -n "${TASKPOD_GIT_SECRET:-}" ] && [ ! -f "$creds/password" ] && [ ! -f "$creds/token" ] \
+    && [ ! -f "$creds/ssh-privatekey" ]; then
+    # The kubelet refreshes the volume when the Secret appears, and the next try (with back-off) clones.
+    echo "it is missing, or holds none of the keys password, token and ssh-privatekey" > "$log"
+    fail "The credentials Secret $TASKPOD_GIT_SECRET cannot be used"
+fi
 if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
     echo "$dir holds files and is not a git checkout" > "$log"
     fail "Cannot clone into $dir"

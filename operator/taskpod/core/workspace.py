@@ -243,7 +243,7 @@ def _clone_container(
         env.append({"name": "TASKPOD_REPO_REF", "value": repo.ref})
     mounts: list[dict[str, Any]] = [{"name": VOLUME, "mountPath": mount_path}]
     if repo.secret:
-        env += credentials_env(GIT_CREDENTIALS_DIR)
+        env += [{"name": "TASKPOD_GIT_SECRET", "value": repo.secret}, *credentials_env(GIT_CREDENTIALS_DIR)]
         mounts.append(dict(CREDENTIALS_MOUNT))
     container = {
         "name": CLONE_CONTAINER,
@@ -341,8 +341,9 @@ def pod(task: Task, template: TaskTemplate, lifetime: int, report_url: str | Non
             container["env"].append({"name": "TASKPOD_PUSH", "value": "true"})
         if repo.secret:
             # The clone's, and the agent's too if it is to push; 0444: they run as the agent's user, which may
-            # not be in root's group.
-            secret = {"secretName": repo.secret, "defaultMode": 0o444}
+            # not be in root's group. Optional, so that a missing Secret is the clone's Error, in the
+            # task's status, rather than a pod stuck creating that the operator cannot explain.
+            secret = {"secretName": repo.secret, "defaultMode": 0o444, "optional": True}
             volumes.append({"name": GIT_CREDENTIALS_VOLUME, "secret": secret})
             if repo.push:
                 container["env"] += credentials_env(GIT_CREDENTIALS_DIR)
