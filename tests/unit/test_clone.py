@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from taskpod.core.workspace import CLONE_SCRIPT, credentials_env
+from tests import sshserver
 from tests.gitserver import GitServer, git
+from tests.sshserver import SshServer
 
 TOKEN = "ghp_s3cr3t-Tök€n"
 FILES = {"README.md": "# Shop\n", "src/app.py": "print('hi')\n", "docs/ünïcødé.md": "ok\n"}
@@ -273,3 +275,49 @@ def test_ssh_gets_a_private_copy_of_the_key_and_checks_the_host(tmp_path: Path) 
     assert (record / "mode").read_text().strip() == "600"
     assert (record / "key").read_text() == (secret / "ssh-privatekey").read_text()
     assert not Path((record / "path").read_text().strip()).exists()  # the copy is gone after the call
+
+
+@pytest.fixture
+def ssh_forge(tmp_path: Path) -> Iterator[SshServer]:
+    if reason := sshserver.unavailable():
+        pytest.skip(reason)
+    with SshServer(tmp_path / "sshd") as server:
+        yield server
+
+
+def ssh_secret(tmp_path: Path, server: SshServer, known_hosts: str) -> Path:
+    """A `kubernetes.io/ssh-auth` Secret's files, as its volume mounts them (0444)."""
+    secret = tmp_path / "ssh-secret"
+    secret.mkdir(exist_ok=True)
+    for name, text in (("ssh-privatekey", server.private_key), ("known_hosts", known_hosts)):
+        (secret / name).write_text(text)
+        (secret / name).chmod(0o444)
+    return secret
+
+
+def test_a_clone_over_ssh_with_the_secrets_key_from_a_real_sshd(
+    tmp_path: Path, forge: GitServer, ssh_forge: SshServer
+) -> None:
+    head = forge.create("shop", FILES)
+    secret = ssh_secret(tmp_path, ssh_forge, ssh_forge.known_hosts)
+    run = clone(tmp_path, ssh_forge.url(forge.root / "shop.git"), secret=secret)
+    assert run.code == 0, run.out + ssh_forge.log()
+    checkout = tmp_path / "workspace/shop"
+    assert git("rev-parse", "HEAD", cwd=checkout) == head
+    assert "Accepted publickey for root" in ssh_forge.log()
+    assert ssh_forge.private_key not in everything_under(tmp_path / "workspace") + run.out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp.")]  # the key's private copy is gone
+
+
+def test_a_host_not_in_known_hosts_is_refused_before_any_key_is_offered(
+    tmp_path: Path, forge: GitServer, ssh_forge: SshServer
+) -> None:
+    forge.create("shop", FILES)
+    other = ssh_forge.known_hosts.replace(f"]:{ssh_forge.port} ", f"]:{ssh_forge.port + 1} ")
+    assert other != ssh_forge.known_hosts
+    secret = ssh_secret(tmp_path, ssh_forge, other)
+    run = clone(tmp_path, ssh_forge.url(forge.root / "shop.git"), secret=secret)
+    assert run.code == 1
+    assert run.message.startswith("git fetch failed: "), run.message
+    assert "Host key verification failed." in run.message
+    assert "Accepted" not in ssh_forge.log() and not (tmp_path / "workspace/shop").exists()
