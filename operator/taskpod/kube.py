@@ -33,6 +33,7 @@ __all__ = [
     "adopt",
     "agent_port",
     "agent_transport",
+    "annotate_task",
     "api_client",
     "api_message",
     "apply",
@@ -40,6 +41,8 @@ __all__ = [
     "create_task",
     "delete_pod",
     "delete_task",
+    "delete_task_once",
+    "get_pod",
     "get_task",
     "list_objects",
     "namespace_terminating",
@@ -278,6 +281,22 @@ async def patch_task_spec(namespace: str, name: str, spec: dict[str, Any]) -> di
     return await _call("PATCH", path("Task", namespace, name), {"spec": spec}, MERGE)
 
 
+async def get_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    """The pod, or None when there is none of that name."""
+    try:
+        return await _call("GET", path("Pod", namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def annotate_task(namespace: str, name: str, annotations: dict[str, str]) -> dict[str, Any]:
+    return await _call(
+        "PATCH", path("Task", namespace, name), {"metadata": {"annotations": annotations}}, MERGE
+    )
+
+
 async def create_task(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     return await create({**body, "metadata": {**body.get("metadata", {}), "namespace": namespace}})
 
@@ -285,6 +304,12 @@ async def create_task(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
 async def delete_task(namespace: str, name: str) -> None:
     """Delete in the foreground's stead: the workspace and snapshot go by garbage collection."""
     await _call("DELETE", path("Task", namespace, name))
+
+
+async def delete_task_once(namespace: str, name: str, uid: str) -> bool:
+    """Delete this Task (its uid: not a successor of the same name); False when it is gone already."""
+    body = {"preconditions": {"uid": uid}}
+    return await _delete(path("Task", namespace, name), body, gone=(404, 409))
 
 
 async def list_objects(kind: str, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:

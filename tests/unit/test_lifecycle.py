@@ -514,7 +514,7 @@ def test_paused_condition_follows_pause_and_resume() -> None:
     stopped = {"claim": "workspace-fix-bug-0", "lifetime": 2}
     stages = [
         (observe(paused=True), "False", "Pausing", "Waiting for pod fix-bug-0 to stop.", WORKSPACE),
-        (observe(paused=True, pod=None), "True", "Paused", "The workspace pod is stopped.", stopped),
+        (observe(paused=True, pod=None), "True", "Requested", "The workspace pod is stopped.", stopped),
         (observe(pod=None), "False", "Running", "The task is not paused.", stopped),
         (observe(lifetime=3), "False", "Running", "The task is not paused.", {**WORKSPACE, "lifetime": 3}),
     ]

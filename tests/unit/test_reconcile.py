@@ -133,6 +133,11 @@ class FakeApi:
         held["metadata"]["ownerReferences"] = [owner]
         return copy.deepcopy(held)
 
+    async def delete_task_once(self, namespace: str, name: str, uid: str) -> bool:
+        self.calls.append(("delete", "Task", name, uid))
+        self.task_deleted = True
+        return True
+
     async def delete_pod(self, namespace: str, name: str, uid: str) -> bool:
         """True unless that pod is known to be gone: deleted before, or another holds its name."""
         self.calls.append(("delete", "Pod", name, uid))

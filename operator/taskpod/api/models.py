@@ -30,6 +30,8 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 REPOSITORY_URL_PATTERN = r"^((https?|ssh|git)://[^\s:@/]+(:[0-9]*)?/|(ssh://)?[^\s:@/]+@[^\s:@/]+[:/])\S*$"
 # A branch, tag or commit, in the characters git's ref names commonly use; git itself checks the rest
 # (`..`, a trailing ".lock") and the clone fails with its message.
+# A Kubernetes duration as people write one (30m, 1h30m, 45s), or 0 for off.
+DURATION_PATTERN = r"^(0|([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,7}s)?)$"
 GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*$"
 # A path under the volume: relative, and no segment is "." or ".." (each starts with a letter, digit or _)
 REPOSITORY_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$"
@@ -115,13 +117,33 @@ class Repository(Model):
     push: bool | None = None
 
 
-class TaskSpec(Model):
+class Automation(Model):
+    """Lifecycle automation, on a TaskTemplate (the defaults) and a Task (its overrides): see
+    core/automation.py."""
+
+    idle_pause: str | None = Field(default=None, min_length=1, max_length=24, pattern=DURATION_PATTERN)
+    pause_on_finish: bool | None = None
+    delete_after_finish: str | None = Field(
+        default=None, min_length=1, max_length=24, pattern=DURATION_PATTERN
+    )
+
+
+class TaskSpec(Automation):
     prompt: str = Field(min_length=1, max_length=65536)
     display_name: str | None = Field(default=None, max_length=64)
     paused: bool = False
     template: str = Field(default=DEFAULT_TEMPLATE, min_length=1, max_length=253, pattern=NAME_PATTERN)
     env: list[EnvVar] | None = None
     repository: Repository | None = None
+
+
+class AutoPause(Model):
+    """An automatic pause: why, when, and the wake annotation's value then (see core/automation.py)."""
+
+    reason: str
+    paused_at: dt.datetime
+    wake: str | None = None
+    woken_at: dt.datetime | None = None
 
 
 class StateReport(Model):
@@ -210,6 +232,8 @@ class TaskStatus(Model):
     prompt: PromptStatus | None = None
     log_snapshot: LogSnapshot | None = None
     repository: GitState | None = None
+    auto_pause: AutoPause | None = None
+    idle_since: dt.datetime | None = None
     observed_generation: int | None = Field(default=None, ge=0)
 
 
@@ -319,7 +343,7 @@ class StorageSpec(Model):
     mount_path: str = Field(default="/workspace", pattern="^/")
 
 
-class TaskTemplateSpec(Model):
+class TaskTemplateSpec(Automation):
     display_name: str | None = Field(default=None, max_length=64)
     icon: str | None = Field(default=None, max_length=2048)
     description: str | None = Field(default=None, max_length=4096)

@@ -35,7 +35,7 @@ from taskpod.api.models import (
     Task,
     rfc3339,
 )
-from taskpod.core import naming
+from taskpod.core import automation, naming
 from taskpod.core.snapshots import DATA_KEY, configmap_name, tidy
 from taskpod.core.workspace import CONTAINER, PORT_NAME
 
@@ -157,7 +157,7 @@ async def logs(namespace: str, name: str) -> Logs:
             async with _connected(task) as client:
                 return Logs([_shown(m) for m in await client.messages()], snapshot=False)
         except (AgentUnavailable, AgentError):
-            if not task.spec.paused:
+            if paused(task) is None:
                 raise
             # Paused, and the status not saying so yet: the agent is stopping, its conversation kept.
         return await _snapshot_logs(task)
@@ -215,9 +215,10 @@ async def send(
     if not content.strip():
         raise ValueError("the input is empty")
     task = await _task(namespace, name)
-    if task.spec.paused:
+    resumed = paused(task) is not None
+    if resumed:
         progress(f"Resuming task {name}...")
-        await kube.patch_task_spec(namespace, name, {"paused": False})
+        task = await _resume(task)
     deadline = time.monotonic() + timeout
     while True:
         task = await _task(namespace, name)
@@ -226,7 +227,9 @@ async def send(
                 f"cannot send to task in current state: {task.status.phase} ({task.status.message})"
             )
         waiting = str(task.status.phase or Phase.PENDING)
-        if task.status.phase is Phase.ACTIVE:
+        if resumed and not await _resumed(task):
+            waiting = "the operator to resume it"
+        elif task.status.phase is Phase.ACTIVE:
             try:
                 async with _connected(task) as client:
                     if await deliver(client, content):
@@ -342,12 +345,47 @@ async def pause(namespace: str, name: str) -> bool:
     return True
 
 
+def paused(task: Task) -> automation.PauseReason | None:
+    """Who holds the task paused: its user (spec.paused), or an automatic pause (status.autoPause)."""
+    wake = task.metadata.annotations.get(automation.WAKE_ANNOTATION, "")
+    return automation.paused_by(task.spec.paused, task.status.auto_pause, wake)
+
+
+async def _resume(task: Task) -> Task:
+    """End the user's pause (spec.paused), or wake an automatic one: a new value of the wake annotation
+    (the operator never writes spec, so neither pause fights a GitOps tool's manifest). The task as
+    the API server has it then."""
+    if task.spec.paused:
+        raw = await kube.patch_task_spec(task.namespace, task.name, {"paused": False})
+    else:
+        value = rfc3339(dt.datetime.now(dt.UTC).replace(microsecond=0))
+        if task.metadata.annotations.get(automation.WAKE_ANNOTATION) == value:
+            value += "+1"  # twice in one second: a value it has not had
+        raw = await kube.annotate_task(task.namespace, task.name, {automation.WAKE_ANNOTATION: value})
+    return Task.from_api(raw)
+
+
+async def _resumed(task: Task) -> bool:
+    """Whether the operator has acted on the resume, and the pod in status is one it keeps running: input
+    given to a pod still stopping for the pause would be lost with it."""
+    if task.spec.paused or (task.status.observed_generation or 0) < task.metadata.generation:
+        return False
+    auto = task.status.auto_pause
+    if auto is not None and auto.woken_at is None:
+        return False  # the wake not seen yet
+    pod = task.status.workspace.pod if task.status.workspace else None
+    if task.status.phase is not Phase.ACTIVE or pod is None:
+        return True  # nothing to give it to yet: the loop waits for Active
+    found = await kube.get_pod(task.namespace, pod)
+    return found is not None and not (found.get("metadata") or {}).get("deletionTimestamp")
+
+
 async def resume(namespace: str, name: str) -> None:
-    """Coder's rule: only a paused task can be resumed."""
+    """Coder's rule: only a paused task can be resumed; either kind of pause."""
     task = await _task(namespace, name)
-    if not task.spec.paused:
+    if paused(task) is None:
         raise TaskConflict(f"task {name} is not paused (it is {task.status.phase or 'Pending'})")
-    await kube.patch_task_spec(namespace, name, {"paused": False})
+    await _resume(task)
 
 
 async def set_prompt(namespace: str, name: str, prompt: str) -> None:

@@ -77,6 +77,12 @@ RESUME_SECONDS = Histogram(
     "From the operator seeing spec.paused become false to the task being Active again.",
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+AUTOMATIC_ACTIONS = Counter(
+    "taskpod_automatic_actions_total",
+    "Lifecycle automation's actions, by the Event's reason: AutoPaused (idlePause or pauseOnFinish), Woken "
+    "(the wake annotation) and Deleting (deleteAfterFinish).",
+    ["action"],
+)
 LEADER = Gauge("taskpod_leader", "1 while this process holds the leader Lease (or runs without election).")
 
 

@@ -29,12 +29,13 @@ from taskpod.api.models import (
     Task,
     TaskStatus,
     TaskTemplate,
+    rfc3339,
 )
 from taskpod.controller import metrics, reports
 from taskpod.controller.agents import Agents, Target, deliver_prompt
 from taskpod.controller.names import Namer
 from taskpod.controller.workqueue import Backoff, WorkQueue
-from taskpod.core import agentstate, clock, lifecycle, plan, snapshots, workspace
+from taskpod.core import agentstate, automation, clock, lifecycle, plan, snapshots, workspace
 from taskpod.core.lifecycle import AgentView, ClaimView, NodeView, Observation, PodView
 
 log = logging.getLogger("taskpod")
@@ -105,6 +106,8 @@ class Api(Protocol):
 
     async def delete_pod(self, namespace: str, name: str, uid: str) -> bool: ...
 
+    async def delete_task_once(self, namespace: str, name: str, uid: str) -> bool: ...
+
     async def get_task(self, namespace: str, name: str) -> dict[str, Any]: ...
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -167,6 +170,8 @@ class _Pass:
     workspace_error: str | None = None
     leftover: str | None = None  # what a deleted task of the same name left
     restarting: str | None = None  # why no pod runs while a failed one's successor waits
+    paused_by: automation.PauseReason | None = None  # who holds it paused, if anyone
+    pause_message: str | None = None  # an automatic pause's why, for the Paused phase's message
 
 
 @dataclass(frozen=True)
@@ -437,6 +442,9 @@ class Reconciler:
         )
         if task.metadata.deletion_timestamp is not None:
             return _Children(step.pod, step.claim)
+        if await self._automate(step):
+            return _Children(step.pod, step.claim)  # deleted: its children go by garbage collection
+        task = step.task  # paused, as every step after this sees it, while an automatic pause holds it
         self._note_wish(key, task.spec.paused)
         if task.spec.paused:
             self.news.delivery_failures.pop(key, None)  # a new attempt comes with the next lifetime
@@ -456,6 +464,44 @@ class Reconciler:
         await self._converse(step, obs, verdict)
         await self._write_status(task, obs, verdict)
         return _Children(step.pod, step.claim)
+
+    async def _automate(self, step: _Pass) -> bool:
+        """Lifecycle automation (see core/automation.py): an idle or finished task pauses on its own, an
+        automatically paused one wakes, a finished one is deleted in time. A new automatic pause or a
+        wake is written to status before anything acts on it, so that an operator stopped at any point
+        finds it there. While one holds the task, `step.task` is the task with spec.paused true: the
+        steps after this act on it as on a user's pause. Returns True when the task was deleted."""
+        task, key = step.task, step.key
+        if task.spec.paused:
+            step.paused_by = automation.PauseReason.REQUESTED
+        template = step.template.spec if step.template is not None else None
+        policy = automation.policy(task.spec, template)
+        current = self._current_status(key, task)
+        if not policy.any and not current.get("autoPause"):
+            return False
+        wake = task.metadata.annotations.get(automation.WAKE_ANNOTATION, "")
+        agent = self.agents.views.get(key) if self.agents is not None else None
+        heard = agent.status if agent is not None and agent.healthy else None
+        seen = automation.seen_from(current, task.spec.paused, wake, heard)
+        now = self.options.now()
+        decision = automation.decide(policy, seen, now)
+        if decision.auto_pause is not None:
+            written = await self.api.patch_task_status(*key, {"autoPause": decision.auto_pause})
+            self.memory.wrote_status(key, task.metadata.uid, task.metadata.resource_version, written)
+        if decision.event is not None:
+            event = decision.event
+            self.event(task, type=event.type, reason=event.reason, message=event.message)
+            metrics.AUTOMATIC_ACTIONS.labels(action=decision.event.reason).inc()
+        if decision.delete:
+            await self.api.delete_task_once(*key, task.metadata.uid)
+            return True
+        if decision.look_again is not None:
+            self.queue.add_after(key, decision.look_again + 1)  # `now` is in whole seconds
+        if decision.paused_by is not None:
+            step.paused_by = decision.paused_by
+            step.pause_message = automation.pause_message(decision.paused_by, policy)
+            step.task = task.model_copy(update={"spec": task.spec.model_copy(update={"paused": True})})
+        return False
 
     def _wanted(self, key: Key, task: Task, template: TaskTemplate) -> _Wanted:
         """The pod's spec hash that task and template make now (see plan.pod_action), or why they make
@@ -653,6 +699,8 @@ class Reconciler:
             leftover=step.leftover,
             now=now,
             agent_grace=self.options.agent_grace,
+            pause_reason=step.paused_by.value if step.paused_by else automation.PauseReason.REQUESTED.value,
+            pause_message=step.pause_message,
         )
 
     async def _converse(self, step: _Pass, obs: Observation, verdict: lifecycle.Verdict) -> None:
@@ -881,6 +929,11 @@ class Reconciler:
             verdict,
             git,
         )
+        if "idleSince" in current or status["phase"] == Phase.ACTIVE:
+            agent = obs.agent.status if obs.agent is not None and obs.agent.healthy else None
+            seen = automation.seen_from(current, task.spec.paused, "", agent)
+            idle = automation.idle_since(seen, Phase(status["phase"]), agent, self.options.now())
+            status["idleSince"] = rfc3339(idle) if idle is not None else None
         named = None
         if not status.get("displayName"):
             status["displayName"] = named = self._namer.name(key, task.spec.prompt)

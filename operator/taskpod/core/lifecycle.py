@@ -244,6 +244,8 @@ class Observation:
     leftover: str | None = None  # why what is there is not this task's yet (see plan.leftover)
     now: dt.datetime | None = None
     agent_grace: dt.timedelta = AGENT_GRACE  # how long an agent may be silent before the phase is Unknown
+    pause_reason: str = "Requested"  # who paused it, while paused: Requested (spec.paused), Idle, Finished
+    pause_message: str | None = None  # an automatic pause's why and how to wake it
 
 
 @dataclass(frozen=True)
@@ -257,9 +259,8 @@ def derive_phase(obs: Observation) -> Verdict:
     """The task's phase, with a reason and one human sentence, errors first."""
     if obs.paused:
         if obs.pod is None:
-            return Verdict(
-                Phase.PAUSED, "Paused", "Task is paused: its workspace pod is stopped; its files are kept."
-            )
+            message = obs.pause_message or "Task is paused: its workspace pod is stopped; its files are kept."
+            return Verdict(Phase.PAUSED, "Paused", message)
         # On its way down, as Coder's task was while its stop build ran: Pending, whatever step the pod
         # is at, so that each step is not a status write of its own. Its conversation is kept first; its
         # agent, being stopped, is no longer followed. A pod that has failed, or whose node is lost, says so.
@@ -423,7 +424,7 @@ def lifecycle_status(
         now,
     )
     if obs.paused and obs.pod is None:
-        paused = (ConditionStatus.TRUE, "Paused", "The workspace pod is stopped.")
+        paused = (ConditionStatus.TRUE, obs.pause_reason, "The workspace pod is stopped.")
     elif obs.paused:
         paused = (
             ConditionStatus.FALSE,
