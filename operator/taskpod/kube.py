@@ -281,14 +281,18 @@ async def patch_task_spec(namespace: str, name: str, spec: dict[str, Any]) -> di
     return await _call("PATCH", path("Task", namespace, name), {"spec": spec}, MERGE)
 
 
-async def get_pod(namespace: str, name: str) -> dict[str, Any] | None:
-    """The pod, or None when there is none of that name."""
+async def _get_or_none(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The object, or None when there is none of that name."""
     try:
-        return await _call("GET", path("Pod", namespace, name))
+        return await _call("GET", path(kind, namespace, name))
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
+
+
+async def get_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get_or_none("Pod", namespace, name)
 
 
 async def annotate_task(namespace: str, name: str, annotations: dict[str, str]) -> dict[str, Any]:
@@ -319,12 +323,7 @@ async def list_objects(kind: str, namespace: str | None, selector: str | None = 
 
 
 async def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return await _call("GET", path("ConfigMap", namespace, name))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return await _get_or_none("ConfigMap", namespace, name)
 
 
 async def agent_port(namespace: str, pod: str, port_name: str) -> int | None:

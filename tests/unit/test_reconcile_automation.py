@@ -98,7 +98,7 @@ def idle_for_half_an_hour(
 
 
 def test_an_idle_task_pauses_itself_its_decision_written_before_its_pod_stops(api: FakeApi) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[str]()
     reconciler, v = idle_for_half_an_hour(api, clock, events)
     clock.advance(29)
     v = seen(v, api, idlePause="30m")
@@ -130,7 +130,7 @@ def test_an_idle_task_pauses_itself_its_decision_written_before_its_pod_stops(ap
 
 
 def test_a_new_wake_value_wakes_it_and_the_old_one_does_not(api: FakeApi) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[str]()
     reconciler, v = idle_for_half_an_hour(api, clock, events, wake="1")
     clock.advance(30)
     reconcile(reconciler, seen(v, api, wake="1", idlePause="30m"))
@@ -146,7 +146,7 @@ def test_a_new_wake_value_wakes_it_and_the_old_one_does_not(api: FakeApi) -> Non
 
 
 def test_a_restarted_operator_keeps_the_idle_clock_and_does_not_pause_early(api: FakeApi) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[str]()
     _, v = idle_for_half_an_hour(api, clock, events)
     clock.advance(20)
     # A new process: nothing in memory, and its agent not heard from yet.
@@ -163,7 +163,7 @@ def test_a_restarted_operator_keeps_the_idle_clock_and_does_not_pause_early(api:
 
 
 def test_work_stops_the_idle_clock(api: FakeApi) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[str]()
     reconciler, v = idle_for_half_an_hour(api, clock, events)
     clock.advance(10)
     agent_is(reconciler, AgentStatus.RUNNING)
@@ -184,9 +184,9 @@ def test_work_stops_the_idle_clock(api: FakeApi) -> None:
 
 
 def test_a_finished_task_is_paused_then_deleted(api: FakeApi) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[str]()
     reconciler = make_reconciler(api, clock, events)
-    spec = {"pauseOnFinish": True, "deleteAfterFinish": "1h"}
+    spec: dict[str, Any] = {"pauseOnFinish": True, "deleteAfterFinish": "1h"}
     v = views(body("5", **spec), api)
     reconcile(reconciler, v)
     api.status["state"] = {"state": "complete", "message": "Done", "timestamp": "2026-12-01T12:00:00Z"}
@@ -207,7 +207,7 @@ def test_a_finished_task_is_paused_then_deleted(api: FakeApi) -> None:
 
 def test_no_policy_writes_nothing_new(api: FakeApi) -> None:
     """A task without automation: no autoPause ever, and status carries only the idle clock."""
-    clock, events = Clock(), []
+    clock, events = Clock(), list[str]()
     reconciler = make_reconciler(api, clock, events)
     v = views(body("5"), api)
     reconcile(reconciler, v)

@@ -34,6 +34,7 @@ from taskpod.api.models import (
     TaskTemplateSpec,
     rfc3339,
 )
+from taskpod.core.plan import Event
 
 WAKE_ANNOTATION = "taskpod.dev/wake"
 FINAL = frozenset({AgentState.COMPLETE, AgentState.FAILED})
@@ -104,13 +105,6 @@ class Seen:
     state: AgentState | None
     state_at: dt.datetime | None  # when the agent's state last changed (for a final one: when it finished)
     agent: AgentStatus | None  # None: not heard yet (a new pod, or an operator just started)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
