@@ -170,6 +170,7 @@ class _Pass:
     workspace_error: str | None = None
     leftover: str | None = None  # what a deleted task of the same name left
     restarting: str | None = None  # why no pod runs while a failed one's successor waits
+    automated: bool = False  # it has lifecycle automation (core/automation.py) to decide
     paused_by: automation.PauseReason | None = None  # who holds it paused, if anyone
     pause_message: str | None = None  # an automatic pause's why, for the Paused phase's message
 
@@ -462,7 +463,12 @@ class Reconciler:
         obs = self._observe(step, views)
         verdict = lifecycle.derive_phase(obs)  # once: every step after this reads it
         await self._converse(step, obs, verdict)
+        read = self._status_version(key, task)
         await self._write_status(task, obs, verdict)
+        if step.automated and self._status_version(key, task) != read:
+            # The automation decided from the status this pass started with; what it wrote (the agent's
+            # report of complete, its idle clock) may call for a decision now: one more look, no write.
+            self.queue.add(key, forced=True)
         return _Children(step.pod, step.claim)
 
     async def _automate(self, step: _Pass) -> bool:
@@ -479,6 +485,7 @@ class Reconciler:
         current = self._current_status(key, task)
         if not policy.any and not current.get("autoPause"):
             return False
+        step.automated = True
         wake = task.metadata.annotations.get(automation.WAKE_ANNOTATION, "")
         agent = self.agents.views.get(key) if self.agents is not None else None
         heard = agent.status if agent is not None and agent.healthy else None

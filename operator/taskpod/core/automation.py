@@ -208,8 +208,9 @@ def _due(policy: Policy, seen: Seen, now: dt.datetime, later: list[float]) -> tu
     ):
         assert seen.state is not None
         return PauseReason.FINISHED, f"Paused: the agent reported {seen.state.value} (pauseOnFinish)."
-    if policy.idle_pause and seen.idle_since is not None:
-        left = (seen.idle_since + policy.idle_pause - now).total_seconds()
+    if policy.idle_pause:
+        # Not idle yet by status: its clock starts now, with this reconcile's status write (idle_since).
+        left = ((seen.idle_since or now) + policy.idle_pause - now).total_seconds()
         if left <= 0:
             return PauseReason.IDLE, f"Paused after {spoken(policy.idle_pause)} idle (idlePause)."
         later.append(left)
