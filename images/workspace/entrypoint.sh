@@ -17,6 +17,16 @@ state_file="${TASKPOD_STATE_FILE:-/workspace/.taskpod/agentapi-state.json}"
 # GET /messages starts again from the new terminal screen, so `kubectl task logs` shows only what was
 # said since (the last snapshot ConfigMap still holds the earlier messages). Claude Code's own session
 # files stay in $HOME/.claude on the volume either way. Passed only when the binary knows the flag.
+#
+# Conversation continuity: Claude Code keeps each session under $HOME/.claude/projects/<its directory, each
+# character other than a letter or digit made "-">/<id>.jsonl, on the volume. A start that finds one for
+# this directory (a resume, a replaced pod) continues the latest (`claude --continue`): the agent carries
+# on the same conversation, earlier turns included. The first start, or TASKPOD_CONTINUE=false, begins a
+# new one. (--continue with no session to continue would end claude at once, so it is never guessed.)
+sessions="$HOME/.claude/projects/$(pwd | sed 's/[^A-Za-z0-9]/-/g')"
+if [ "${TASKPOD_CONTINUE:-true}" = true ] && ls "$sessions"/*.jsonl > /dev/null 2>&1; then
+    set -- --continue "$@"
+fi
 if agentapi server --help 2>/dev/null | grep -q -e '--state-file'; then
     mkdir -p "$(dirname "$state_file")"
     set -- --state-file "$state_file" -- claude --permission-mode "$mode" "$@"

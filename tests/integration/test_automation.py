@@ -105,6 +105,16 @@ def test_an_idle_task_pauses_itself_and_send_wakes_it_with_the_input_delivered_o
         30,
         "the answer",
     )
+    # The logs: the conversation across both lifetimes, each message once, marked with its lifetime.
+    shown = asyncio.run(taskops.logs(namespace, "nap"))
+    said = [(m["lifetime"], m["role"], m["content"]) for m in shown.messages]
+    assert not shown.snapshot
+    assert [s for s in said if s[1] == "user"] == [
+        (1, "user", "Upgrade the ORM"),
+        (2, "user", "Now the migrations"),
+    ], said
+    assert said[-1] == (2, "agent", "Done: Now the migrations"), said
+    assert len(said) == len(set(said)), said
     # Idle again after its answer: paused again, a whole idlePause later.
     wait_for(partial(auto_paused, kube, namespace, "nap"), 60, "paused again once idle")
     events = kubectl(kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=nap")

@@ -291,6 +291,25 @@ def test_the_entrypoint_runs_claude_behind_agentapi_reachable_by_pod_ip(tmp_path
     assert not state.parent.exists()  # no --state-file in v0.11.8: nothing to prepare
 
 
+def test_the_entrypoint_continues_claude_codes_last_session_in_its_directory(tmp_path: Path) -> None:
+    """A resumed workspace finds Claude Code's session for its working directory on the volume, and
+    continues it; a first start, another directory's session, or TASKPOD_CONTINUE=false does not."""
+    claude = ("--", "claude", "--permission-mode", "bypassPermissions")
+    assert run_entrypoint(tmp_path, V0_11_8_HELP)[-4:] == list(claude)  # nothing to continue yet
+    home = tmp_path / "home"
+    escaped = "".join(c if c.isalnum() else "-" for c in str(home))  # as Claude Code names the project
+    other = home / ".claude" / "projects" / "-somewhere-else"
+    other.mkdir(parents=True)
+    (other / "0b7c.jsonl").write_text("{}\n")
+    assert run_entrypoint(tmp_path, V0_11_8_HELP)[-4:] == list(claude)
+    project = home / ".claude" / "projects" / escaped
+    project.mkdir()
+    (project / "1f2e.jsonl").write_text("{}\n")
+    argv = run_entrypoint(tmp_path, V0_11_8_HELP, "--model", "opus")
+    assert argv[argv.index("--") :] == [*claude, "--continue", "--model", "opus"]
+    assert "--continue" not in run_entrypoint(tmp_path, V0_11_8_HELP, TASKPOD_CONTINUE="false")
+
+
 def test_the_entrypoint_keeps_the_conversation_when_agentapi_can(tmp_path: Path) -> None:
     state = tmp_path / "volume" / ".taskpod" / "agentapi-state.json"
     argv = run_entrypoint(tmp_path, NEWER_HELP, TASKPOD_STATE_FILE=str(state))

@@ -14,7 +14,10 @@ from taskpod.core.snapshots import (
     MAX_BYTES,
     MAX_MESSAGES,
     TAKEN_AT_ANNOTATION,
+    across_lifetimes,
     configmap,
+    in_lifetime,
+    messages_of,
     shape,
     status_entry,
     status_entry_of,
@@ -129,3 +132,49 @@ TAKEN = {"annotations": {TAKEN_AT_ANNOTATION: "2026-11-28T12:00:00Z"}, "ownerRef
 )
 def test_a_configmap_without_a_snapshot_gives_no_status(broken: dict[str, Any]) -> None:
     assert status_entry_of(broken, "u1") is None
+
+
+def said(role: str, content: str, id_: int = 0, minute: int = 0) -> dict[str, Any]:
+    return {"id": id_, "role": role, "content": content, "time": f"2026-12-01T12:{minute:02d}:00.5Z"}
+
+
+def test_a_conversation_across_lifetimes_keeps_the_earlier_ones_and_shows_nothing_twice() -> None:
+    first = [said("agent", "Hello, what shall I do?"), said("user", "Fix it", 1), said("agent", "Fixed.", 2)]
+    kept = in_lifetime(first, 1)
+    assert [m["lifetime"] for m in kept] == [1, 1, 1]  # the first lifetime's greeting is its own
+    # The resumed agent's start screen (a greeting, or the continued conversation replayed) is left out.
+    second = [
+        said("agent", "● Fix it\n● Fixed.", minute=10),
+        said("user", "And the tests?", 1, minute=11),
+        said("agent", "Done.", 2, minute=12),
+    ]
+    both = across_lifetimes(kept, second, 2)
+    shown = [(m["lifetime"], m["content"]) for m in both]
+    assert shown == [
+        (1, "Hello, what shall I do?"),
+        (1, "Fix it"),
+        (1, "Fixed."),
+        (2, "And the tests?"),
+        (2, "Done."),
+    ]
+    # Taken again in lifetime 2 (idle, then the pause): its own messages replace what was kept of it.
+    assert across_lifetimes(both, second, 2) == both
+    # An AgentAPI that kept its conversation (--state-file) gives the first lifetime's messages again, with
+    # their own times: shown once, as the first lifetime's.
+    restored = [*first, said("user", "And the tests?", 3, minute=11), said("agent", "Done.", 4, minute=12)]
+    assert [(m["lifetime"], m["content"]) for m in across_lifetimes(kept, restored, 2)] == shown
+    # A snapshot from before lifetimes were recorded counts as earlier; nothing said yet: nothing new.
+    old = said("user", "old")
+    assert across_lifetimes([old], [said("agent", "Hi", minute=5)], 3) == [old]
+    assert shape(both).messages == both
+
+
+def test_the_messages_of_a_snapshot_configmap_are_the_tasks_own_only() -> None:
+    task = Task.model_validate(
+        {"metadata": {"name": "x", "namespace": "n", "uid": "u1"}, "spec": {"prompt": "p"}}
+    )
+    cm = configmap(task, shape([said("user", "hi")]), dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    assert messages_of(cm, "u1") == [said("user", "hi")]
+    assert messages_of(cm, "u2") is None  # a deleted task's of the same name
+    assert messages_of(None, "u1") is None
+    assert messages_of({**cm, "data": {"snapshot.json": "not json"}}, "u1") is None

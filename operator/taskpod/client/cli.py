@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import itertools
 import json
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -521,12 +522,20 @@ def logs(namespace: str, name: str, output: str, columns: str | None, follow: bo
         _follow(namespace, name, output, chosen)
         return
     if output == "table" and result.messages:
-        click.echo(
-            table(
-                [LOG_COLUMNS[c][0] for c in chosen],
-                [[LOG_COLUMNS[c][1](m) for c in chosen] for m in result.messages],
+        # One table per lifetime of the workspace (a pod: the first, then one per resume), each headed by
+        # where it began, when the conversation spans more than one.
+        lifetimes = [m.get("lifetime") for m in result.messages]
+        for lifetime, group in itertools.groupby(result.messages, key=lambda m: m.get("lifetime")):
+            rows = list(group)
+            if len(set(lifetimes)) > 1:
+                began = f", from {rows[0].get('time')}" if rows[0].get("time") else ""
+                click.echo(f"── lifetime {lifetime or 'before this record'}{began} ──")
+            click.echo(
+                table(
+                    [LOG_COLUMNS[c][0] for c in chosen],
+                    [[LOG_COLUMNS[c][1](m) for c in chosen] for m in rows],
+                )
             )
-        )
     elif output == "json":
         for message in result.messages:
             click.echo(json.dumps(message, ensure_ascii=False))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,7 +35,7 @@ from taskpod.api.models import (
     rfc3339,
 )
 from taskpod.core import automation, naming
-from taskpod.core.snapshots import DATA_KEY, configmap_name, tidy
+from taskpod.core.snapshots import across_lifetimes, configmap_name, messages_of, tidy
 from taskpod.core.workspace import CONTAINER, PORT_NAME
 
 SNAPSHOT_PHASES = frozenset({Phase.PAUSED, Phase.PENDING, Phase.INITIALIZING})
@@ -150,17 +149,22 @@ async def push(namespace: str, name: str) -> str:
 
 
 async def logs(namespace: str, name: str) -> Logs:
+    """The conversation across the task's lifetimes: what the snapshot kept of the earlier ones, then the
+    live messages of the current one while Active (each message says its `lifetime`)."""
     task = await _task(namespace, name)
     phase = task.status.phase
     if phase is Phase.ACTIVE:
         try:
             async with _connected(task) as client:
-                return Logs([_shown(m) for m in await client.messages()], snapshot=False)
+                live = [_shown(m) for m in await client.messages()]
         except (AgentUnavailable, AgentError):
             if paused(task) is None:
                 raise
             # Paused, and the status not saying so yet: the agent is stopping, its conversation kept.
-        return await _snapshot_logs(task)
+            return await _snapshot_logs(task)
+        lifetime = (task.status.workspace.lifetime if task.status.workspace else None) or 1
+        kept = (await _snapshot_logs(task)).messages if lifetime > 1 else []
+        return Logs(across_lifetimes(kept, live, lifetime), snapshot=False)
     if phase in SNAPSHOT_PHASES or phase is None:
         return await _snapshot_logs(task)
     raise TaskConflict(f"cannot fetch logs for task in current state: {phase} ({task.status.message})")
@@ -168,14 +172,11 @@ async def logs(namespace: str, name: str) -> Logs:
 
 async def _snapshot_logs(task: Task) -> Logs:
     cm = await kube.read_configmap(task.namespace, configmap_name(task.name))
-    owners = {o.get("uid") for o in ((cm or {}).get("metadata") or {}).get("ownerReferences") or []}
-    if cm is None or DATA_KEY not in (cm.get("data") or {}) or task.metadata.uid not in owners:
-        # None yet; or a deleted task's of the same name, not yet removed: never another task's words.
-        return Logs([], snapshot=True)
-    envelope = json.loads(cm["data"][DATA_KEY])
+    # None yet; or a deleted task's of the same name, not yet removed: never another task's words.
+    messages = messages_of(cm, task.metadata.uid) or []
     taken = task.status.log_snapshot.taken_at if task.status.log_snapshot else None
-    at = rfc3339(taken) if taken else None
-    return Logs(list(envelope["data"]["messages"]), snapshot=True, snapshot_at=at)
+    at = rfc3339(taken) if taken and messages else None
+    return Logs(messages, snapshot=True, snapshot_at=at)
 
 
 def _shown(message: AgentMessage) -> dict[str, Any]:

@@ -876,17 +876,18 @@ class Reconciler:
         if client is None and target is not None:  # not followed (e.g. just restarted): a client for once
             once = self.agents.transport.client(target)
             try:
-                return await self._snapshot_from(task, once, quiet=quiet)
+                return await self._snapshot_from(task, once, target.lifetime, quiet=quiet)
             finally:
                 await once.aclose()
-        if client is None:
+        followed = self.agents.target(key) or target
+        if client is None or followed is None:
             if not quiet:
                 message = "No running agent to read the conversation from; the previous snapshot is kept."
                 self.event(task, type="Warning", reason="SnapshotSkipped", message=message)
             return False
-        return await self._snapshot_from(task, client, quiet=quiet)
+        return await self._snapshot_from(task, client, followed.lifetime, quiet=quiet)
 
-    async def _snapshot_from(self, task: Task, client: AgentClient, *, quiet: bool) -> bool:
+    async def _snapshot_from(self, task: Task, client: AgentClient, lifetime: int, *, quiet: bool) -> bool:
         key = (task.namespace, task.name)
         started = time.monotonic()
         try:
@@ -904,9 +905,15 @@ class Reconciler:
             # Nothing said to the agent yet: a fresh agent, at most its greeting (e.g. just resumed without
             # its old conversation). Not worth keeping, and it must not replace the conversation we kept.
             return True
-        snap = snapshots.shape([m.dump() for m in messages])
-        kept = self.news.snapshots.get(key) or self._current_status(key, task).get("logSnapshot") or {}
-        if kept.get("sha256") == snap.digest:
+        # The agent's conversation of this lifetime after what was kept of the earlier ones (AgentAPI starts
+        # each lifetime afresh): read back for a resumed task's, the first lifetime has none.
+        kept: list[dict[str, Any]] = []
+        if lifetime > 1:
+            stored = await self.api.read_configmap(task.namespace, snapshots.configmap_name(task.name))
+            kept = snapshots.messages_of(stored, task.metadata.uid) or []
+        snap = snapshots.shape(snapshots.across_lifetimes(kept, [m.dump() for m in messages], lifetime))
+        last = self.news.snapshots.get(key) or self._current_status(key, task).get("logSnapshot") or {}
+        if last.get("sha256") == snap.digest:
             return True  # nothing new since the last one (kept by this process or, status says, another)
         taken = self.options.now()
         await self.api.apply(snapshots.configmap(task, snap, taken))

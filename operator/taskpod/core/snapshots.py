@@ -91,6 +91,54 @@ def shape(messages: list[dict[str, Any]]) -> Snapshot:
     return snapshot
 
 
+def in_lifetime(messages: list[dict[str, Any]], lifetime: int) -> list[dict[str, Any]]:
+    """One pod lifetime's messages as they are kept and shown: each marked with its lifetime. A resumed
+    agent's start screen (what it says before anything is said to it, in a lifetime after the first) is
+    left out: it is a greeting, or the conversation it continues replayed, shown already."""
+    if lifetime > 1:
+        first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), len(messages))
+        messages = messages[first_user:]
+    return [{**m, "lifetime": lifetime} for m in messages]
+
+
+def _when(message: Mapping[str, Any]) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(message.get("time")))
+    except ValueError:
+        return None
+
+
+def across_lifetimes(
+    kept: list[dict[str, Any]], live: list[dict[str, Any]], lifetime: int
+) -> list[dict[str, Any]]:
+    """The conversation across the task's pods: what was kept of the lifetimes before `lifetime` (a
+    message kept without one predates this record: an earlier lifetime's), then `lifetime`'s own. An
+    AgentAPI that keeps its conversation across restarts (--state-file) gives the earlier messages again,
+    with their times: those up to the last one kept are not this lifetime's, and are not shown twice."""
+    earlier = [m for m in kept if int(m.get("lifetime") or 0) < lifetime]
+    times = [t for m in earlier if (t := _when(m)) is not None]
+    if times:
+        last = max(times)
+        live = [m for m in live if (t := _when(m)) is None or t > last]
+    return earlier + in_lifetime(live, lifetime)
+
+
+def messages_of(configmap: Mapping[str, Any] | None, task_uid: str) -> list[dict[str, Any]] | None:
+    """The messages a snapshot ConfigMap holds, if it is the task's (not a deleted task's of the same
+    name) and holds a readable snapshot."""
+    if configmap is None:
+        return None
+    meta = configmap.get("metadata") or {}
+    text = (configmap.get("data") or {}).get(DATA_KEY)
+    if not text or task_uid not in {o.get("uid") for o in meta.get("ownerReferences") or []}:
+        return None
+    try:
+        messages = json.loads(text)["data"]["messages"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return messages if isinstance(messages, list) else None
+
+
 def configmap_name(task_name: str) -> str:
     return f"{task_name}-snapshot"
 
@@ -131,14 +179,10 @@ def status_entry_of(configmap: Mapping[str, Any], task_uid: str) -> dict[str, An
     stopped in between."""
     meta = configmap.get("metadata") or {}
     annotations = meta.get("annotations") or {}
-    text = (configmap.get("data") or {}).get(DATA_KEY)
-    owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
-    if not text or TAKEN_AT_ANNOTATION not in annotations or task_uid not in owners:
+    messages = messages_of(configmap, task_uid)
+    if messages is None or TAKEN_AT_ANNOTATION not in annotations:
         return None
-    try:
-        messages = json.loads(text)["data"]["messages"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    text = configmap["data"][DATA_KEY]
     return {
         "configMap": meta.get("name"),
         "takenAt": annotations[TAKEN_AT_ANNOTATION],
