@@ -12,7 +12,9 @@ from typing import Any
 
 from localkube import binaries
 
-PHASES = ("apply", "pause", "resume")
+PHASES = ("apply", "pause", "resume", "idle_pause")
+# The floor's phase each of ours is measured against: an automatic pause deletes the same pods as a pause.
+FLOOR_PHASE = {"idle_pause": "pause"}
 
 
 def machine() -> dict[str, Any]:
@@ -48,9 +50,10 @@ def with_ratios(run: dict[str, Any]) -> dict[str, Any]:
     floor = run.get("floor")
     if floor:
         run["ratio"] = {
-            phase: round(run["operator"]["phases"][phase]["all_seconds"] / floor[phase]["all_seconds"], 2)
+            phase: round(run["operator"]["phases"][phase]["all_seconds"] / seconds, 2)
             for phase in PHASES
-            if floor.get(phase, {}).get("all_seconds")
+            if phase in run["operator"]["phases"]
+            and (seconds := floor.get(FLOOR_PHASE.get(phase, phase), {}).get("all_seconds"))
         }
     return run
 
@@ -63,8 +66,10 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for run in result["runs"]:
         for phase in PHASES:
-            op = run["operator"]["phases"][phase]
-            floor = (run.get("floor") or {}).get(phase, {}).get("all_seconds", "")
+            op = run["operator"]["phases"].get(phase)
+            if op is None:  # a run from before this phase existed
+                continue
+            floor = (run.get("floor") or {}).get(FLOOR_PHASE.get(phase, phase), {}).get("all_seconds", "")
             lat = op["latency"]
             ratio = run.get("ratio", {}).get(phase, "")
             reconciles = op.get("reconciles") or {}
@@ -97,8 +102,8 @@ def markdown(result: dict[str, Any]) -> str:
     for run in result["runs"]:
         for phase in PHASES:
             sides = [
-                ("operator", run["operator"]["phases"][phase]),
-                ("floor", (run.get("floor") or {}).get(phase)),  # none with --no-floor
+                ("operator", run["operator"]["phases"].get(phase)),
+                ("floor", (run.get("floor") or {}).get(phase)),  # none with --no-floor, nor of idle_pause
             ]
             for which, figures in sides:
                 if figures:

@@ -34,7 +34,9 @@ from taskpod.core import workspace
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_USER, FLOOR_USER = "taskpod-operator", "taskpod-floor"
 NS = "bench"
+IDLE_PAUSE = "5s"  # the idle-pause phase's: shorter than every task has been idle by then
 TASKS = f"/apis/taskpod.dev/v1alpha1/namespaces/{NS}/tasks"
+TEMPLATES = f"/apis/taskpod.dev/v1alpha1/namespaces/{NS}/tasktemplates"
 TEMPLATE = {
     "apiVersion": "taskpod.dev/v1alpha1",
     "kind": "TaskTemplate",
@@ -74,6 +76,7 @@ class TaskTimes:
     active: float | None = None  # Active with the prompt delivered
     paused: float | None = None  # Paused with a snapshot taken after the pause was asked
     resumed: float | None = None  # Active again, lifetime 2
+    auto_paused: float | None = None  # Paused by idlePause (status.autoPause), the pod gone
 
 
 @dataclass
@@ -105,6 +108,9 @@ class Watcher:
         lifetime = (status.get("workspace") or {}).get("lifetime")  # 2: the task's second pod
         if times.resumed is None and phase == "Active" and lifetime == 2:
             times.resumed = now
+        automatic = (status.get("autoPause") or {}).get("reason") == "Idle"
+        if times.auto_paused is None and phase == "Paused" and automatic and status.get("logSnapshot"):
+            times.auto_paused = now
 
     async def follow(self) -> None:
         while True:
@@ -279,7 +285,7 @@ async def operator_phases(
         )
 
     try:
-        await rest.create(f"/apis/taskpod.dev/v1alpha1/namespaces/{NS}/tasktemplates", TEMPLATE)
+        await rest.create(TEMPLATES, TEMPLATE)
 
         async def apply() -> None:
             async def create(i: int) -> None:
@@ -354,6 +360,19 @@ async def operator_phases(
         }
         say(f"N={n} idle: {result['idle']}")
         result["single_pause"] = await single_task_pauses(rest, watcher, single_pauses)
+        # Every task idle (longer than idlePause already): the template gets an idlePause, and each task
+        # pauses itself, snapshot first. Its floor is the floor's pause: the same pods deleted.
+        idle_asked = time.monotonic()
+
+        async def idle_pause() -> None:
+            await rest.merge(f"{TEMPLATES}/default", {"spec": {"idlePause": IDLE_PAUSE}})
+
+        await phase(
+            "idle_pause",
+            idle_pause,
+            lambda: all(watcher.times[x].auto_paused for x in names()),
+            lambda: [watcher.times[x].auto_paused - idle_asked for x in names()],  # type: ignore[operator]
+        )
         result["timeline"] = watcher.timeline
         result["operator_peak_rss_mib"] = max(p["operator_peak_rss_mib"] for p in result["phases"].values())
     finally:

@@ -107,14 +107,14 @@ def test_an_idle_task_pauses_itself_and_send_wakes_it_with_the_input_delivered_o
     )
     # The logs: the conversation across both lifetimes, each message once, marked with its lifetime.
     shown = asyncio.run(taskops.logs(namespace, "nap"))
-    said = [(m["lifetime"], m["role"], m["content"]) for m in shown.messages]
+    lines = [(int(m["lifetime"]), str(m["role"]), str(m["content"])) for m in shown.messages]
     assert not shown.snapshot
-    assert [s for s in said if s[1] == "user"] == [
+    assert [line for line in lines if line[1] == "user"] == [
         (1, "user", "Upgrade the ORM"),
         (2, "user", "Now the migrations"),
-    ], said
-    assert said[-1] == (2, "agent", "Done: Now the migrations"), said
-    assert len(said) == len(set(said)), said
+    ], lines
+    assert lines[-1] == (2, "agent", "Done: Now the migrations"), lines
+    assert len(lines) == len(set(lines)), lines
     # Idle again after its answer: paused again, a whole idlePause later.
     wait_for(partial(auto_paused, kube, namespace, "nap"), 60, "paused again once idle")
     events = kubectl(kube, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=nap")

@@ -41,11 +41,17 @@ def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) 
         assert {"taskpod", "kube-apiserver"} <= set(used), used
         assert "taskpod" not in run["floor"][phase]["cpu_seconds_by_process"]
     assert run["operator"]["single_pause"]["count"] == 2
+    # Every idle task paused itself once the template got an idlePause: the pods gone, snapshots kept.
+    automatic = run["operator"]["phases"]["idle_pause"]
+    assert automatic["all_seconds"] > 0 and automatic["latency"]["p50"] is not None
+    assert automatic["api_writes"] >= 20 and "idle_pause" in run["ratio"]  # a pod delete and status, each
     idle = run["operator"]["idle"]
     assert idle["seconds"] == 5 and 0 < idle["settled_after_seconds"] < 300  # ten tasks settle at once
     assert any(counts.get("Paused") == 10 for _, counts in run["operator"]["timeline"])
 
     markdown = report.with_suffix(".md").read_text()
-    assert "| 10 | apply |" in markdown and "| 10 | resume |" in markdown
+    assert (
+        "| 10 | apply |" in markdown and "| 10 | resume |" in markdown and "| 10 | idle_pause |" in markdown
+    )
     assert "| 10 | resume | floor |" in markdown
     assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -119,6 +119,9 @@ def everything(watched: list[str]) -> dict[str, Any]:
             "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://llm-gateway.example.com"}],
             "repository": {"secretRef": {"name": "forge"}, "depth": 0},
             "pod": {"imagePullSecrets": [{"name": "registry"}], "runtimeClassName": "gvisor"},
+            "idlePause": "30m",
+            "pauseOnFinish": True,
+            "deleteAfterFinish": "24h",
         },
         "simulatorTemplate": {"enabled": True, "agent": {"work_seconds": 1}},
         "podLabels": {"team": "platform"},
@@ -175,8 +178,17 @@ def test_the_charts_crds_are_the_repositorys(
         ({"replica": 2}, "additional properties 'replica' not allowed"),
         ({"operator": {"agentTransport": "carrier-pigeon"}}, "at '/operator/agentTransport'"),
         ({"replicas": 2, "leaderElection": {"enabled": False}}, "at '/leaderElection/enabled'"),
+        ({"defaultTemplate": {"idlePause": "30 minutes"}}, "at '/defaultTemplate/idlePause'"),
     ],
-    ids=["wrong-type", "unknown-mode", "no-namespaces", "unknown-key", "unknown-transport", "two-leaders"],
+    ids=[
+        "wrong-type",
+        "unknown-mode",
+        "no-namespaces",
+        "unknown-key",
+        "unknown-transport",
+        "two-leaders",
+        "not-a-duration",
+    ],
 )
 def test_bad_values_fail_the_install_naming_the_key(
     kube: Kube,
@@ -229,6 +241,9 @@ def test_rendered_manifests_pass_a_server_dry_run(
                 for kind in ("Role", "RoleBinding", "NetworkPolicy", "TaskTemplate"):
                     assert (kind, ns) in per_namespace
             assert {"ServiceMonitor"}.isdisjoint(kinds)
+            made = next(d for d in docs if d["kind"] == "TaskTemplate" and d["metadata"]["name"] == "default")
+            automation = {k: made["spec"].get(k) for k in ("idlePause", "pauseOnFinish", "deleteAfterFinish")}
+            assert automation == {"idlePause": "30m", "pauseOnFinish": True, "deleteAfterFinish": "24h"}
             assert next(d for d in docs if d["kind"] == "Pod")["metadata"]["annotations"][HOOK] == "test"
         else:
             assert {"NetworkPolicy", "TaskTemplate", "Pod"}.isdisjoint(kinds)
@@ -505,6 +520,10 @@ def test_the_charts_rbac_allows_nothing_more(kube: Kube, release: Release, tmp_p
     ]
     for call in allowed:
         call()
+    # deleteAfterFinish: a Task in a watched namespace may be deleted (none of this name: 404, not 403).
+    with pytest.raises(ApiException) as gone:
+        custom.delete_namespaced_custom_object(*task, team, "tasks", "x")
+    assert gone.value.status == 404, gone.value.body
     forbidden: dict[str, Callable[[], object]] = {
         "list secrets": lambda: core.list_namespaced_secret(team),
         "get a secret in its own namespace": lambda: core.read_namespaced_secret("x", ops),
@@ -512,7 +531,7 @@ def test_the_charts_rbac_allows_nothing_more(kube: Kube, release: Release, tmp_p
         "list tasks in its own namespace": lambda: custom.list_namespaced_custom_object(*task, ops, "tasks"),
         "list tasks elsewhere": lambda: custom.list_namespaced_custom_object(*task, "default", "tasks"),
         "list tasks cluster-wide": lambda: custom.list_cluster_custom_object(*task, "tasks"),
-        "delete tasks": lambda: custom.delete_namespaced_custom_object(*task, team, "tasks", "x"),
+        "delete tasks elsewhere": lambda: custom.delete_namespaced_custom_object(*task, ops, "tasks", "x"),
         "patch a task's spec": lambda: custom.patch_namespaced_custom_object(
             *task, team, "tasks", "x", {"spec": {"paused": True}}
         ),

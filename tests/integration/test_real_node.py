@@ -569,9 +569,57 @@ def test_claude_code_does_a_task_as_the_chart_installs_it(
     assert "Error" not in transitions.phases(), transitions.seen  # a real pod's exit on a pause is no failure
     assert real.kubectl("exec", "-n", ns, "hello-0", "--", "cat", "/workspace/hello.txt") == "hello ✓\n"
     time.sleep(5)  # a prompt sent again would be asked of the model by now
-    again = [r for r in requests()[before_pause:] if "Write hello.txt" in json.dumps(r["body"]["messages"])]
-    assert not again, "the resumed agent was given the prompt again"
+    asked = requests()[before_pause:]
+    assert not asked or all(_user_turns(r).count("Write hello.txt, please") <= 1 for r in asked), (
+        "the resumed agent was given the prompt again"
+    )
+
+    # The conversation survived the pause (claude --continue): a new message reaches the model with the
+    # earlier turns before it, each once.
+    before_send = len(requests())
+    installed.task_cli("send", "hello", "What did you write?", "-n", ns)
+    conversation = wait_for(
+        lambda: next(
+            (
+                r
+                for r in requests()[before_send:]
+                if r["body"].get("tools") and "What did you write?" in json.dumps(r["body"]["messages"])
+            ),
+            None,
+        ),
+        60,
+        "the resumed agent asking the model, its tools offered (its conversation, not a side request)",
+        explain=explain,
+    )
+    turns = _user_turns(conversation)
+    for given in ("Write hello.txt, please", "Report that you are done.", "What did you write?"):
+        assert turns.count(given) == 1, (given, turns)
+    assert turns.index("Write hello.txt, please") < turns.index("What did you write?"), turns
+    # kubectl task logs: both lifetimes, each message once, the second's after the first's.
+    wait_for(lambda: any(r == "agent" for r, _ in _live(installed, ns)[-1:]), 60, "the agent's answer")
+    shown = json.loads(installed.task_cli("logs", "hello", "-n", ns, "-o", "json"))["messages"]
+    lifetimes = [m["lifetime"] for m in shown]
+    assert lifetimes == sorted(lifetimes) and {1, 2} <= set(lifetimes), shown
+    users = [(m["lifetime"], m["content"]) for m in shown if m["role"] == "user"]
+    assert [u for u in users if "What did you write?" in u[1]] == [(2, "What did you write?")], users
+    assert sum("Write hello.txt, please" in text for _, text in users) == 1, users
+    table = installed.task_cli("logs", "hello", "-n", ns)
+    assert "── lifetime 1" in table and "── lifetime 2" in table, table
     _delete(installed, ns, "hello")
+
+
+def _user_turns(request: dict[str, Any]) -> list[str]:
+    """The text of each user turn a request to the model carried (tool results left out)."""
+    turns = []
+    for message in request["body"]["messages"]:
+        if message["role"] != "user":
+            continue
+        content = message["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        text = " ".join(b.get("text", "") for b in blocks if b.get("type") == "text").strip()
+        if text:
+            turns.append(text)
+    return turns
 
 
 FORGE_TOKEN = "ghp_real-node-Tök€n-0123456789"

@@ -567,7 +567,7 @@ def _follow(namespace: str, name: str, output: str, chosen: list[str]) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for an idle agent.")
 @cluster_options()
 def send(namespace: str, name: str, text: str | None, from_stdin: bool, timeout: float) -> None:
-    """Send INPUT to the task's agent; a paused task is resumed first."""
+    """Send INPUT to the task's agent; a paused task (by you, or automatically) is resumed first."""
     content = _read_input(text, from_stdin, "input")
     with Progress(f"Sending to task {name}...") as progress:
         run(tasks.send(namespace, name, content, timeout=timeout, progress=progress.update))
@@ -643,7 +643,10 @@ def pause(namespace: str, name: str, no_wait: bool, timeout: float) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for Active.")
 @cluster_options()
 def resume(namespace: str, name: str, no_wait: bool, timeout: float) -> None:
-    """Resume a paused task: its workspace starts again on the same volume."""
+    """Resume a paused task: its workspace starts again on the same volume.
+
+    A task you paused gets spec.paused false; one paused automatically (idlePause, pauseOnFinish) is
+    woken through its taskpod.dev/wake annotation, its spec left as you applied it."""
     run(tasks.resume(namespace, name))
     if no_wait:
         err.print(f"Asked task {name} to resume.")
