@@ -111,9 +111,15 @@ _COUNTERS = re.compile(r"\[\d+:\d+\]")
 _JUMP = re.compile(r" -[jg] KUBE-")
 
 
+_NOTHING = re.compile(r"^(\*\w+|COMMIT|:[A-Z]+ ACCEPT\s*)$")
+
+
 def normalized_rules(saved: str) -> list[str]:
-    """iptables-save output without its comments (dates) and packet counters."""
-    return [_COUNTERS.sub("", line) for line in saved.splitlines() if line and not line.startswith("#")]
+    """iptables-save output without its comments (dates) and packet counters, and without what a table
+    shows by merely existing: its header, COMMIT, and built-in chains that accept. A fresh machine has
+    no nat or mangle table until something loads it, and the same tables empty are the same host."""
+    lines = (_COUNTERS.sub("", line) for line in saved.splitlines() if line and not line.startswith("#"))
+    return [line for line in lines if not _NOTHING.match(line)]
 
 
 def iptables_rules() -> list[str]:
@@ -124,7 +130,7 @@ def iptables_rules() -> list[str]:
             continue
         for table in TABLES:
             out = subprocess.run([tool, "-t", table], capture_output=True, text=True).stdout
-            rules += [f"{tool} {line}" for line in normalized_rules(out)]
+            rules += [f"{tool} -t {table} {line}" for line in normalized_rules(out)]
     return rules
 
 
