@@ -294,3 +294,13 @@ def test_seen_from_a_stored_status() -> None:
     assert seen.state is AgentState.COMPLETE and seen.phase is Phase.ACTIVE
     assert seen.auto_pause is not None and seen.auto_pause.woken_at == at(-20)
     assert automation.seen_from({}, True, "", None).phase is None
+
+
+def test_a_long_wake_value_is_kept_as_its_hash_and_still_wakes_when_it_changes() -> None:
+    long = "x" * 300_000
+    paused = decide(THIRTY, replace(IDLE, wake=long), at(30))
+    assert paused.auto_pause is not None and paused.auto_pause["wake"].startswith("sha256:")
+    record = AutoPause.model_validate(paused.auto_pause)
+    assert automation.in_effect(record, False, long)
+    assert not automation.in_effect(record, False, long + "y")
+    assert automation.wake_token("2026-12-01T12:00:00Z") == "2026-12-01T12:00:00Z"

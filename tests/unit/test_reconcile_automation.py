@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from taskpod.api.models import AgentStatus
 from taskpod.controller.reconcile import Reconciler, Views
@@ -65,6 +66,12 @@ def pod_gone(v: Views) -> Views:
     return v
 
 
+def automatic_pauses() -> float:
+    """taskpod_automatic_actions_total{action="AutoPaused"}, as /metrics shows it."""
+    value = REGISTRY.get_sample_value("taskpod_automatic_actions_total", {"action": "AutoPaused"})
+    return value or 0.0
+
+
 def make_reconciler(api: FakeApi, clock: Clock, events: list[str]) -> Reconciler:
     return reconciler_with(events, api, now=clock)
 
@@ -107,6 +114,7 @@ def test_an_idle_task_pauses_itself_its_decision_written_before_its_pod_stops(ap
 
     clock.advance(1)
     before = len(api.status_patches)
+    counted = automatic_pauses()
     reconcile(reconciler, seen(v, api, idlePause="30m"))
     first = api.status_patches[before]
     assert first == {
@@ -114,6 +122,7 @@ def test_an_idle_task_pauses_itself_its_decision_written_before_its_pod_stops(ap
     }
     assert [c[:2] for c in api.calls][-1] == ("delete", "Pod")
     assert "AutoPaused" in events
+    assert automatic_pauses() == counted + 1
 
     reconcile(reconciler, pod_gone(seen(v, api, idlePause="30m")))
     status = api.status

@@ -17,6 +17,7 @@ as nothing counts from the operator's own start."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from taskpod.api.models import (
 from taskpod.core.plan import Event
 
 WAKE_ANNOTATION = "taskpod.dev/wake"
+WAKE_KEPT = 128  # characters of the wake annotation's value kept as they are (see wake_token)
 FINAL = frozenset({AgentState.COMPLETE, AgentState.FAILED})
 _PARTS = re.compile(r"([0-9]+)([hms])")
 _UNIT = {"h": 3600, "m": 60, "s": 1}
@@ -116,9 +118,19 @@ class Decision:
     look_again: float | None = None  # seconds until a decision may change with nothing else changing
 
 
+def wake_token(value: str) -> str:
+    """What status.autoPause.wake keeps of the annotation's value: itself, or for a long one (an
+    annotation may be 256 KiB) its hash, so that status stays small and a new value still differs."""
+    if len(value) <= WAKE_KEPT:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
 def in_effect(auto: AutoPause | None, spec_paused: bool, wake: str) -> bool:
     """Whether an automatic pause holds the task paused: not woken, nor taken over by the user's."""
-    return auto is not None and auto.woken_at is None and not spec_paused and (auto.wake or "") == wake
+    if auto is None or auto.woken_at is not None or spec_paused:
+        return False
+    return (auto.wake or "") == wake_token(wake)
 
 
 def paused_by(spec_paused: bool, auto: AutoPause | None, wake: str) -> PauseReason | None:
@@ -174,7 +186,8 @@ def decide(policy: Policy, seen: Seen, now: dt.datetime) -> Decision:
         decision = Decision(None, None)
     elif (why := _due(policy, seen, now, later)) is not None:
         reason, message = why
-        record = {"reason": reason.value, "pausedAt": rfc3339(now), "wake": seen.wake, "wokenAt": None}
+        wake = wake_token(seen.wake)
+        record = {"reason": reason.value, "pausedAt": rfc3339(now), "wake": wake, "wokenAt": None}
         decision = Decision(reason, record, event=Event("Normal", "AutoPaused", message))
     else:
         decision = Decision(None, None)
