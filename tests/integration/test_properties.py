@@ -77,6 +77,16 @@ VALID_NAMES = st.from_regex(r"\A[a-z][a-z0-9-]{0,50}[a-z0-9]\Z")
 TASK_NAMES = st.one_of(
     VALID_NAMES, VALID_NAMES, VALID_NAMES, st.from_regex(r"\A[a-z][a-z0-9-]{50,60}\Z"), ANY_TEXT
 )
+# Lifecycle automation's durations: ones that cannot fire within a test (or turn it off), and anything else,
+# which the API server must refuse naming the field.
+DURATIONS = st.one_of(
+    st.sampled_from(["30m", "1h30m", "24h", "0", "0s", "30", "1d", "-5m", "5 m", "", "9" * 30]), ANY_TEXT
+)
+AUTOMATION = {
+    "idlePause": DURATIONS,
+    "deleteAfterFinish": DURATIONS,
+    "pauseOnFinish": st.one_of(st.booleans(), st.booleans(), ANY_TEXT, st.integers()),
+}
 TASK_SPECS = st.fixed_dictionaries(
     {"prompt": PROMPTS},
     optional={
@@ -84,6 +94,7 @@ TASK_SPECS = st.fixed_dictionaries(
         "env": ENV,
         "template": st.one_of(st.just("default"), st.just("default"), TEMPLATE_NAMES),
         "paused": st.booleans(),
+        **AUTOMATION,
     },
 )
 # Values JSON can carry: no NaN and no infinity, which no client can send (json.dumps writes `Infinity`,
@@ -132,7 +143,7 @@ STORAGE = st.fixed_dictionaries(
 )
 AGENT = st.fixed_dictionaries({}, optional={"type": ANY_TEXT, "port": st.integers(-1, 70000)})
 TEMPLATE_SPECS = st.fixed_dictionaries(
-    {"pod": POD}, optional={"displayName": ANY_TEXT, "agent": AGENT, "storage": STORAGE}
+    {"pod": POD}, optional={"displayName": ANY_TEXT, "agent": AGENT, "storage": STORAGE, **AUTOMATION}
 )
 
 
