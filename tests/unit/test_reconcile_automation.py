@@ -223,3 +223,30 @@ def test_no_policy_writes_nothing_new(api: FakeApi) -> None:
     clock.advance(600)
     reconcile(reconciler, seen(v, api))
     assert "autoPause" not in api.status and api.deletes() == []
+
+
+def test_an_operator_stopped_between_the_decision_and_the_pods_stop_finishes_the_pause(api: FakeApi) -> None:
+    """The decision is in status before the pod is touched: a new process, not even hearing the agent,
+    carries the pause through; a restart never undoes it nor makes a second one."""
+    clock, events = Clock(), list[str]()
+    first, v = idle_for_half_an_hour(api, clock, events)
+    clock.advance(30)
+
+    async def killed(namespace: str, name: str, uid: str) -> bool:
+        raise RuntimeError("the operator is killed here")
+
+    stop = api.delete_pod
+    api.delete_pod = killed  # type: ignore[method-assign]
+    reconcile(first, seen(v, api, idlePause="30m"))
+    assert api.status["autoPause"]["pausedAt"] == "2026-12-01T12:30:00Z" and api.deletes() == []
+    api.delete_pod = stop  # type: ignore[method-assign]
+
+    clock.advance(2)
+    second = make_reconciler(api, clock, events)
+    agent_is(second, None)
+    reconcile(second, v := seen(v, api, idlePause="30m"))
+    assert [c[:2] for c in api.deletes()] == [("delete", "Pod")]
+    assert api.status["autoPause"]["pausedAt"] == "2026-12-01T12:30:00Z"  # the same pause, not a new one
+    reconcile(second, pod_gone(seen(v, api, idlePause="30m")))
+    assert api.status["phase"] == "Paused"
+    assert next(c for c in api.status["conditions"] if c["type"] == "Paused")["reason"] == "Idle"
