@@ -130,6 +130,7 @@ def test_an_idle_task_pauses_itself_its_decision_written_before_its_pod_stops(ap
     assert (status["phase"], paused["status"], paused["reason"]) == ("Paused", "True", "Idle")
     assert status["message"].startswith("Paused after 30m idle (idlePause)")
     assert "idleSince" not in status  # not Active: the clock stopped
+    assert events.count("AutoPaused") == 1 and "Paused" not in events  # one Event tells it, with why
 
     # The same manifest applied again changes nothing: no write, no pod.
     writes, calls = len(api.status_patches), len(api.calls)

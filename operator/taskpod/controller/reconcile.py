@@ -976,7 +976,9 @@ class Reconciler:
         self.news.snapshots.pop(key, None)
         self.memory.wrote_status(key, task.metadata.uid, task.metadata.resource_version, written)
         self._observe_latency(key, task.spec.paused, status["phase"])
-        if (event := plan.story_event(current.get("phase"), verdict)) is not None:
+        event = plan.story_event(current.get("phase"), verdict)
+        if event is not None and not (event.reason == "Paused" and obs.pause_reason != "Requested"):
+            # (An automatic pause's AutoPaused Event told it already, with why.)
             self.event(task, type=event.type, reason=event.reason, message=event.message)
 
     def _tell_push(self, task: Task, git: GitState) -> None:
