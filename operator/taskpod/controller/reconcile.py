@@ -495,12 +495,14 @@ class Reconciler:
         if decision.auto_pause is not None:
             written = await self.api.patch_task_status(*key, {"autoPause": decision.auto_pause})
             self.memory.wrote_status(key, task.metadata.uid, task.metadata.resource_version, written)
+        if decision.delete:
+            # Told once it is done: a delete the API server refuses is retried, not told again and again.
+            await self.api.delete_task_once(*key, task.metadata.uid)
         if decision.event is not None:
             event = decision.event
             self.event(task, type=event.type, reason=event.reason, message=event.message)
             metrics.AUTOMATIC_ACTIONS.labels(action=decision.event.reason).inc()
         if decision.delete:
-            await self.api.delete_task_once(*key, task.metadata.uid)
             return True
         if decision.look_again is not None:
             self.queue.add_after(key, decision.look_again + 1)  # `now` is in whole seconds
