@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -134,3 +135,22 @@ def test_status_shows_the_checkout_and_the_agents_link() -> None:
         }
     )
     assert "Repository:    detached at cdcdcdcdcdcd, from u (reported 5m ago)" in cli.describe(detached)
+
+
+def test_status_says_who_paused_the_task() -> None:
+    base = {"metadata": {"name": "nap", "namespace": "team"}, "spec": {"prompt": "Fix it"}}
+    at = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=3)).isoformat()
+    auto = {"phase": "Paused", "autoPause": {"reason": "Idle", "pausedAt": at, "wake": ""}}
+
+    def paused(**changes: Any) -> str:
+        body = {**base, **changes}
+        shown = dict(line.split(":", 1) for line in cli.describe(Task.model_validate(body)).splitlines())
+        return shown["Paused"].strip()
+
+    assert paused() == "false"
+    assert paused(spec={"prompt": "Fix it", "paused": True}) == "true (spec.paused)"
+    assert paused(status=auto) == (
+        "true, automatically (Idle, 3m ago): `kubectl task send` or `resume` wakes it"
+    )
+    woken = {**base, "metadata": {**base["metadata"], "annotations": {"taskpod.dev/wake": "now"}}}
+    assert paused(metadata=woken["metadata"], status=auto) == "false"  # the wake annotation changed

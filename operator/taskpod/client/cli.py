@@ -427,7 +427,7 @@ def describe(task: Task) -> str:
         ("Status", s.phase.value if s.phase else "Pending"),
         ("State", f"{_state(task)} ({ago(s.state.timestamp)})" if s.state else ""),
         ("Message", s.message or ""),
-        ("Paused", str(task.spec.paused).lower()),
+        ("Paused", _paused_line(task)),
     ]
     if s.state is not None and s.state.uri:
         rows.append(("Link", s.state.uri))  # the agent's report's: a pull request, say
@@ -446,6 +446,19 @@ def describe(task: Task) -> str:
         )
         rows.append(("Snapshot", f"{snap.messages} messages, {snap.bytes} bytes: {when}".rstrip(": ")))
     return "\n".join(f"{k + ':':14} {v}" for k, v in rows)
+
+
+def _paused_line(task: Task) -> str:
+    """Whether the task is paused, and by whom: its spec, or lifecycle automation (status.autoPause)."""
+    by = tasks.paused(task)
+    auto = task.status.auto_pause
+    if by is None:
+        return "false"
+    if auto is None or by.value == "Requested":
+        return "true (spec.paused)"
+    return (
+        f"true, automatically ({by.value}, {ago(auto.paused_at)}): `kubectl task send` or `resume` wakes it"
+    )
 
 
 def _plural(n: int, what: str) -> str:
