@@ -163,6 +163,12 @@ def test_a_conversation_across_lifetimes_keeps_the_earlier_ones_and_shows_nothin
     # their own times: shown once, as the first lifetime's.
     restored = [*first, said("user", "And the tests?", 3, minute=11), said("agent", "Done.", 4, minute=12)]
     assert [(m["lifetime"], m["content"]) for m in across_lifetimes(kept, restored, 2)] == shown
+    # What a resumed agent says on its own, after its start screen, is its lifetime's (found by the fault
+    # matrix: a rule that dropped every agent message before the first user one lost it).
+    own = said("agent", "Round 1, on my own", 4, minute=13)
+    assert across_lifetimes(kept, [own], 2)[-1] == {**own, "lifetime": 2}
+    assert across_lifetimes(kept, [second[0], own], 2)[-1] == {**own, "lifetime": 2}
+    assert len(across_lifetimes(kept, [second[0], own], 2)) == len(kept) + 1
     # A snapshot from before lifetimes were recorded counts as earlier; nothing said yet: nothing new.
     old = said("user", "old")
     assert across_lifetimes([old], [said("agent", "Hi", minute=5)], 3) == [old]

@@ -93,11 +93,11 @@ def shape(messages: list[dict[str, Any]]) -> Snapshot:
 
 def in_lifetime(messages: list[dict[str, Any]], lifetime: int) -> list[dict[str, Any]]:
     """One pod lifetime's messages as they are kept and shown: each marked with its lifetime. A resumed
-    agent's start screen (what it says before anything is said to it, in a lifetime after the first) is
-    left out: it is a greeting, or the conversation it continues replayed, shown already."""
-    if lifetime > 1:
-        first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), len(messages))
-        messages = messages[first_user:]
+    agent's start screen (AgentAPI's first message, id 0, in a lifetime after the first) is left out: it is
+    a greeting, or the conversation it continues replayed, shown already. What the agent says after it,
+    on its own or to the user, is kept."""
+    if lifetime > 1 and messages and messages[0].get("role") == "agent" and messages[0].get("id") == 0:
+        messages = messages[1:]
     return [{**m, "lifetime": lifetime} for m in messages]
 
 
