@@ -517,6 +517,8 @@ def test_claude_code_does_a_task_as_the_chart_installs_it(
     up = transitions.phases()[:3]
     assert up[:2] == ["Pending", "Initializing"] or up[:2] == ["Pending", "Active"], transitions.seen
     assert "Active" in up, transitions.seen
+    # The recorder's watch restarts every 5 s, so it may show idle a moment after the GET above did.
+    wait_for(lambda: any(s == "idle" for _, s in transitions.seen), 15, "the watch to show idle too")
     states = [s for _, s in transitions.seen if s]
     assert "working" in states and states.index("working") < len(states) - 1 - states[::-1].index("idle"), (
         states
@@ -754,12 +756,14 @@ def test_claude_code_works_on_a_checkout_of_the_tasks_repository(
     clone_log = real.kubectl("logs", "-n", ns, "shop-0", "-c", "clone")
     assert "is a checkout already; not cloning again" in clone_log
 
-    wrong = installed.explain(ns, "denied")
-    create_task(
-        kube, ns, "denied", prompt="Fix the README", template="with-forge",
-        repository={"url": url, "secretRef": {"name": "forge-wrong"}},
-    )  # fmt: skip
-    failed = wait_for(lambda: phase_is(kube, ns, "denied", "Error"), 120, "Error", explain=wrong)
+    def with_secret(name: str, secret: str) -> dict[str, Any]:
+        """A task of the forge's template whose credentials are the Secret `secret`, once it is Error."""
+        repository = {"url": url, "secretRef": {"name": secret}}
+        create_task(kube, ns, name, prompt="Fix the README", template="with-forge", repository=repository)
+        explain = installed.explain(ns, name)
+        return wait_for(lambda: phase_is(kube, ns, name, "Error"), 120, "Error", explain=explain)
+
+    failed = with_secret("denied", "forge-wrong")
     message = failed["status"]["message"]
     assert message.startswith(f"The repository {url} could not be cloned: git fetch failed: "), message
     assert "Authentication failed" in message, message
@@ -771,12 +775,7 @@ def test_claude_code_works_on_a_checkout_of_the_tasks_repository(
     _delete(installed, ns, "denied")
 
     # A Secret not there yet is named in the Error; once it is created, the kubelet's next try clones.
-    later = installed.explain(ns, "later")
-    create_task(
-        kube, ns, "later", prompt="Fix the README", template="with-forge",
-        repository={"url": url, "secretRef": {"name": "forge-later"}},
-    )  # fmt: skip
-    failed = wait_for(lambda: phase_is(kube, ns, "later", "Error"), 120, "Error", explain=later)
+    failed = with_secret("later", "forge-later")
     assert failed["status"]["message"] == (
         f"The repository {url} could not be cloned: The credentials Secret forge-later cannot be used: "
         "it is missing, or holds none of the keys password, token and ssh-privatekey"
@@ -788,7 +787,7 @@ def test_claude_code_works_on_a_checkout_of_the_tasks_repository(
             lambda: phase_is(kube, ns, "later", "Active"),
             240,
             "Active once the Secret is there",
-            explain=later,
+            explain=installed.explain(ns, "later"),
         )
     finally:
         kube.core.delete_namespaced_secret("forge-later", TEAM)

@@ -265,7 +265,7 @@ def test_the_idle_clock(
     before: dt.datetime | None,
     expected: dt.datetime | None,
 ) -> None:
-    assert idle_since(replace(IDLE, idle_since=before), phase, agent, at(3)) == expected, why
+    assert idle_since(before, phase, agent, at(3)) == expected, why
 
 
 def test_seen_from_a_stored_status() -> None:

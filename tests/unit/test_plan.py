@@ -111,6 +111,14 @@ def test_which_phase_changes_tell_an_event(old: str | None, phase: Phase, kind: 
     assert story_event(old, verdict) == expected
 
 
+def test_an_automatic_pause_is_told_by_its_own_event_and_trouble_still_is() -> None:
+    paused = Verdict(Phase.PAUSED, "Paused", "Paused after 30m idle (idlePause).")
+    assert story_event("Pending", paused, automatic=True) is None  # AutoPaused told it, with why
+    assert story_event("Pending", paused) == Event("Normal", "Paused", "Paused after 30m idle (idlePause).")
+    failed = Verdict(Phase.ERROR, "PodFailed", "The pod failed.")
+    assert story_event("Pending", failed, automatic=True) == Event("Warning", "PodFailed", "The pod failed.")
+
+
 WANTED = "h2"
 
 

@@ -946,9 +946,10 @@ class Reconciler:
             git,
         )
         if "idleSince" in current or status["phase"] == Phase.ACTIVE:
+            # Only the clock is read back (one timestamp): this runs at every status write of an Active task.
             agent = obs.agent.status if obs.agent is not None and obs.agent.healthy else None
-            seen = automation.seen_from(current, task.spec.paused, "", agent)
-            idle = automation.idle_since(seen, Phase(status["phase"]), agent, self.options.now())
+            before = dt.datetime.fromisoformat(current["idleSince"]) if current.get("idleSince") else None
+            idle = automation.idle_since(before, Phase(status["phase"]), agent, self.options.now())
             status["idleSince"] = rfc3339(idle) if idle is not None else None
         named = None
         if not status.get("displayName"):
@@ -978,9 +979,8 @@ class Reconciler:
         self.news.snapshots.pop(key, None)
         self.memory.wrote_status(key, task.metadata.uid, task.metadata.resource_version, written)
         self._observe_latency(key, task.spec.paused, status["phase"])
-        event = plan.story_event(current.get("phase"), verdict)
-        if event is not None and not (event.reason == "Paused" and obs.pause_reason != "Requested"):
-            # (An automatic pause's AutoPaused Event told it already, with why.)
+        automatic = obs.pause_reason != automation.PauseReason.REQUESTED
+        if (event := plan.story_event(current.get("phase"), verdict, automatic=automatic)) is not None:
             self.event(task, type=event.type, reason=event.reason, message=event.message)
 
     def _tell_push(self, task: Task, git: GitState) -> None:

@@ -155,15 +155,17 @@ def pause_message(reason: PauseReason, policy: Policy) -> str:
     )
 
 
-def idle_since(seen: Seen, phase: Phase, agent: AgentStatus | None, now: dt.datetime) -> dt.datetime | None:
-    """status.idleSince for a task now in `phase`, its agent as followed now."""
+def idle_since(
+    before: dt.datetime | None, phase: Phase, agent: AgentStatus | None, now: dt.datetime
+) -> dt.datetime | None:
+    """status.idleSince for a task now in `phase`, its agent as followed now; `before`: as status has it."""
     if phase is not Phase.ACTIVE:
         return None
     if agent is AgentStatus.RUNNING:
         return None
     if agent is AgentStatus.STABLE:
-        return seen.idle_since or now
-    return seen.idle_since  # not heard yet (a restart): the clock stands, neither reset nor started
+        return before or now
+    return before  # not heard yet (a restart): the clock stands, neither reset nor started
 
 
 def _finished_at(seen: Seen) -> dt.datetime | None:

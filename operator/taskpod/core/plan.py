@@ -46,11 +46,12 @@ def status_write(current: Mapping[str, Any], status: Mapping[str, Any], *, hold:
     return Write.HOLD
 
 
-def story_event(old_phase: str | None, verdict: Verdict) -> Event | None:
+def story_event(old_phase: str | None, verdict: Verdict, *, automatic: bool = False) -> Event | None:
     """The Event of a phase change that is news beyond status: Paused, Error or Unknown reached, and
     Active again after Error or Unknown. The way up (Pending, Initializing, Active) is told by the
-    workspace's and the prompt's own Events, and status shows it."""
-    if old_phase == verdict.phase:
+    workspace's and the prompt's own Events, and status shows it. `automatic`: the pause is lifecycle
+    automation's, whose AutoPaused Event told it already, with why."""
+    if old_phase == verdict.phase or (automatic and verdict.phase is Phase.PAUSED):
         return None
     if verdict.phase in SETTLED_PHASES or (verdict.phase is Phase.ACTIVE and old_phase in TROUBLE_PHASES):
         warning = verdict.phase in TROUBLE_PHASES
