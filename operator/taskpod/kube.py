@@ -1,7 +1,8 @@
 """The Kubernetes API calls the operator makes, as async functions.
 
-The `kubernetes` client blocks, so every call runs in a worker thread (Kopf's executor) and never
-stalls the event loop that all tasks share.
+They go as plain REST over one httpx client per event loop, with the credentials, TLS and server that
+the `kubernetes` client's configuration loads (in-cluster, or a kubeconfig). The `kubernetes` client
+itself blocks: it serves only the leader election's thread and `exec_in_pod`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import re
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -82,7 +84,6 @@ def api_client() -> client.ApiClient:
         except config.ConfigException:
             # read KUBECONFIG now: the client library only looks at it when first imported
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
-    cfg.connection_pool_maxsize = 64  # one per worker thread, so calls never queue for a socket
     return _BoundedClient(cfg)
 
 
@@ -163,30 +164,82 @@ def path(kind: str, namespace: str | None = None, name: str = "", subresource: s
     return url + (f"/{quote(name, safe='')}{subresource}" if name else "")
 
 
-def _send(method: str, url: str, body: Any = None, content_type: str = JSON, **query: Any) -> dict[str, Any]:
-    """One call, blocking; `body` goes as it is (bytes), or as JSON (an object) for a JSON content type."""
-    api = api_client()
-    url_method, url, headers, _body, _post = api.param_serialize(
-        method,
-        url,
-        query_params=[*([("fieldManager", FIELD_MANAGER)] if method in WRITES else []), *query.items()],
-        header_params={"Content-Type": content_type, "Accept": JSON},
-        auth_settings=["BearerToken"],
+# Connections to the API server, per event loop. Each holds TLS state and buffers, and the calls in
+# flight are at most the reconciles running (RECONCILE_WORKERS) plus the odd template status or event:
+# past this many, a call waits for a free connection (no pool timeout) rather than opening one more.
+API_CONNECTIONS = 32
+_https: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[client.Configuration, httpx.AsyncClient]]
+_https = weakref.WeakKeyDictionary()
+
+
+def tls_context(cfg: client.Configuration) -> ssl.SSLContext:
+    """The TLS that the configuration asks for: its CA (else the system's), its client certificate."""
+    tls = (
+        ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if cfg.ssl_ca_cert
+        else ssl.create_default_context()
     )
-    response = api.call_api(url_method, url, header_params=headers, body=body)
-    response.read()
-    if not 200 <= response.status <= 299:
-        raise ApiException.from_response(
-            http_resp=response, body=response.data.decode(errors="replace"), data=None
+    if not cfg.verify_ssl:
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file and cfg.key_file:
+        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return tls
+
+
+def _bearer(cfg: client.Configuration) -> str | None:
+    """The Authorization header's value, asked for per call: an in-cluster token is re-read as it
+    rotates (the configuration's refresh hook)."""
+    token = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
+    if not token:
+        return None
+    return token if token.lower().startswith("bearer ") else f"Bearer {token}"
+
+
+def _http() -> tuple[client.Configuration, httpx.AsyncClient]:
+    """This event loop's client for the API server (a kubectl-task command runs its own loop), made anew
+    when the configuration changed (use_kubeconfig)."""
+    loop = asyncio.get_running_loop()
+    cfg = api_client().configuration
+    known = _https.get(loop)
+    if known is None or known[0] is not cfg:
+        limits = httpx.Limits(max_connections=API_CONNECTIONS, max_keepalive_connections=API_CONNECTIONS)
+        timeout = httpx.Timeout(CALL_TIMEOUT[1], connect=CALL_TIMEOUT[0], pool=None)
+        http = httpx.AsyncClient(
+            base_url=str(cfg.host),
+            verify=tls_context(cfg),
+            timeout=timeout,
+            limits=limits,
+            trust_env=False,
+            proxy=cfg.proxy or None,
         )
-    return dict(json.loads(response.data))
+        known = _https[loop] = (cfg, http)
+    return known
 
 
 async def _call(
     method: str, url: str, body: Any = None, content_type: str = JSON, **query: Any
 ) -> dict[str, Any]:
-    """One call in a worker thread: the client blocks, and the event loop must not."""
-    return await asyncio.to_thread(_send, method, url, body, content_type, **query)
+    """One call; `body` goes as it is (bytes), or as JSON (an object). Answers come back as plain JSON;
+    a status outside 2xx raises ApiException, as the `kubernetes` client would."""
+    cfg, http = _http()
+    params: list[tuple[str, str | int | float | bool | None]] = []
+    if method in WRITES:
+        params.append(("fieldManager", FIELD_MANAGER))
+    params += [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in query.items()]
+    headers = {"Accept": JSON}
+    if (bearer := _bearer(cfg)) is not None:
+        headers["Authorization"] = bearer
+    content = None
+    if body is not None:
+        headers["Content-Type"] = content_type
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = await http.request(method, url, params=params, headers=headers, content=content)
+    if not 200 <= response.status_code <= 299:
+        exc = ApiException(status=response.status_code, reason=response.reason_phrase)
+        exc.body, exc.headers = response.text, response.headers
+        raise exc
+    return dict(response.json())
 
 
 def _object(obj: Mapping[str, Any]) -> str:
@@ -256,16 +309,8 @@ def agent_transport(
         plain = ssl.create_default_context()
         return (lambda: httpx.AsyncClient(verify=plain, timeout=timeout, limits=limits)), None
     cfg = api_client().configuration
-    tls = (
-        ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        if cfg.ssl_ca_cert
-        else ssl.create_default_context()
-    )
-    if cfg.cert_file and cfg.key_file:
-        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
-    headers = {}
-    if token := (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken"):
-        headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
+    tls = tls_context(cfg)
+    headers = {"Authorization": bearer} if (bearer := _bearer(cfg)) else {}
 
     def make() -> httpx.AsyncClient:  # the TLS context is built once and shared
         return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout, limits=limits)

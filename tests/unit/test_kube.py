@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-import urllib3
 import yaml
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,13 +21,8 @@ from taskpod import kube
 from taskpod.api.models import storable
 
 
-@pytest.fixture
-def silent_server(tmp_path: Path) -> Iterator[Path]:
-    """A kubeconfig for an "API server" that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    port = listener.getsockname()[1]
+def _use_server(tmp_path: Path, port: int) -> None:
+    """Act as the user of a kubeconfig for a plain-HTTP "API server" on this port, with token t."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         f"""apiVersion: v1
@@ -36,18 +34,128 @@ current-context: x
 """
     )
     kube.use_kubeconfig(str(kubeconfig))
-    yield kubeconfig
+
+
+@pytest.fixture
+def silent_server(tmp_path: Path) -> Iterator[None]:
+    """An "API server" that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    _use_server(tmp_path, listener.getsockname()[1])
+    yield
     kube._user = None
     kube.api_client.cache_clear()
     listener.close()
 
 
+class HeldServer:
+    """An "API server" that holds each request until `release` is set, counting those it holds at once,
+    and answers every one with `status` and `body`."""
+
+    def __init__(self, status: int = 200, body: dict[str, Any] | None = None) -> None:
+        self.status, self.body = status, body or {"kind": "Task"}
+        self.held = self.most = 0
+        self.release = asyncio.Event()
+        self.requests: list[web.Request] = []
+        self.bodies: list[bytes] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(request)
+        self.bodies.append(await request.read())
+        self.held += 1
+        self.most = max(self.most, self.held)
+        await self.release.wait()
+        self.held -= 1
+        return web.json_response(self.body, status=self.status)
+
+    async def __aenter__(self) -> int:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+def own_kubeconfig() -> Iterator[None]:
+    yield
+    kube._user = None
+    kube.api_client.cache_clear()
+
+
+def test_calls_run_at_once_up_to_the_connection_limit_and_no_further(
+    tmp_path: Path, own_kubeconfig: None
+) -> None:
+    """No threads: every reconcile's call is in flight at once, up to API_CONNECTIONS; the rest wait for
+    a connection (no pool timeout) rather than fail or open more."""
+    server = HeldServer()
+
+    async def scenario() -> None:
+        async with server as port:
+            _use_server(tmp_path, port)
+            calls = asyncio.gather(*(kube.get_task("team", f"t{i}") for i in range(kube.API_CONNECTIONS + 8)))
+            while server.held < kube.API_CONNECTIONS:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # time for any more to arrive, were the limit not kept
+            assert server.most == kube.API_CONNECTIONS
+            server.release.set()
+            assert all(answer == {"kind": "Task"} for answer in await calls)
+
+    asyncio.run(scenario())
+    assert len(server.requests) == kube.API_CONNECTIONS + 8
+
+
+def test_a_write_carries_the_token_the_field_manager_and_its_body(
+    tmp_path: Path, own_kubeconfig: None
+) -> None:
+    server = HeldServer()
+    server.release.set()
+
+    async def scenario() -> dict[str, Any]:
+        async with server as port:
+            _use_server(tmp_path, port)
+            return await kube.patch_task_status("team", "fix-login", {"message": "ü 🚀"})
+
+    assert asyncio.run(scenario()) == {"kind": "Task"}
+    (request,) = server.requests
+    assert request.method == "PATCH"
+    assert request.path == "/apis/taskpod.dev/v1alpha1/namespaces/team/tasks/fix-login/status"
+    assert request.headers["Authorization"] == "Bearer t"
+    assert request.headers["Content-Type"] == kube.MERGE
+    assert request.query["fieldManager"] == "taskpod"
+    assert json.loads(server.bodies[0]) == {"status": {"message": "ü 🚀"}}
+
+
+def test_a_refusal_is_an_api_exception_with_the_api_servers_sentence(
+    tmp_path: Path, own_kubeconfig: None
+) -> None:
+    status = {"kind": "Status", "message": 'tasks "x" is forbidden: no', "reason": "Forbidden", "code": 403}
+    server = HeldServer(403, status)
+    server.release.set()
+
+    async def scenario() -> None:
+        async with server as port:
+            _use_server(tmp_path, port)
+            await kube.get_task("team", "x")
+
+    with pytest.raises(kube.ApiException) as refused:
+        asyncio.run(scenario())
+    assert refused.value.status == 403
+    assert kube.api_message(refused.value) == 'tasks "x" is forbidden: no'
+
+
 def test_a_call_to_an_api_server_that_never_answers_gives_up(
-    silent_server: Path, monkeypatch: pytest.MonkeyPatch
+    silent_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(kube, "CALL_TIMEOUT", (1.0, 0.5))
     started = time.monotonic()
-    with pytest.raises(urllib3.exceptions.HTTPError):  # urllib3's ReadTimeoutError, or its retries' end
+    with pytest.raises(httpx.TimeoutException):
         asyncio.run(kube.get_task("team", "fix-login"))
     assert time.monotonic() - started < 30
 

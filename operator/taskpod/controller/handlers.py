@@ -46,7 +46,7 @@ def memo_for(settings: Settings, health: metrics.Health | None = None) -> kopf.M
         agent_grace=dt.timedelta(seconds=settings.agent_grace_seconds),
         report_url=settings.report_url,
         naming_env=settings.naming,
-        workers=RECONCILE_WORKERS,  # reconciles at a time: as many as threads for their API calls
+        workers=RECONCILE_WORKERS,  # reconciles at a time, each with at most one API call in flight
     )
     reconciler = Reconciler(event=_post_event, options=options)
     return kopf.Memo(settings=settings, reconciler=reconciler, health=health or metrics.Health(), servers=[])
@@ -78,12 +78,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.ERROR  # our own Events tell the story; no "handler succeeded" noise
     settings.watching.server_timeout = 300  # plus Kopf's inactivity timeout, so a stalled watch recovers
     settings.watching.client_timeout = 330
-    # Threads for the blocking kubernetes client: each waits on one API call, so under load this is the
-    # number of calls in flight. Our calls go through asyncio.to_thread, which uses the loop's default
-    # executor, and Kopf does not make its own the default: until this line, that was asyncio's own pool,
-    # min(32, CPUs + 4) threads, so 6 API calls in flight on a 2-CPU node.
-    settings.execution.max_workers = RECONCILE_WORKERS
-    asyncio.get_running_loop().set_default_executor(settings.execution.executor)
     reconciler: Reconciler = memo.reconciler
     # Kopf posts each object's Events from a worker of its own, on an HTTP pool without a limit: a burst
     # of tasks opened a TLS connection per poster, each with a 256 KiB read buffer, kept alive after.
