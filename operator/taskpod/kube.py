@@ -307,7 +307,10 @@ def agent_transport(
         # httpx builds a TLS context with the CA bundle for every client, even one that only speaks
         # plain HTTP: about 37 ms of CPU and 0.8 MiB each, so 5,000 agents would cost 4 GiB. One for all.
         plain = ssl.create_default_context()
-        return (lambda: httpx.AsyncClient(verify=plain, timeout=timeout, limits=limits)), None
+        # Each agent's /events stream holds a connection for good; a one-off call (a snapshot, a probe)
+        # opens its own plain one and closes it after, rather than keep a second per agent idle.
+        direct = httpx.Limits(max_connections=8, max_keepalive_connections=0)
+        return (lambda: httpx.AsyncClient(verify=plain, timeout=timeout, limits=direct)), None
     cfg = api_client().configuration
     tls = tls_context(cfg)
     headers = {"Authorization": bearer} if (bearer := _bearer(cfg)) else {}
