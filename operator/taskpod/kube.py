@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -166,10 +167,16 @@ def path(kind: str, namespace: str | None = None, name: str = "", subresource: s
 
 # Connections to the API server, per event loop. Each holds TLS state and buffers, and the calls in
 # flight are at most the reconciles running (RECONCILE_WORKERS) plus the odd template status or event:
-# past this many, a call waits for a free connection (no pool timeout) rather than opening one more.
+# past this many, a call waits for a free connection rather than opening one more.
+#
+# aiohttp, not httpx, on this path: measured here (a TLS server on loopback, 3,000 merge patches, 32 in
+# flight), httpx took 2.4 ms of the client's CPU per call, urllib3 in threads 0.84 ms, aiohttp 0.23 ms.
+# A reconcile makes several calls per task and phase, and on two cores every CPU-second counts twice.
 API_CONNECTIONS = 32
-_https: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[client.Configuration, httpx.AsyncClient]]
-_https = weakref.WeakKeyDictionary()
+_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[client.Configuration, aiohttp.ClientSession]
+]
+_sessions = weakref.WeakKeyDictionary()
 
 
 def tls_context(cfg: client.Configuration) -> ssl.SSLContext:
@@ -196,25 +203,25 @@ def _bearer(cfg: client.Configuration) -> str | None:
     return token if token.lower().startswith("bearer ") else f"Bearer {token}"
 
 
-def _http() -> tuple[client.Configuration, httpx.AsyncClient]:
-    """This event loop's client for the API server (a kubectl-task command runs its own loop), made anew
-    when the configuration changed (use_kubeconfig)."""
+def _session() -> tuple[client.Configuration, aiohttp.ClientSession]:
+    """This event loop's session with the API server (a kubectl-task command runs its own loop), made
+    anew when the configuration changed (use_kubeconfig)."""
     loop = asyncio.get_running_loop()
     cfg = api_client().configuration
-    known = _https.get(loop)
-    if known is None or known[0] is not cfg:
-        limits = httpx.Limits(max_connections=API_CONNECTIONS, max_keepalive_connections=API_CONNECTIONS)
-        timeout = httpx.Timeout(CALL_TIMEOUT[1], connect=CALL_TIMEOUT[0], pool=None)
-        http = httpx.AsyncClient(
-            base_url=str(cfg.host),
-            verify=tls_context(cfg),
-            timeout=timeout,
-            limits=limits,
-            trust_env=False,
-            proxy=cfg.proxy or None,
-        )
-        known = _https[loop] = (cfg, http)
+    known = _sessions.get(loop)
+    if known is None or known[0] is not cfg or known[1].closed:
+        connector = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=API_CONNECTIONS)
+        # No total and no wait for a free connection: only connecting, and each read, are bounded.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT[0], sock_read=CALL_TIMEOUT[1])
+        known = _sessions[loop] = (cfg, aiohttp.ClientSession(connector=connector, timeout=timeout))
     return known
+
+
+async def close() -> None:
+    """Close this event loop's session with the API server, if it has one (at the loop's end)."""
+    known = _sessions.pop(asyncio.get_running_loop(), None)
+    if known is not None:
+        await known[1].close()
 
 
 async def _call(
@@ -222,10 +229,8 @@ async def _call(
 ) -> dict[str, Any]:
     """One call; `body` goes as it is (bytes), or as JSON (an object). Answers come back as plain JSON;
     a status outside 2xx raises ApiException, as the `kubernetes` client would."""
-    cfg, http = _http()
-    params: list[tuple[str, str | int | float | bool | None]] = []
-    if method in WRITES:
-        params.append(("fieldManager", FIELD_MANAGER))
+    cfg, session = _session()
+    params = [("fieldManager", FIELD_MANAGER)] if method in WRITES else []
     params += [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in query.items()]
     headers = {"Accept": JSON}
     if (bearer := _bearer(cfg)) is not None:
@@ -234,12 +239,15 @@ async def _call(
     if body is not None:
         headers["Content-Type"] = content_type
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = await http.request(method, url, params=params, headers=headers, content=content)
-    if not 200 <= response.status_code <= 299:
-        exc = ApiException(status=response.status_code, reason=response.reason_phrase)
-        exc.body, exc.headers = response.text, response.headers
-        raise exc
-    return dict(response.json())
+    async with session.request(
+        method, str(cfg.host).rstrip("/") + url, params=params, headers=headers, data=content, proxy=cfg.proxy
+    ) as response:
+        answer = await response.read()
+        if not 200 <= response.status <= 299:
+            exc = ApiException(status=response.status, reason=response.reason)
+            exc.body, exc.headers = answer.decode(errors="replace"), response.headers
+            raise exc
+    return dict(json.loads(answer))
 
 
 def _object(obj: Mapping[str, Any]) -> str:

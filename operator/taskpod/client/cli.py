@@ -54,7 +54,13 @@ class Failure(click.ClickException):
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    async def closing() -> T:
+        try:
+            return await coro
+        finally:
+            await kube.close()  # its connections to the API server go with this command's event loop
+
+    return asyncio.run(closing())
 
 
 @contextmanager

@@ -116,6 +116,7 @@ async def stop_following(memo: kopf.Memo, **_: Any) -> None:
         await reconciler.agents.stop_all()
     for runner in memo.servers:
         await runner.cleanup()
+    await kube.close()
 
 
 @kopf.on.login()
