@@ -240,7 +240,13 @@ async def _call(
         headers["Content-Type"] = content_type
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
     async with session.request(
-        method, str(cfg.host).rstrip("/") + url, params=params, headers=headers, data=content, proxy=cfg.proxy
+        method,
+        str(cfg.host).rstrip("/") + url,
+        params=params,
+        headers=headers,
+        data=content,
+        proxy=cfg.proxy,
+        server_hostname=cfg.tls_server_name,  # a kubeconfig's tls-server-name, as the kubernetes client
     ) as response:
         answer = await response.read()
         if not 200 <= response.status <= 299:
