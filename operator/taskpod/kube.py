@@ -14,7 +14,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -327,12 +327,26 @@ def agent_transport(
         return (lambda: httpx.AsyncClient(verify=plain, timeout=timeout, limits=direct)), None
     cfg = api_client().configuration
     tls = tls_context(cfg)
-    headers = {"Authorization": bearer} if (bearer := _bearer(cfg)) else {}
+    token = _ApiServerToken(cfg)
 
     def make() -> httpx.AsyncClient:  # the TLS context is built once and shared
-        return httpx.AsyncClient(verify=tls, headers=headers, timeout=timeout, limits=limits)
+        return httpx.AsyncClient(verify=tls, auth=token, timeout=timeout, limits=limits)
 
     return make, str(cfg.host)
+
+
+class _ApiServerToken(httpx.Auth):
+    """The operator's bearer token on each request through the API server's proxy, asked for per
+    request (as for the API calls): a follower lives as long as its pod, longer than an in-cluster
+    token, which the configuration's refresh hook re-reads as it rotates."""
+
+    def __init__(self, cfg: client.Configuration) -> None:
+        self.cfg = cfg
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if (bearer := _bearer(self.cfg)) is not None:
+            request.headers["Authorization"] = bearer
+        yield request
 
 
 async def get_task(namespace: str, name: str) -> dict[str, Any]:

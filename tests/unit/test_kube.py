@@ -179,3 +179,23 @@ def test_an_apply_body_reads_back_whole_as_yaml(text: str) -> None:
 def test_an_apply_body_escapes_what_yaml_would_refuse_or_fold() -> None:
     body = kube.apply_body({"a": "🚀 \x7f\x85\u2028\ufeff"}).decode()
     assert body == '{"a":"🚀 \\u007f\\u0085\\u2028\\ufeff"}'  # the emoji raw, not as a surrogate pair
+
+
+def test_agents_through_the_proxy_get_the_token_as_it_is_now(tmp_path: Path, own_kubeconfig: None) -> None:
+    """An agent's follower lives as long as its pod, longer than an in-cluster token: each request through
+    the API server's proxy carries the token the configuration holds then, not the one of the start."""
+    server = HeldServer()
+    server.release.set()
+
+    async def scenario() -> None:
+        async with server as port:
+            _use_server(tmp_path, port)
+            make, url = kube.agent_transport(via_proxy=True)
+            assert url == f"http://127.0.0.1:{port}"
+            async with make() as http:
+                await http.get(f"{url}/api/v1/namespaces/team/pods/p:3284/proxy/status")
+                kube.api_client().configuration.api_key["authorization"] = "Bearer rotated"
+                await http.get(f"{url}/api/v1/namespaces/team/pods/p:3284/proxy/status")
+
+    asyncio.run(scenario())
+    assert [r.headers["Authorization"] for r in server.requests] == ["Bearer t", "Bearer rotated"]
