@@ -1,6 +1,6 @@
 """The Kubernetes API calls the operator makes, as async functions.
 
-They go as plain REST over one httpx client per event loop, with the credentials, TLS and server that
+They go as plain REST over one aiohttp session per event loop, with the credentials, TLS and server that
 the `kubernetes` client's configuration loads (in-cluster, or a kubeconfig). The `kubernetes` client
 itself blocks: it serves only the leader election's thread and `exec_in_pod`.
 """
@@ -211,7 +211,7 @@ def _session() -> tuple[client.Configuration, aiohttp.ClientSession]:
     known = _sessions.get(loop)
     if known is None or known[0] is not cfg or known[1].closed:
         connector = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=API_CONNECTIONS)
-        # No total and no wait for a free connection: only connecting, and each read, are bounded.
+        # No bound on the whole call or on the wait for a free connection: connecting, and each read, are.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT[0], sock_read=CALL_TIMEOUT[1])
         known = _sessions[loop] = (cfg, aiohttp.ClientSession(connector=connector, timeout=timeout))
     return known
@@ -316,7 +316,6 @@ def agent_transport(
     with every follower holding an /events stream open, a shared pool made each call cost O(agents)
     (py-spy at 1,000 tasks: the operator spent its time in `_assign_requests_to_connections`).
     """
-    limits = httpx.Limits(max_connections=8, max_keepalive_connections=2, keepalive_expiry=30)
     if not via_proxy:
         # httpx builds a TLS context with the CA bundle for every client, even one that only speaks
         # plain HTTP: about 37 ms of CPU and 0.8 MiB each, so 5,000 agents would cost 4 GiB. One for all.
@@ -328,6 +327,7 @@ def agent_transport(
     cfg = api_client().configuration
     tls = tls_context(cfg)
     token = _ApiServerToken(cfg)
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=2, keepalive_expiry=30)
 
     def make() -> httpx.AsyncClient:  # the TLS context is built once and shared
         return httpx.AsyncClient(verify=tls, auth=token, timeout=timeout, limits=limits)

@@ -82,7 +82,7 @@ class HeldServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return int(self.runner.addresses[0][1])
 
     async def __aexit__(self, *_: Any) -> None:
         await kube.close()
