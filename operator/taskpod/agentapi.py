@@ -2,19 +2,19 @@
 
 The operator and the kubectl plugin reach an agent two ways: straight at `http://<podIP>:<port>` from
 inside the cluster, or through the API server's pod proxy (`pods/proxy`) from anywhere kubectl works.
-Both are just a base URL plus an httpx client configured with the right credentials.
+Both are a base URL on one aiohttp session (a Transport) configured with the right credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+import re
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-from httpx_sse import EventSource, SSEError
+import aiohttp
 
 from taskpod.api.models import AgentStatus, storable
 from taskpod.controller import metrics
@@ -67,10 +67,19 @@ def agent_url(server: str | None, namespace: str, pod: str, pod_ip: str, port: i
 
 
 class AgentClient:
-    def __init__(self, base_url: str, http: httpx.AsyncClient, timeout: float = 5.0) -> None:
+    """One agent's AgentAPI, at `base_url`, on a session that many agents share (its Transport's)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        http: aiohttp.ClientSession,
+        timeout: float = 5.0,
+        headers: Callable[[], Mapping[str, str]] = dict,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = http
         self.timeout = timeout
+        self.headers = headers  # asked per request: a bearer token through the proxy rotates
 
     async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
@@ -84,22 +93,26 @@ class AgentClient:
 
     async def _json_once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         try:
-            response = await self.http.request(method, self.base_url + path, json=body, timeout=self.timeout)
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            async with self.http.request(
+                method,
+                self.base_url + path,
+                json=body,
+                headers=self.headers(),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                status, raw = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AgentUnavailable(f"{method} {path}: {_why(exc)}") from exc
-        if response.status_code in (502, 503, 504):  # the pod proxy could not reach the agent
-            raise AgentUnavailable(f"{method} {path}: HTTP {response.status_code}")
+        if status in (502, 503, 504):  # the pod proxy could not reach the agent
+            raise AgentUnavailable(f"{method} {path}: HTTP {status}")
         try:
-            data = response.json()
+            data = json.loads(raw)
         except ValueError as exc:
-            raise AgentError(f"{method} {path}: HTTP {response.status_code}, not JSON") from exc
-        if response.status_code >= 400:
+            raise AgentError(f"{method} {path}: HTTP {status}, not JSON") from exc
+        if status >= 400:
             detail = data.get("detail") or data.get("title") if isinstance(data, dict) else data
-            raise AgentError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+            raise AgentError(f"{method} {path}: HTTP {status}: {detail}")
         return data
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     async def status(self) -> StatusReport:
         data = await self._json("GET", "/status")
@@ -137,28 +150,103 @@ class AgentClient:
             raise
 
     async def _events(self) -> AsyncGenerator[AgentEvent, None]:
-        request = self.http.build_request(
-            "GET", self.base_url + "/events", timeout=httpx.Timeout(self.timeout, read=None)
-        )
+        # Connecting and the headers must come within the timeout; after that, a quiet stream is just
+        # an idle agent, so no read timeout.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
         try:
-            # Headers must come within the timeout; after that, a quiet stream is just an idle agent.
-            response = await asyncio.wait_for(self.http.send(request, stream=True), self.timeout)
-        except (httpx.TransportError, httpx.TimeoutException, TimeoutError) as exc:
+            async with asyncio.timeout(self.timeout):
+                response = await self.http.get(
+                    self.base_url + "/events", headers=self.headers(), timeout=timeout
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AgentUnavailable(f"GET /events: {_why(exc)}") from exc
         try:
-            if response.status_code != 200:
-                raise AgentError(f"GET /events: HTTP {response.status_code}")
-            # httpx-sse splits lines where SSE does (CR, LF, CRLF); httpx's own aiter_lines also splits at
-            # NEL and U+2028, which an agent's JSON may carry raw, and cut such an event in two.
-            async for sse in EventSource(response).aiter_sse():
+            if response.status != 200:
+                raise AgentError(f"GET /events: HTTP {response.status}")
+            async for kind, text in server_sent_events(response.content.iter_any()):
                 try:
-                    data = json.loads(sse.data)
+                    data = json.loads(text)
                 except ValueError as exc:
-                    raise AgentError(f"/events: not JSON: {sse.data[:100]}") from exc
-                yield AgentEvent(sse.event, data if isinstance(data, dict) else {"value": data})
-        except SSEError as exc:
-            raise AgentError(f"GET /events: {exc}") from exc
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
+                    raise AgentError(f"/events: not JSON: {text[:100]}") from exc
+                yield AgentEvent(kind, data if isinstance(data, dict) else {"value": data})
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AgentUnavailable(f"GET /events: {_why(exc)}") from exc
         finally:
-            await response.aclose()
+            response.close()  # mid-stream: the connection goes with it, never back to the pool
+
+
+# An event larger than this is an agent gone wrong, not a conversation: the stream is dropped.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+async def server_sent_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[tuple[str, str], None]:
+    """A text/event-stream's events as (event type, data), by the WHATWG's rules for reading one.
+
+    aiohttp reads no SSE itself, and the readers built on it bring a reconnect loop of their own, where
+    the follower has one already. tests/unit/test_agentapi.py holds this one to httpx-sse's.
+    """
+    kind, size = "", 0
+    data: list[str] = []
+    async for line in _sse_lines(chunks):
+        if not line:  # a blank line dispatches the event, if it has data
+            if data:
+                yield kind or "message", "\n".join(data)
+            kind, data, size = "", [], 0
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            kind = value
+        elif field == "data":  # id, retry and comments (":") are of no use here
+            data.append(value)
+            size += len(value)
+            if size > MAX_EVENT_BYTES:
+                raise AgentError(f"GET /events: an event over {MAX_EVENT_BYTES} bytes")
+
+
+async def _sse_lines(chunks: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
+    """Lines end at CRLF, CR or LF and nowhere else: an agent's JSON may carry NEL or U+2028 raw, where a
+    general line reader would cut the event in two. CR and LF are single bytes in UTF-8, never inside a
+    character, so lines are split as bytes and decoded whole."""
+    line: list[bytes] = []  # the line so far, across chunks
+    size = 0
+    cr = False  # the last chunk ended at a CR, which may be the first half of a CRLF
+    async for chunk in chunks:
+        if cr:
+            chunk, cr = b"\r" + chunk, False
+        if chunk.endswith(b"\r"):
+            chunk, cr = chunk[:-1], True
+        *ended, rest = _LINE_END.split(chunk)
+        for piece in ended:
+            line.append(piece)
+            yield b"".join(line).decode("utf-8", "replace")
+            line, size = [], 0
+        line.append(rest)
+        size += len(rest)
+        if size > MAX_EVENT_BYTES:
+            raise AgentError(f"GET /events: a line over {MAX_EVENT_BYTES} bytes")
+    if cr:  # the stream ended at a CR: that ended the line
+        yield b"".join(line).decode("utf-8", "replace")
+
+
+class Transport:
+    """How agents are reached: one aiohttp session for all of them, straight to their pod IPs
+    (`server` None), or through the pod proxy of the API server `server`, with `headers` (its bearer
+    token) asked for per request. A client per agent costs nothing; whoever made the Transport closes it."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        server: str | None = None,
+        headers: Callable[[], Mapping[str, str]] = dict,
+        timeout: float = 5.0,
+    ) -> None:
+        self.http, self.server, self.headers, self.timeout = http, server, headers, timeout
+
+    def client(self, namespace: str, pod: str, pod_ip: str, port: int) -> AgentClient:
+        url = agent_url(self.server, namespace, pod, pod_ip, port)
+        return AgentClient(url, self.http, self.timeout, self.headers)
+
+    async def aclose(self) -> None:
+        await self.http.close()

@@ -14,17 +14,17 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import httpx
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from taskpod.agentapi import Transport
 from taskpod.api.models import GROUP, VERSION, storable
 from taskpod.core.workspace import FIELD_MANAGER
 
@@ -305,48 +305,31 @@ async def patch_template_status(namespace: str, name: str, status: dict[str, Any
     return await _call("PATCH", path("TaskTemplate", namespace, name, "/status"), {"status": status}, MERGE)
 
 
-def agent_transport(
-    via_proxy: bool, timeout: float = 5.0
-) -> tuple[Callable[[], httpx.AsyncClient], str | None]:
-    """A maker of HTTP clients for reaching agents, and the API server URL when going through its pod
-    proxy. Direct: plain HTTP to pod IPs (in-cluster). Proxy: HTTPS to the API server with the
-    operator's own credentials, which needs RBAC on pods/proxy but works from anywhere kubectl does.
+def agent_transport(via_proxy: bool, timeout: float = 5.0) -> Transport:
+    """How to reach agents, on one aiohttp session made in the running loop; the caller closes it.
+    Direct: plain HTTP to pod IPs (in-cluster, or a local control plane). Proxy: HTTPS to the API server
+    with the operator's own credentials, which needs RBAC on pods/proxy but works from anywhere kubectl
+    does.
 
-    One client per agent, not one for all: httpcore's pool scans its connections on every request, and
-    with every follower holding an /events stream open, a shared pool made each call cost O(agents)
-    (py-spy at 1,000 tasks: the operator spent its time in `_assign_requests_to_connections`).
+    No bound on connections: each followed agent holds one for its /events stream for good, and a
+    bound would make the one-off calls (a prompt, a snapshot, a probe) wait behind the streams. aiohttp's
+    pool finds an idle connection by its host without looking at those in use; httpx's scanned them all
+    per request, which had made each call cost O(agents) on a shared client.
     """
     if not via_proxy:
-        # httpx builds a TLS context with the CA bundle for every client, even one that only speaks
-        # plain HTTP: about 37 ms of CPU and 0.8 MiB each, so 5,000 agents would cost 4 GiB. One for all.
-        plain = ssl.create_default_context()
-        # Each agent's /events stream holds a connection for good; a one-off call (a snapshot, a probe)
-        # opens its own plain one and closes it after, rather than keep a second per agent idle.
-        direct = httpx.Limits(max_connections=8, max_keepalive_connections=0)
-        return (lambda: httpx.AsyncClient(verify=plain, timeout=timeout, limits=direct)), None
+        # Each agent's /events stream holds a connection for good; a one-off call opens its own plain
+        # one and closes it after, rather than keep a second per agent idle.
+        direct = aiohttp.TCPConnector(limit=0, force_close=True)
+        return Transport(aiohttp.ClientSession(connector=direct), None, timeout=timeout)
     cfg = api_client().configuration
-    tls = tls_context(cfg)
-    token = _ApiServerToken(cfg)
-    limits = httpx.Limits(max_connections=8, max_keepalive_connections=2, keepalive_expiry=30)
+    # Through the proxy a new connection costs a TLS handshake, so the one-off calls keep theirs a while.
+    proxy = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=0, keepalive_timeout=30)
 
-    def make() -> httpx.AsyncClient:  # the TLS context is built once and shared
-        return httpx.AsyncClient(verify=tls, auth=token, timeout=timeout, limits=limits)
+    def token() -> dict[str, str]:  # per request: an in-cluster token rotates within a follower's life
+        bearer = _bearer(cfg)
+        return {"Authorization": bearer} if bearer is not None else {}
 
-    return make, str(cfg.host)
-
-
-class _ApiServerToken(httpx.Auth):
-    """The operator's bearer token on each request through the API server's proxy, asked for per
-    request (as for the API calls): a follower lives as long as its pod, longer than an in-cluster
-    token, which the configuration's refresh hook re-reads as it rotates."""
-
-    def __init__(self, cfg: client.Configuration) -> None:
-        self.cfg = cfg
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if (bearer := _bearer(self.cfg)) is not None:
-            request.headers["Authorization"] = bearer
-        yield request
+    return Transport(aiohttp.ClientSession(connector=proxy), str(cfg.host), token, timeout)
 
 
 async def get_task(namespace: str, name: str) -> dict[str, Any]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
+import aiohttp
 import pytest
 
+from taskpod.agentapi import Transport
 from taskpod.controller import agents as agents_module
-from taskpod.controller.agents import Agents, Target, Transport
+from taskpod.controller.agents import Agents, Target
 from tests.support import free_port
 
 
@@ -20,7 +21,7 @@ def test_an_agent_that_stays_down_pokes_once_not_at_every_reconnect(monkeypatch:
     pokes: list[tuple[str, str]] = []
 
     async def scenario() -> int:
-        agents = Agents(Transport(lambda: httpx.AsyncClient(timeout=1.0)), pokes.append)
+        agents = Agents(Transport(aiohttp.ClientSession(), timeout=1.0), pokes.append)
         target = Target("uid-1", "team", "fix-login-0", "127.0.0.1", free_port(), 1)  # nobody listens there
         agents.ensure(("team", "fix-login"), target)
         for _ in range(100):  # a dozen or more attempts
@@ -28,6 +29,7 @@ def test_an_agent_that_stays_down_pokes_once_not_at_every_reconnect(monkeypatch:
         attempts_seen = agents.views[("team", "fix-login")]
         assert not attempts_seen.healthy and attempts_seen.silent_since is not None
         await agents.stop_all()
+        await agents.transport.aclose()
         return len(pokes)
 
     assert asyncio.run(scenario()) == 1

@@ -28,5 +28,3 @@ def test_the_tasks_index_keeps_what_a_reconcile_reads_and_drops_the_bulk() -> No
     assert "managedFields" not in kept.raw["metadata"]
     assert kept.metadata.resource_version == "7" and kept.metadata.uid == "u1"
     assert kept.spec.prompt == "x" * 5000 and kept.stored_status == body["status"]
-
-

@@ -190,12 +190,17 @@ def test_agents_through_the_proxy_get_the_token_as_it_is_now(tmp_path: Path, own
     async def scenario() -> None:
         async with server as port:
             _use_server(tmp_path, port)
-            make, url = kube.agent_transport(via_proxy=True)
-            assert url == f"http://127.0.0.1:{port}"
-            async with make() as http:
-                await http.get(f"{url}/api/v1/namespaces/team/pods/p:3284/proxy/status")
+            transport = kube.agent_transport(via_proxy=True)
+            assert transport.server == f"http://127.0.0.1:{port}"
+            agent = transport.client("team", "p", "10.244.0.7", 3284)
+            try:
+                await agent.messages()
                 kube.api_client().configuration.api_key["authorization"] = "Bearer rotated"
-                await http.get(f"{url}/api/v1/namespaces/team/pods/p:3284/proxy/status")
+                await agent.messages()
+            finally:
+                await transport.aclose()
 
+    server.body = {"messages": []}
     asyncio.run(scenario())
+    assert [r.path for r in server.requests] == ["/api/v1/namespaces/team/pods/p:3284/proxy/messages"] * 2
     assert [r.headers["Authorization"] for r in server.requests] == ["Bearer t", "Bearer rotated"]

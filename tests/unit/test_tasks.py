@@ -8,22 +8,17 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from taskpod import kube
 from taskpod.agentapi import AgentError, AgentMessage, AgentUnavailable, StatusReport
 from taskpod.api.models import AgentStatus
 from taskpod.client import tasks
 from taskpod.core.snapshots import DATA_KEY
+from tests.support import free_port
 
 KEPT = [{"id": 1, "role": "user", "content": "Fix the flaky login test", "time": "2026-11-29T10:00:01Z"}]
-
-
-class GoneAgent:
-    async def messages(self) -> list[Any]:
-        raise AgentUnavailable("connection refused")
-
-    async def aclose(self) -> None:
-        pass
 
 
 def task_body(paused: bool) -> dict[str, Any]:
@@ -68,14 +63,20 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return state
 
 
+def agent_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task's pod has its agent at this port of its IP (127.1.0.5), reached directly."""
+
+    async def agent_port(namespace: str, pod: str, port_name: str) -> int:
+        return port
+
+    monkeypatch.setattr(kube, "agent_port", agent_port)
+    monkeypatch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
+
+
 @pytest.fixture
 def agent_down(cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The task's pod is there, but its agent refuses connections."""
-
-    async def agent_client(task: Any) -> GoneAgent:
-        return GoneAgent()
-
-    monkeypatch.setattr(tasks, "agent_client", agent_client)
+    """The task's pod is there, but its agent refuses connections: nothing listens at its port."""
+    agent_at(free_port(), monkeypatch)
     return cluster
 
 
@@ -88,7 +89,7 @@ def test_a_pausing_task_whose_agent_has_stopped_shows_the_snapshot(agent_down: d
 
 def test_an_active_task_whose_agent_does_not_answer_says_so(agent_down: dict[str, Any]) -> None:
     agent_down["task"] = task_body(paused=False)
-    with pytest.raises(AgentUnavailable, match="connection refused"):
+    with pytest.raises(AgentUnavailable, match="GET /messages: ClientConnectorError"):
         asyncio.run(tasks.logs("team", "fix-login"))
 
 
@@ -205,17 +206,18 @@ def test_live_logs_show_claude_codes_words_without_its_screens_padding(
     before its words in `kubectl task logs`); live logs show them as the snapshot keeps them."""
     padded = "\n" * 20 + "● I wrote hello.txt ✓   \n\n\n\n  ⎿  done\t\n" + " " * 80 + "\n" * 20
 
-    class Live:
-        async def messages(self) -> list[AgentMessage]:
-            return [AgentMessage(0, "agent", padded, "2026-11-29T10:00:01Z")]
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"messages": [AgentMessage(0, "agent", padded, "2026-11-29T10:00:01Z").dump()]}
+        )
 
-        async def aclose(self) -> None:
-            pass
+    async def scenario() -> list[dict[str, Any]]:
+        app = web.Application()
+        app.router.add_get("/messages", handler)
+        async with TestServer(app, host="127.1.0.5") as server:
+            agent_at(int(server.port or 0), monkeypatch)
+            return (await tasks.logs("team", "fix-login")).messages
 
-    async def agent_client(task: Any) -> Live:
-        return Live()
-
-    monkeypatch.setattr(tasks, "agent_client", agent_client)
     cluster["task"] = task_body(paused=False)
-    (message,) = asyncio.run(tasks.logs("team", "fix-login")).messages
+    (message,) = asyncio.run(scenario())
     assert message["content"] == "● I wrote hello.txt ✓\n\n  ⎿  done"

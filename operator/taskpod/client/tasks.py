@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskpod import kube
-from taskpod.agentapi import AgentClient, AgentError, AgentMessage, AgentUnavailable, agent_url
+from taskpod.agentapi import AgentClient, AgentError, AgentMessage, AgentUnavailable
 from taskpod.api.models import (
     DEFAULT_AGENT_PORT,
     GROUP,
@@ -60,8 +60,9 @@ async def _task(namespace: str, name: str) -> Task:
     return Task.from_api(await kube.get_task(namespace, name))
 
 
-async def agent_client(task: Task) -> AgentClient:
-    """The agent of an active task, through the API server's pod proxy."""
+@asynccontextmanager
+async def _connected(task: Task) -> AsyncIterator[AgentClient]:
+    """The agent of an active task, through the API server's pod proxy, for the block's length."""
     workspace = task.status.workspace
     if workspace is None or not workspace.pod:
         raise TaskConflict(f"task {task.name} has no running workspace")
@@ -75,20 +76,13 @@ async def agent_client(task: Task) -> AgentClient:
     # The pod proxy by default; "direct" where this machine reaches pod IPs (in-cluster, or the local
     # control plane, whose loopback pod IPs the API server refuses to proxy to).
     via_proxy = os.environ.get("TASKPOD_AGENT_TRANSPORT", "proxy") != "direct"
-    make_http, server = kube.agent_transport(via_proxy=via_proxy)
-    if server is None and not workspace.pod_ip:
-        raise TaskConflict(f"task {task.name}'s pod has no IP yet")
-    url = agent_url(server, task.namespace, workspace.pod, workspace.pod_ip or "", port)
-    return AgentClient(url, make_http())
-
-
-@asynccontextmanager
-async def _connected(task: Task) -> AsyncIterator[AgentClient]:
-    client = await agent_client(task)
+    transport = kube.agent_transport(via_proxy=via_proxy)
     try:
-        yield client
+        if transport.server is None and not workspace.pod_ip:
+            raise TaskConflict(f"task {task.name}'s pod has no IP yet")
+        yield transport.client(task.namespace, workspace.pod, workspace.pod_ip or "", port)
     finally:
-        await client.aclose()
+        await transport.aclose()
 
 
 class GitFailed(Exception):

@@ -16,15 +16,13 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-import httpx
-
 from taskpod.agentapi import (
     AgentClient,
     AgentError,
     AgentEvent,
     AgentMessage,
     AgentUnavailable,
-    agent_url,
+    Transport,
 )
 from taskpod.api.models import AgentStatus, Key, storable
 from taskpod.core import clock
@@ -55,20 +53,6 @@ class _Follower(NamedTuple):
     client: AgentClient
 
 
-class Transport:
-    """How the operator reaches agents: straight to the pod IP, or through the API server's pod proxy."""
-
-    def __init__(
-        self, make_http: Callable[[], httpx.AsyncClient], server: str | None = None, timeout: float = 5.0
-    ) -> None:
-        self.make_http, self.server, self.timeout = make_http, server, timeout
-
-    def client(self, target: Target) -> AgentClient:
-        """A client of its own for this agent; whoever asks for one closes it (`aclose`)."""
-        url = agent_url(self.server, target.namespace, target.pod, target.pod_ip, target.port)
-        return AgentClient(url, self.make_http(), timeout=self.timeout)
-
-
 class Agents:
     def __init__(
         self, transport: Transport, poke: Callable[[Key], None], probe_after: float = PROBE_AFTER
@@ -90,16 +74,20 @@ class Agents:
         if current is not None and current.target == target:
             return
         if current is not None:
-            current.task.cancel()  # it closes its client on the way out
+            current.task.cancel()  # its stream closes on the way out
             del self._followers[key]
         if target is None:
             self.views.pop(key, None)
             self.idle_pending.discard(key)
             return
         self.views[key] = AgentView(lifetime=target.lifetime, answered=answered_before)
-        client = self.transport.client(target)
+        client = self.reach(target)
         task = asyncio.get_running_loop().create_task(self._follow(key, client), name=f"follow {key}")
         self._followers[key] = _Follower(target, task, client)
+
+    def reach(self, target: Target) -> AgentClient:
+        """A client for this target's agent, followed or not."""
+        return self.transport.client(target.namespace, target.pod, target.pod_ip, target.port)
 
     def target(self, key: Key) -> Target | None:
         follower = self._followers.get(key)
@@ -120,12 +108,6 @@ class Agents:
             self.poke(key)
 
     async def _follow(self, key: Key, client: AgentClient) -> None:
-        try:
-            await self._listen(key, client)
-        finally:  # cancelled (a new target, or the operator stopping): the stream has let go of it
-            await client.aclose()
-
-    async def _listen(self, key: Key, client: AgentClient) -> None:
         attempt = 0
         while True:
             try:
@@ -211,7 +193,7 @@ class Agents:
         self._followers.clear()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # each closes its client
+        await asyncio.gather(*tasks, return_exceptions=True)  # each closes its stream
 
 
 async def _next(stream: AsyncGenerator[AgentEvent, None]) -> AgentEvent:

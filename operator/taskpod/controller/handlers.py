@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from taskpod import kube
 from taskpod.api.models import GROUP, VERSION, InvalidTask, Task, TaskTemplate
 from taskpod.controller import metrics, reports
-from taskpod.controller.agents import Agents, Transport
+from taskpod.controller.agents import Agents
 from taskpod.controller.reconcile import MAX_MESSAGE, Options, Reconciler, Views
 from taskpod.controller.settings import Settings
 from taskpod.core import clock, workspace
@@ -86,8 +86,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.worker_limit = 32
     settings.posting.idle_timeout = 0.1
     ours: Settings = memo.settings
-    make_http, server = kube.agent_transport(ours.agent_transport == "proxy")
-    reconciler.agents = Agents(Transport(make_http, server), reconciler.poke, ours.agent_probe_after_seconds)
+    transport = kube.agent_transport(ours.agent_transport == "proxy")
+    reconciler.agents = Agents(transport, reconciler.poke, ours.agent_probe_after_seconds)
     memo.health.attach(asyncio.get_running_loop(), reconciler.phase_counts)  # /healthz asks this loop
     if (listen := ours.report_host_port) is not None:
         runner = web.AppRunner(
@@ -114,6 +114,7 @@ async def stop_following(memo: kopf.Memo, **_: Any) -> None:
     await reconciler.stop()
     if reconciler.agents is not None:
         await reconciler.agents.stop_all()
+        await reconciler.agents.transport.aclose()
     for runner in memo.servers:
         await runner.cleanup()
     await kube.close()

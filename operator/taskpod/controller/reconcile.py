@@ -876,11 +876,7 @@ class Reconciler:
             return False
         client = self.agents.client(key)
         if client is None and target is not None:  # not followed (e.g. just restarted): a client for once
-            once = self.agents.transport.client(target)
-            try:
-                return await self._snapshot_from(task, once, target.lifetime, quiet=quiet)
-            finally:
-                await once.aclose()
+            return await self._snapshot_from(task, self.agents.reach(target), target.lifetime, quiet=quiet)
         followed = self.agents.target(key) or target
         if client is None or followed is None:
             if not quiet:
