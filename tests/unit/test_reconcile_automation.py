@@ -172,6 +172,23 @@ def test_a_restarted_operator_keeps_the_idle_clock_and_does_not_pause_early(api:
     assert api.status["autoPause"]["pausedAt"] == "2026-12-01T12:35:00Z"
 
 
+@pytest.mark.parametrize("written", ["2026-12-01T12:00:00", "2026-12-01T13:00:00+01:00"])
+def test_an_idle_clock_written_without_utc_is_read_as_the_api_server_reads_it(
+    api: FakeApi, written: str
+) -> None:
+    """The API server's date-time takes a time without a zone (as UTC) or with an offset; the clock read
+    back must neither stop every reconcile of the task (naive against aware) nor move."""
+    clock, events = Clock(), list[str]()
+    _, v = idle_for_half_an_hour(api, clock, events)
+    api.status["idleSince"] = written  # rewritten by another client, say a backup restored
+    clock.advance(30)
+    second = make_reconciler(api, clock, events)
+    agent_is(second, AgentStatus.STABLE)
+    reconcile(second, seen(v, api, idlePause="30m"))
+    assert "ReconcileFailed" not in events
+    assert api.status["autoPause"]["pausedAt"] == "2026-12-01T12:30:00Z"  # 30m after 12:00 UTC
+
+
 def test_work_stops_the_idle_clock(api: FakeApi) -> None:
     clock, events = Clock(), list[str]()
     reconciler, v = idle_for_half_an_hour(api, clock, events)

@@ -184,3 +184,19 @@ def test_the_messages_of_a_snapshot_configmap_are_the_tasks_own_only() -> None:
     assert messages_of(cm, "u2") is None  # a deleted task's of the same name
     assert messages_of(None, "u1") is None
     assert messages_of({**cm, "data": {"snapshot.json": "not json"}}, "u1") is None
+
+
+def test_messages_with_times_in_any_form_are_ordered_not_refused() -> None:
+    """An agent's times may come without a zone (UTC, as the API server reads one) or with an offset;
+    comparing them as Python has them (naive against aware) raised, and `kubectl task logs` failed."""
+    kept = in_lifetime([{**said("user", "Fix it"), "time": "2026-12-01T12:00:00"}], 1)
+    live = [
+        {**said("user", "Fix it"), "time": "2026-12-01T13:00:00+01:00"},  # the same moment: shown once
+        said("agent", "Fixed.", 1, minute=5),
+        {**said("agent", "Then this."), "time": "yesterday-ish"},  # no time at all: kept
+    ]
+    assert [(m["lifetime"], m["content"]) for m in across_lifetimes(kept, live, 2)] == [
+        (1, "Fix it"),
+        (2, "Fixed."),
+        (2, "Then this."),
+    ]

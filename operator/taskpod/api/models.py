@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP = "taskpod.dev"
@@ -45,6 +45,24 @@ def storable(text: str) -> str:
     """`text` as the API server can keep it: a lone surrogate (JSON's "\\ud83d" with no pair, which an
     agent may send) is not Unicode the API server can store, so it becomes U+FFFD, as Go would make it."""
     return LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _zoned(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+# A time in status or metadata, as the API server's date-time takes it: with a zone, or without one,
+# which it means as UTC. Read naive, it could not be compared with now, and every reconcile would fail.
+Time = Annotated[dt.datetime, AfterValidator(_zoned)]
+_TIME = TypeAdapter(Time)
+
+
+def parse_time(text: Any) -> dt.datetime | None:
+    """A time from a raw status (our own last write, or what the watch brought), or None if it is none."""
+    try:
+        return _TIME.validate_python(text) if text else None
+    except ValidationError:
+        return None
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -141,23 +159,23 @@ class AutoPause(Model):
     """An automatic pause: why, when, and the wake annotation's value then (see core/automation.py)."""
 
     reason: str
-    paused_at: dt.datetime
+    paused_at: Time
     wake: str | None = None
-    woken_at: dt.datetime | None = None
+    woken_at: Time | None = None
 
 
 class StateReport(Model):
     state: AgentState | None = None
     message: str | None = None
     uri: str | None = None
-    timestamp: dt.datetime | None = None
+    timestamp: Time | None = None
 
 
 class Condition(Model):
     type: str = Field(max_length=316)
     status: ConditionStatus
     observed_generation: int | None = Field(default=None, ge=0)
-    last_transition_time: dt.datetime
+    last_transition_time: Time
     reason: str = Field(max_length=1024)
     message: str = Field(max_length=32768)
 
@@ -184,13 +202,13 @@ class TemplateInfo(Model):
 
 class PromptStatus(Model):
     sha256: str | None = None
-    delivered_at: dt.datetime | None = None
+    delivered_at: Time | None = None
     lifetime: int | None = Field(default=None, ge=0)
 
 
 class LogSnapshot(Model):
     config_map: str | None = None
-    taken_at: dt.datetime | None = None
+    taken_at: Time | None = None
     messages: int | None = Field(default=None, ge=0)
     bytes: int | None = Field(default=None, ge=0)
     truncated: bool | None = None
@@ -200,7 +218,7 @@ class LogSnapshot(Model):
 class PushRecord(Model):
     branch: str | None = None
     commit: str | None = None
-    pushed_at: dt.datetime | None = None
+    pushed_at: Time | None = None
 
 
 class GitState(Model):
@@ -215,7 +233,7 @@ class GitState(Model):
     insertions: int | None = Field(default=None, ge=0)
     deletions: int | None = Field(default=None, ge=0)
     uncommitted: int | None = Field(default=None, ge=0)
-    reported_at: dt.datetime | None = None
+    reported_at: Time | None = None
     pushed: PushRecord | None = None
     push_error: str | None = None
 
@@ -233,7 +251,7 @@ class TaskStatus(Model):
     log_snapshot: LogSnapshot | None = None
     repository: GitState | None = None
     auto_pause: AutoPause | None = None
-    idle_since: dt.datetime | None = None
+    idle_since: Time | None = None
     observed_generation: int | None = Field(default=None, ge=0)
 
 
@@ -245,8 +263,8 @@ class ObjectMeta(Model):
     resource_version: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    creation_timestamp: dt.datetime | None = None
-    deletion_timestamp: dt.datetime | None = None
+    creation_timestamp: Time | None = None
+    deletion_timestamp: Time | None = None
 
 
 class Task(Model):

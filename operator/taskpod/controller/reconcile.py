@@ -29,6 +29,7 @@ from taskpod.api.models import (
     Task,
     TaskStatus,
     TaskTemplate,
+    parse_time,
     rfc3339,
 )
 from taskpod.controller import metrics, reports
@@ -944,7 +945,7 @@ class Reconciler:
         if "idleSince" in current or status["phase"] == Phase.ACTIVE:
             # Only the clock is read back (one timestamp): this runs at every status write of an Active task.
             agent = obs.agent.status if obs.agent is not None and obs.agent.healthy else None
-            before = dt.datetime.fromisoformat(current["idleSince"]) if current.get("idleSince") else None
+            before = parse_time(current.get("idleSince"))
             idle = automation.idle_since(before, Phase(status["phase"]), agent, self.options.now())
             status["idleSince"] = rfc3339(idle) if idle is not None else None
         named = None

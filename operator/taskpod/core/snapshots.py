@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from taskpod.api.models import Task, rfc3339
+from taskpod.api.models import Task, parse_time, rfc3339
 from taskpod.core.workspace import labels, owner_reference
 
 MAX_MESSAGES = 10
@@ -102,10 +102,8 @@ def in_lifetime(messages: list[dict[str, Any]], lifetime: int) -> list[dict[str,
 
 
 def _when(message: Mapping[str, Any]) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(str(message.get("time")))
-    except ValueError:
-        return None
+    time = message.get("time")
+    return parse_time(time) if isinstance(time, str) else None
 
 
 def across_lifetimes(
