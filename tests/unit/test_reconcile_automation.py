@@ -268,3 +268,30 @@ def test_an_operator_stopped_between_the_decision_and_the_pods_stop_finishes_the
     reconcile(second, pod_gone(seen(v, api, idlePause="30m")))
     assert api.status["phase"] == "Paused"
     assert next(c for c in api.status["conditions"] if c["type"] == "Paused")["reason"] == "Idle"
+
+
+def test_an_api_server_gone_at_the_decisions_write_leaves_the_pod_alone_until_it_is_written(
+    api: FakeApi,
+) -> None:
+    """The decision goes to status before the pod is touched: when that write fails, the pod keeps
+    running, and the retry that gets through makes one pause, not two."""
+    clock, events = Clock(), list[str]()
+    reconciler, v = idle_for_half_an_hour(api, clock, events)
+    clock.advance(30)
+
+    async def unreachable(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        raise ConnectionResetError("the API server went away")
+
+    write = api.patch_task_status
+    api.patch_task_status = unreachable  # type: ignore[method-assign]
+    reconcile(reconciler, v := seen(v, api, idlePause="30m"))
+    assert api.deletes() == [] and "autoPause" not in api.status
+    assert "ReconcileFailed" in events  # said, and retried
+
+    api.patch_task_status = write  # type: ignore[method-assign]
+    clock.advance(1)
+    reconcile(reconciler, v := seen(v, api, idlePause="30m"))
+    assert api.status["autoPause"]["pausedAt"] == "2026-12-01T12:31:00Z"
+    assert [c[:2] for c in api.deletes()] == [("delete", "Pod")]
+    reconcile(reconciler, pod_gone(seen(v, api, idlePause="30m")))
+    assert api.status["phase"] == "Paused" and events.count("AutoPaused") == 1
