@@ -74,12 +74,12 @@ class AgentClient:
         base_url: str,
         http: aiohttp.ClientSession,
         timeout: float = 5.0,
-        headers: Callable[[], Mapping[str, str]] = dict,
+        reach: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = http
         self.timeout = timeout
-        self.headers = headers  # asked per request: a bearer token through the proxy rotates
+        self.reach = reach  # what each request carries (see Transport), asked for per request
 
     async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
@@ -97,8 +97,8 @@ class AgentClient:
                 method,
                 self.base_url + path,
                 json=body,
-                headers=self.headers(),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
+                **self.reach(),
             ) as response:
                 status, raw = response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -151,13 +151,11 @@ class AgentClient:
 
     async def _events(self) -> AsyncGenerator[AgentEvent, None]:
         # Connecting and the headers must come within the timeout; after that, a quiet stream is just
-        # an idle agent, so no read timeout.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
+        # an idle agent, so aiohttp's own timeouts are all off.
         try:
             async with asyncio.timeout(self.timeout):
-                response = await self.http.get(
-                    self.base_url + "/events", headers=self.headers(), timeout=timeout
-                )
+                url = self.base_url + "/events"
+                response = await self.http.get(url, timeout=aiohttp.ClientTimeout(), **self.reach())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AgentUnavailable(f"GET /events: {_why(exc)}") from exc
         try:
@@ -194,21 +192,21 @@ async def server_sent_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[tup
                 yield kind or "message", "\n".join(data)
             kind, data, size = "", [], 0
             continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            kind = value
-        elif field == "data":  # id, retry and comments (":") are of no use here
-            data.append(value)
+        field, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if field == b"event":
+            kind = value.decode("utf-8", "replace")
+        elif field == b"data":  # id, retry and comments (":") are of no use here
             size += len(value)
             if size > MAX_EVENT_BYTES:
                 raise AgentError(f"GET /events: an event over {MAX_EVENT_BYTES} bytes")
+            data.append(value.decode("utf-8", "replace"))
 
 
-async def _sse_lines(chunks: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
+async def _sse_lines(chunks: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
     """Lines end at CRLF, CR or LF and nowhere else: an agent's JSON may carry NEL or U+2028 raw, where a
     general line reader would cut the event in two. CR and LF are single bytes in UTF-8, never inside a
-    character, so lines are split as bytes and decoded whole."""
+    character, so lines are split as bytes, and a character cut between chunks is whole again."""
     line: list[bytes] = []  # the line so far, across chunks
     size = 0
     cr = False  # the last chunk ended at a CR, which may be the first half of a CRLF
@@ -220,33 +218,34 @@ async def _sse_lines(chunks: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
         *ended, rest = _LINE_END.split(chunk)
         for piece in ended:
             line.append(piece)
-            yield b"".join(line).decode("utf-8", "replace")
+            yield b"".join(line)
             line, size = [], 0
         line.append(rest)
         size += len(rest)
         if size > MAX_EVENT_BYTES:
             raise AgentError(f"GET /events: a line over {MAX_EVENT_BYTES} bytes")
     if cr:  # the stream ended at a CR: that ended the line
-        yield b"".join(line).decode("utf-8", "replace")
+        yield b"".join(line)
 
 
 class Transport:
     """How agents are reached: one aiohttp session for all of them, straight to their pod IPs
-    (`server` None), or through the pod proxy of the API server `server`, with `headers` (its bearer
-    token) asked for per request. A client per agent costs nothing; whoever made the Transport closes it."""
+    (`server` None), or through the pod proxy of the API server `server`. `reach` gives the keyword
+    arguments each request carries there (the credentials, the kubeconfig's proxy and tls-server-name),
+    asked for per request. A client per agent costs nothing; whoever made the Transport closes it."""
 
     def __init__(
         self,
         http: aiohttp.ClientSession,
         server: str | None = None,
-        headers: Callable[[], Mapping[str, str]] = dict,
+        reach: Callable[[], Mapping[str, Any]] = dict,
         timeout: float = 5.0,
     ) -> None:
-        self.http, self.server, self.headers, self.timeout = http, server, headers, timeout
+        self.http, self.server, self.reach, self.timeout = http, server, reach, timeout
 
     def client(self, namespace: str, pod: str, pod_ip: str, port: int) -> AgentClient:
         url = agent_url(self.server, namespace, pod, pod_ip, port)
-        return AgentClient(url, self.http, self.timeout, self.headers)
+        return AgentClient(url, self.http, self.timeout, self.reach)
 
     async def aclose(self) -> None:
         await self.http.close()

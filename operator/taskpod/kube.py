@@ -203,6 +203,14 @@ def _bearer(cfg: client.Configuration) -> str | None:
     return token if token.lower().startswith("bearer ") else f"Bearer {token}"
 
 
+def _reach(cfg: client.Configuration) -> dict[str, Any]:
+    """What each request to the API server carries, for our calls and for agents behind its pod proxy
+    alike: the credentials, asked for per request, and the kubeconfig's HTTP proxy and tls-server-name,
+    as the kubernetes client would use them."""
+    headers = {"Authorization": bearer} if (bearer := _bearer(cfg)) is not None else {}
+    return {"headers": headers, "proxy": cfg.proxy, "server_hostname": cfg.tls_server_name}
+
+
 def _session() -> tuple[client.Configuration, aiohttp.ClientSession]:
     """This event loop's session with the API server (a kubectl-task command runs its own loop), made
     anew when the configuration changed (use_kubeconfig)."""
@@ -232,9 +240,8 @@ async def _call(
     cfg, session = _session()
     params = [("fieldManager", FIELD_MANAGER)] if method in WRITES else []
     params += [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in query.items()]
-    headers = {"Accept": JSON}
-    if (bearer := _bearer(cfg)) is not None:
-        headers["Authorization"] = bearer
+    reach = _reach(cfg)
+    headers = {"Accept": JSON, **reach.pop("headers")}
     content = None
     if body is not None:
         headers["Content-Type"] = content_type
@@ -245,8 +252,7 @@ async def _call(
         params=params,
         headers=headers,
         data=content,
-        proxy=cfg.proxy,
-        server_hostname=cfg.tls_server_name,  # a kubeconfig's tls-server-name, as the kubernetes client
+        **reach,
     ) as response:
         answer = await response.read()
         if not 200 <= response.status <= 299:
@@ -324,12 +330,8 @@ def agent_transport(via_proxy: bool, timeout: float = 5.0) -> Transport:
     cfg = api_client().configuration
     # Through the proxy a new connection costs a TLS handshake, so the one-off calls keep theirs a while.
     proxy = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=0, keepalive_timeout=30)
-
-    def token() -> dict[str, str]:  # per request: an in-cluster token rotates within a follower's life
-        bearer = _bearer(cfg)
-        return {"Authorization": bearer} if bearer is not None else {}
-
-    return Transport(aiohttp.ClientSession(connector=proxy), str(cfg.host), token, timeout)
+    # Per request: a follower lives as long as its pod, longer than an in-cluster token.
+    return Transport(aiohttp.ClientSession(connector=proxy), str(cfg.host), lambda: _reach(cfg), timeout)
 
 
 async def get_task(namespace: str, name: str) -> dict[str, Any]:

@@ -38,11 +38,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @asynccontextmanager
-async def agent(handler: Handler, timeout: float = 5.0) -> AsyncIterator[AgentClient]:
-    """A client of an agent that answers every request with `handler`."""
+async def served(handler: Handler) -> AsyncIterator[tuple[TestServer, aiohttp.ClientSession]]:
+    """A local server that answers every request with `handler`, and a session to reach it."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
+        yield server, http
+
+
+@asynccontextmanager
+async def agent(handler: Handler, timeout: float = 5.0) -> AsyncIterator[AgentClient]:
+    """A client of an agent that answers every request with `handler`."""
+    async with served(handler) as (server, http):
         yield Transport(http, timeout=timeout).client("team", "fix-0", "127.0.0.1", int(server.port or 0))
 
 
@@ -114,6 +121,22 @@ def test_an_agent_that_never_answers_is_unavailable_after_the_timeout() -> None:
     asyncio.run(scenario())
 
 
+def test_an_agent_that_stops_halfway_through_an_answer_is_unavailable_after_the_timeout() -> None:
+    async def stall(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b'{"messages": [')
+        await asyncio.sleep(30)
+        raise AssertionError("the client gave up long before")
+
+    async def scenario() -> None:
+        async with agent(stall, timeout=0.3) as client:
+            await client.messages()
+
+    with pytest.raises(AgentUnavailable, match=r"GET /messages: .*Timeout"):
+        asyncio.run(scenario())
+
+
 def sse(*chunks: bytes, pause: float = 0.0) -> Handler:
     """An /events that writes these chunks (each on its own, `pause` apart) and ends."""
 
@@ -156,8 +179,10 @@ def test_events_are_read_from_the_stream_as_they_come() -> None:
     [
         (b"event: status_change\ndata: {not json\n\n", AgentError),
         (b"event: message_update\ndata: " + b"x" * (MAX_EVENT_BYTES + 1), AgentError),
+        # 17 lines of 1 MiB each, in 4-byte characters: a quarter as many characters as bytes
+        (b"event: message_update\n" + ("data: " + "🚀" * 2**18 + "\n").encode() * 17, AgentError),
     ],
-    ids=["not JSON", "an endless event"],
+    ids=["not JSON", "an endless event", "an endless event of many lines of 4-byte characters"],
 )
 def test_a_broken_stream_is_an_error(stream: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -234,10 +259,10 @@ def test_the_proxys_credentials_are_asked_for_at_each_request() -> None:
         return web.json_response({"status": "stable", "agent_type": "claude"})
 
     async def scenario() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-            proxy = Transport(http, str(server.make_url("/")), lambda: {"Authorization": next(tokens)})
+        async with served(handler) as (server, http):
+            proxy = Transport(
+                http, str(server.make_url("/")), lambda: {"headers": {"Authorization": next(tokens)}}
+            )
             client = proxy.client("team", "fix-0", "10.244.0.7", 3284)
             await client.status()
             await client.status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
+from localkube import pki
 from taskpod import kube
 from taskpod.api.models import storable
 
@@ -204,3 +206,41 @@ def test_agents_through_the_proxy_get_the_token_as_it_is_now(tmp_path: Path, own
     asyncio.run(scenario())
     assert [r.path for r in server.requests] == ["/api/v1/namespaces/team/pods/p:3284/proxy/messages"] * 2
     assert [r.headers["Authorization"] for r in server.requests] == ["Bearer t", "Bearer rotated"]
+
+
+def test_an_api_server_known_by_its_tls_server_name_is_reached_for_calls_and_agents_alike(
+    tmp_path: Path, own_kubeconfig: None
+) -> None:
+    """A kubeconfig may reach the API server at an address its certificate does not name, and say which
+    name to check instead (tls-server-name). Our calls and the agents behind its pod proxy both go there."""
+    ca = pki.make_ca(tmp_path)
+    serving = pki.issue(ca, tmp_path, "serving", "kube-apiserver", hosts=("kubernetes.internal",))
+    user = pki.issue(ca, tmp_path, "user", "someone")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(serving.cert, serving.key)
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"messages": []} if request.path.endswith("/messages") else {"kind": "Task"})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+        port = runner.addresses[0][1]
+        kubeconfig = pki.write_kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}", ca, user)
+        config = yaml.safe_load(kubeconfig.read_text())
+        config["clusters"][0]["cluster"]["tls-server-name"] = "kubernetes.internal"
+        kubeconfig.write_text(yaml.safe_dump(config))
+        kube.use_kubeconfig(str(kubeconfig))
+        transport = kube.agent_transport(via_proxy=True)
+        try:
+            assert (await kube.get_task("team", "fix-login"))["kind"] == "Task"
+            assert await transport.client("team", "fix-login-0", "10.244.0.7", 3284).messages() == []
+        finally:
+            await transport.aclose()
+            await kube.close()
+            await runner.cleanup()
+
+    asyncio.run(scenario())

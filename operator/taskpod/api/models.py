@@ -57,10 +57,12 @@ Time = Annotated[dt.datetime, AfterValidator(_zoned)]
 _TIME = TypeAdapter(Time)
 
 
-def parse_time(text: Any) -> dt.datetime | None:
-    """A time from a raw status (our own last write, or what the watch brought), or None if it is none."""
+def parse_time(text: object) -> dt.datetime | None:
+    """A time as text (in a raw status, or an agent's message), or None if it is none or not a time."""
+    if not isinstance(text, str) or not text:
+        return None
     try:
-        return _TIME.validate_python(text) if text else None
+        return _TIME.validate_python(text)
     except ValidationError:
         return None
 

@@ -101,11 +101,6 @@ def in_lifetime(messages: list[dict[str, Any]], lifetime: int) -> list[dict[str,
     return [{**m, "lifetime": lifetime} for m in messages]
 
 
-def _when(message: Mapping[str, Any]) -> dt.datetime | None:
-    time = message.get("time")
-    return parse_time(time) if isinstance(time, str) else None
-
-
 def across_lifetimes(
     kept: list[dict[str, Any]], live: list[dict[str, Any]], lifetime: int
 ) -> list[dict[str, Any]]:
@@ -114,10 +109,10 @@ def across_lifetimes(
     AgentAPI that keeps its conversation across restarts (--state-file) gives the earlier messages again,
     with their times: those up to the last one kept are not this lifetime's, and are not shown twice."""
     earlier = [m for m in kept if int(m.get("lifetime") or 0) < lifetime]
-    times = [t for m in earlier if (t := _when(m)) is not None]
+    times = [t for m in earlier if (t := parse_time(m.get("time"))) is not None]
     if times:
         last = max(times)
-        live = [m for m in live if (t := _when(m)) is None or t > last]
+        live = [m for m in live if (t := parse_time(m.get("time"))) is None or t > last]
     return earlier + in_lifetime(live, lifetime)
 
 
