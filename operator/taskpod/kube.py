@@ -14,7 +14,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -48,6 +48,7 @@ __all__ = [
     "get_pod",
     "get_task",
     "list_objects",
+    "list_page",
     "namespace_terminating",
     "patch_task_spec",
     "patch_task_status",
@@ -55,6 +56,7 @@ __all__ = [
     "retire_statefulsets",
     "token_review",
     "use_kubeconfig",
+    "watch",
 ]
 
 
@@ -141,6 +143,7 @@ def namespace_terminating(exc: BaseException) -> bool:
 # object to build, then as much to turn back into a dict. Answers come back as plain JSON.
 RESOURCES = {  # kind: (group/version, plural)
     "Pod": ("v1", "pods"),
+    "Node": ("v1", "nodes"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "ConfigMap": ("v1", "configmaps"),
     "Service": ("v1", "services"),
@@ -177,6 +180,10 @@ _sessions: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, tuple[client.Configuration, aiohttp.ClientSession]
 ]
 _sessions = weakref.WeakKeyDictionary()
+_watch_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[client.Configuration, aiohttp.ClientSession]
+]
+_watch_sessions = weakref.WeakKeyDictionary()
 
 
 def tls_context(cfg: client.Configuration) -> ssl.SSLContext:
@@ -211,25 +218,29 @@ def _reach(cfg: client.Configuration) -> dict[str, Any]:
     return {"headers": headers, "proxy": cfg.proxy, "server_hostname": cfg.tls_server_name}
 
 
-def _session() -> tuple[client.Configuration, aiohttp.ClientSession]:
+def _session(*, watching: bool = False) -> tuple[client.Configuration, aiohttp.ClientSession]:
     """This event loop's session with the API server (a kubectl-task command runs its own loop), made
-    anew when the configuration changed (use_kubeconfig)."""
+    anew when the configuration changed (use_kubeconfig). `watching`: the watches' own session, whose
+    connections are held by a stream each, and whose reads may be silent for minutes."""
     loop = asyncio.get_running_loop()
     cfg = api_client().configuration
-    known = _sessions.get(loop)
+    sessions = _watch_sessions if watching else _sessions
+    known = sessions.get(loop)
     if known is None or known[0] is not cfg or known[1].closed:
-        connector = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=API_CONNECTIONS)
+        connector = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=0 if watching else API_CONNECTIONS)
         # No bound on the whole call or on the wait for a free connection: connecting, and each read, are.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT[0], sock_read=CALL_TIMEOUT[1])
-        known = _sessions[loop] = (cfg, aiohttp.ClientSession(connector=connector, timeout=timeout))
+        read = WATCH_SILENCE if watching else CALL_TIMEOUT[1]
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT[0], sock_read=read)
+        known = sessions[loop] = (cfg, aiohttp.ClientSession(connector=connector, timeout=timeout))
     return known
 
 
 async def close() -> None:
-    """Close this event loop's session with the API server, if it has one (at the loop's end)."""
-    known = _sessions.pop(asyncio.get_running_loop(), None)
-    if known is not None:
-        await known[1].close()
+    """Close this event loop's sessions with the API server, if it has them (at the loop's end)."""
+    for sessions in (_sessions, _watch_sessions):
+        known = sessions.pop(asyncio.get_running_loop(), None)
+        if known is not None:
+            await known[1].close()
 
 
 async def _call(
@@ -381,6 +392,59 @@ async def list_objects(kind: str, namespace: str | None, selector: str | None = 
     """Every object of `kind` in `namespace`, or in all namespaces when None."""
     query = {"labelSelector": selector} if selector else {}
     return list((await _call("GET", path(kind, namespace), **query)).get("items") or [])
+
+
+async def list_page(
+    kind: str, namespace: str | None, selector: str | None, limit: int, token: str | None = None
+) -> dict[str, Any]:
+    """One page of a list, as the API server answers it: `items`, and `metadata` with `resourceVersion`
+    and, when more follow, `continue` (pass it as `token`)."""
+    query: dict[str, Any] = {"limit": limit}
+    if selector:
+        query["labelSelector"] = selector
+    if token:
+        query["continue"] = token
+    return await _call("GET", path(kind, namespace), **query)
+
+
+# A watch ends after this long at the API server's side, then is started again from where it was; the
+# client gives up on a stream silent for longer (the server's bookmarks come about once a minute).
+WATCH_SECONDS = 300
+WATCH_SILENCE = 360.0
+
+
+async def watch(
+    kind: str, namespace: str | None, selector: str | None, resource_version: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The watch events of `kind` after `resource_version` (with bookmarks), until the API server ends
+    the stream. A watch holds its connection for minutes, so watches have a session of their own and
+    take none of the calls' connections. A status outside 2xx (410: the version is too old) raises
+    ApiException."""
+    cfg, session = _session(watching=True)
+    query = [
+        ("watch", "true"),
+        ("allowWatchBookmarks", "true"),
+        ("timeoutSeconds", str(WATCH_SECONDS)),
+        ("resourceVersion", resource_version),
+    ]
+    if selector:
+        query.append(("labelSelector", selector))
+    reach = _reach(cfg)
+    headers = {"Accept": JSON, **reach.pop("headers")}
+    url = str(cfg.host).rstrip("/") + path(kind, namespace)
+    async with session.get(url, params=query, headers=headers, **reach) as response:
+        if not 200 <= response.status <= 299:
+            exc = ApiException(status=response.status, reason=response.reason)
+            exc.body, exc.headers = (await response.read()).decode(errors="replace"), response.headers
+            raise exc
+        # One JSON object per line; a line as long as an object (a pod's can pass 64 KiB).
+        buffered = b""
+        async for chunk in response.content.iter_any():
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
 
 
 async def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
