@@ -189,3 +189,28 @@ def test_backoff_grows_with_time_not_with_the_failures_that_come_meanwhile() -> 
         Retry(4, 1.0),
         Retry(1, 0.05),
     ]
+
+
+def test_nothing_runs_before_the_caches_have_listed_then_everything_queued_meanwhile_does() -> None:
+    async def scenario() -> tuple[list[str], list[str], int]:
+        seen: list[str] = []
+        queue: WorkQueue[str] = WorkQueue(lambda key, forced: _record_key(seen, key))
+        listed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.wait_for(listed)
+        queue.start(4)
+        queue.add("a")
+        queue.add("b")
+        await asyncio.sleep(0.05)
+        before = list(seen)
+        listed.set_result(None)
+        await settle(queue)
+        await queue.stop()  # cancelling the workers leaves the future alone (another queue may wait)
+        return before, sorted(seen), queue.processed
+
+    before, after, processed = run(scenario)
+    assert before == []
+    assert after == ["a", "b"] and processed == 2
+
+
+async def _record_key(seen: list[str], key: str) -> None:
+    seen.append(key)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -18,8 +19,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from taskpod import kube
-from taskpod.api.models import GROUP, VERSION, InvalidTask, Task, TaskTemplate
-from taskpod.controller import metrics, reports
+from taskpod.api.models import GROUP, VERSION, InvalidTask, Key, Task, TaskTemplate
+from taskpod.controller import heap, informers, metrics, reports
 from taskpod.controller.agents import Agents
 from taskpod.controller.reconcile import MAX_MESSAGE, Options, Reconciler, Views
 from taskpod.controller.settings import Settings
@@ -29,7 +30,7 @@ from taskpod.core.workspace import MANAGED_BY, TASK_LABEL
 
 TASKS = (GROUP, VERSION, "tasks")
 TEMPLATES = (GROUP, VERSION, "tasktemplates")
-MANAGED = {MANAGED_BY: "taskpod", TASK_LABEL: kopf.PRESENT}
+SELECTOR = f"{MANAGED_BY}=taskpod,{TASK_LABEL}"  # the workspaces' pods and claims, by the API server
 log = logging.getLogger("taskpod")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 RECONCILE_WORKERS = 64
@@ -49,7 +50,76 @@ def memo_for(settings: Settings, health: metrics.Health | None = None) -> kopf.M
         workers=RECONCILE_WORKERS,  # reconciles at a time, each with at most one API call in flight
     )
     reconciler = Reconciler(event=_post_event, options=options)
-    return kopf.Memo(settings=settings, reconciler=reconciler, health=health or metrics.Health(), servers=[])
+    return kopf.Memo(
+        settings=settings,
+        reconciler=reconciler,
+        health=health or metrics.Health(),
+        servers=[],
+        children=Children(),
+        background=[],
+    )
+
+
+@dataclass
+class Children:
+    """What the informers keep of the workspaces' pods and claims, by their task's key, and of nodes."""
+
+    pods: informers.Cache[PodView] = field(default_factory=informers.Cache)
+    claims: informers.Cache[ClaimView] = field(default_factory=informers.Cache)
+    nodes: informers.Cache[NodeView] = field(default_factory=informers.Cache)
+
+    def informers(self, namespaces: tuple[str, ...], reconciler: Reconciler) -> list[informers.Informer[Any]]:
+        """An informer per kind and namespace (one for all when `namespaces` is empty), each telling
+        `reconciler` what changed."""
+
+        def pod_changed(key: Hashable, uid: str, gone: bool) -> None:
+            if gone:
+                reconciler.pod_deleted(cast(Key, key), uid)
+            reconciler.notice(cast(Key, key))
+
+        def claim_changed(key: Hashable, uid: str, gone: bool) -> None:
+            reconciler.notice(cast(Key, key))
+
+        def node_changed(name: Hashable, uid: str, gone: bool) -> None:
+            # A node's readiness decides its tasks' phase. Its pods are found by a scan of the pods
+            # cache: a node changes far less often than pods do.
+            for key in self.pods:
+                if any(pod.node_name == name for pod in self.pods.get(key) or ()):
+                    reconciler.notice(key)
+
+        made: list[informers.Informer[Any]] = []
+        for namespace in namespaces or (None,):
+            made.append(
+                informers.Informer(
+                    kube, "Pod", namespace, SELECTOR, _task_key, PodView.parse, self.pods, pod_changed
+                )
+            )
+            made.append(
+                informers.Informer(
+                    kube,
+                    "PersistentVolumeClaim",
+                    namespace,
+                    SELECTOR,
+                    _task_key,
+                    ClaimView.parse,
+                    self.claims,
+                    claim_changed,
+                )
+            )
+        made.append(
+            informers.Informer(kube, "Node", None, None, _name, NodeView.parse, self.nodes, node_changed)
+        )
+        return made
+
+
+def _task_key(body: Mapping[str, Any]) -> Key | None:
+    meta = body.get("metadata") or {}
+    task = (meta.get("labels") or {}).get(TASK_LABEL)
+    return (meta.get("namespace") or "", task) if task else None
+
+
+def _name(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("name") or "")
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -89,6 +159,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     transport = kube.agent_transport(ours.agent_transport == "proxy")
     reconciler.agents = Agents(transport, reconciler.poke, ours.agent_probe_after_seconds)
     memo.health.attach(asyncio.get_running_loop(), reconciler.phase_counts)  # /healthz asks this loop
+    children: Children = memo.children
+    watching = children.informers(ours.namespaces, reconciler)
+    # Reconciles wait for every cache's first list: a task reconciled before its pod is known would
+    # be told Pending, and its pod created again.
+    reconciler.queue.wait_for(asyncio.gather(*(i.synced.wait() for i in watching)))
+    memo.background.extend(asyncio.create_task(i.run(), name=f"watch {i.kind}s") for i in watching)
+    if (trim := heap.malloc_trim()) is not None:
+        queue = reconciler.queue
+        memo.background.append(
+            asyncio.create_task(heap.trim_after_bursts(lambda: queue.processed, queue.idle, trim))
+        )
     if (listen := ours.report_host_port) is not None:
         runner = web.AppRunner(
             reports.app(kube.token_review, reconciler.accept_report, reconciler.accept_git), access_log=None
@@ -110,6 +191,9 @@ async def upgrade_from_statefulsets(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_following(memo: kopf.Memo, **_: Any) -> None:
+    for job in memo.background:
+        job.cancel()
+    await asyncio.gather(*memo.background, return_exceptions=True)
     reconciler: Reconciler = memo.reconciler
     await reconciler.stop()
     if reconciler.agents is not None:
@@ -159,27 +243,13 @@ async def templates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dic
         return {(namespace, name): f'TaskTemplate "{name}" is invalid: {exc.errors()[0]["msg"]}'}
 
 
-@kopf.index("", "v1", "persistentvolumeclaims", labels=MANAGED)
-async def claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[TASK_LABEL]): ClaimView.parse(body)}
-
-
-@kopf.index("", "v1", "pods", labels=MANAGED)
-async def pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[TASK_LABEL]): PodView.parse(body)}
-
-
-@kopf.index("", "v1", "nodes")
-async def nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {name: NodeView.parse(body)}
-
-
 def _reconciler(kw: dict[str, Any]) -> Reconciler:
     return cast(Reconciler, kw["memo"].reconciler)
 
 
 def _views(kw: dict[str, Any]) -> Views:
-    return Views(kw["tasks"], kw["templates"], kw["pods"], kw["claims"], kw["nodes"])
+    children: Children = kw["memo"].children
+    return Views(kw["tasks"], kw["templates"], children.pods, children.claims, children.nodes)
 
 
 # -- what each change triggers -------------------------------------------------------------------
@@ -207,27 +277,3 @@ async def template_changed(namespace: str, name: str, event: kopf.RawEvent, **kw
     for key in [k for k in views.tasks if k[0] == namespace]:
         if any(isinstance(t, Task) and t.spec.template == name for t in views.tasks.get(key) or []):
             _reconciler(kw).enqueue(key, views)
-
-
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
-async def pod_changed(namespace: str, labels: kopf.Labels, event: kopf.RawEvent, **kw: Any) -> None:
-    key = (namespace, labels[TASK_LABEL])
-    if event.get("type") == "DELETED":
-        _reconciler(kw).pod_deleted(key, (event.get("object") or {}).get("metadata", {}).get("uid", ""))
-    _reconciler(kw).enqueue(key, _views(kw))
-
-
-@kopf.on.event("", "v1", "nodes")
-async def node_changed(name: str, **kw: Any) -> None:
-    """A node's readiness decides its tasks' phase: reconcile them (one that reads the same node view
-    as before is skipped at once). Its pods are found by a scan of the pods index, as for templates:
-    a node changes far less often than pods do."""
-    views = _views(kw)
-    for key in list(views.pods):
-        if any(pod.node_name == name for pod in views.pods.get(key) or []):
-            _reconciler(kw).enqueue(key, views)
-
-
-@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
-async def claim_changed(namespace: str, labels: kopf.Labels, **kw: Any) -> None:
-    _reconciler(kw).enqueue((namespace, labels[TASK_LABEL]), _views(kw))

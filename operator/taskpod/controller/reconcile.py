@@ -349,6 +349,12 @@ class Reconciler:
             return
         self.enqueue(key, self._views, forced=True)
 
+    def notice(self, key: Key) -> None:
+        """A watch (the informers') saw a change of what `key`'s reconcile reads: run it, unless nothing
+        it reads changed. Before the workers run, nothing: the Tasks' first events run every task."""
+        if self.queue.started:
+            self.queue.add(key)
+
     def _prompt_recorded(self, key: Key) -> bool:
         """Whether a prompt is delivered (as far as we know): a new agent's first answer, before it, is a
         poke that runs at once, so that the prompt goes in and the agent's turn folds into the same hold."""

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("taskpod")
 K = TypeVar("K", bound=Hashable)
@@ -34,6 +34,12 @@ class WorkQueue(Generic[K]):
         self._timers: dict[K, tuple[asyncio.TimerHandle, bool]] = {}  # and whether its run is forced
         self._holds: dict[K, asyncio.TimerHandle | None] = {}  # None: the hold is over, not yet ended
         self._workers: list[asyncio.Task[None]] = []
+        self._ready: asyncio.Future[Any] | None = None
+        self.processed = 0  # keys processed so far
+
+    def wait_for(self, ready: asyncio.Future[Any]) -> None:
+        """Process nothing before `ready` is done (the caches have listed): keys queued meanwhile wait."""
+        self._ready = ready
 
     @property
     def started(self) -> bool:
@@ -126,6 +132,8 @@ class WorkQueue(Generic[K]):
         self._workers = []
 
     async def _work(self) -> None:
+        if self._ready is not None:
+            await asyncio.wait([self._ready])  # a cancelled worker must not cancel it for the others
         while True:
             key = await self._queue.get()
             self._queued.discard(key)  # an event from now on queues it again
@@ -135,6 +143,7 @@ class WorkQueue(Generic[K]):
                 await self._process(key, forced)
             except Exception:  # the processor handles its own failures; never lose a worker
                 log.exception("processing %s failed unexpectedly", key)
+            self.processed += 1
 
 
 @dataclass(frozen=True)
