@@ -1,8 +1,9 @@
 """Kopf wiring only: what the operator watches, and which reconcile each change triggers.
 
-Indexes keep the latest view of every Task, TaskTemplate and workspace child, parsed once at the edge;
-events on any of them reconcile the task they belong to. Nothing polls the API server. There are no
-change handlers and no daemons, hence no finalizers: deleting a Task never waits for the operator.
+Kopf's indexes keep the latest view of every Task and TaskTemplate, and informers of our own that of
+every workspace pod and claim and every node (see informers.py), each parsed once at the edge; a change
+of any of them reconciles the task it belongs to. Nothing polls the API server. There are no change
+handlers and no daemons, hence no finalizers: deleting a Task never waits for the operator.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class _Inputs:
 
 
 class Index(Protocol):
-    """The read side of a Kopf index: key -> the values stored for it."""
+    """The read side of a Kopf index or an informer's cache: key -> the values stored for it."""
 
     def get(self, key: Any, default: Any = None) -> Any: ...
 
@@ -120,7 +120,8 @@ class EventSink(Protocol):
 
 @dataclass
 class Views:
-    """The Kopf indexes a reconcile reads: what the watches last saw of each kind."""
+    """What a reconcile reads: what the watches last saw of each kind (Kopf's indexes of Tasks and
+    TaskTemplates, the informers' caches of pods, claims and nodes)."""
 
     tasks: Index
     templates: Index
