@@ -266,11 +266,16 @@ async def _call(
         **reach,
     ) as response:
         answer = await response.read()
-        if not 200 <= response.status <= 299:
-            exc = ApiException(status=response.status, reason=response.reason)
-            exc.body, exc.headers = answer.decode(errors="replace"), response.headers
-            raise exc
+        _raise_for(response, answer)
     return dict(json.loads(answer))
+
+
+def _raise_for(response: aiohttp.ClientResponse, answer: bytes) -> None:
+    """A status outside 2xx as the `kubernetes` client's ApiException, with the API server's words."""
+    if not 200 <= response.status <= 299:
+        exc = ApiException(status=response.status, reason=response.reason)
+        exc.body, exc.headers = answer.decode(errors="replace"), response.headers
+        raise exc
 
 
 def _object(obj: Mapping[str, Any]) -> str:
@@ -434,9 +439,7 @@ async def watch(
     url = str(cfg.host).rstrip("/") + path(kind, namespace)
     async with session.get(url, params=query, headers=headers, **reach) as response:
         if not 200 <= response.status <= 299:
-            exc = ApiException(status=response.status, reason=response.reason)
-            exc.body, exc.headers = (await response.read()).decode(errors="replace"), response.headers
-            raise exc
+            _raise_for(response, await response.read())
         # One JSON object per line; a line as long as an object (a pod's can pass 64 KiB).
         buffered = b""
         async for chunk in response.content.iter_any():

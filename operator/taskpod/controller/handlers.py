@@ -23,6 +23,7 @@ from taskpod import kube
 from taskpod.api.models import GROUP, VERSION, InvalidTask, Key, Task, TaskTemplate
 from taskpod.controller import heap, informers, metrics, reports
 from taskpod.controller.agents import Agents
+from taskpod.controller.informers import Informer
 from taskpod.controller.reconcile import MAX_MESSAGE, Options, Reconciler, Views
 from taskpod.controller.settings import Settings
 from taskpod.core import clock, workspace
@@ -91,12 +92,10 @@ class Children:
         made: list[informers.Informer[Any]] = []
         for namespace in namespaces or (None,):
             made.append(
-                informers.Informer(
-                    kube, "Pod", namespace, SELECTOR, _task_key, PodView.parse, self.pods, pod_changed
-                )
+                Informer(kube, "Pod", namespace, SELECTOR, _task_key, PodView.parse, self.pods, pod_changed)
             )
             made.append(
-                informers.Informer(
+                Informer(
                     kube,
                     "PersistentVolumeClaim",
                     namespace,
@@ -107,9 +106,7 @@ class Children:
                     claim_changed,
                 )
             )
-        made.append(
-            informers.Informer(kube, "Node", None, None, _name, NodeView.parse, self.nodes, node_changed)
-        )
+        made.append(Informer(kube, "Node", None, None, _name, NodeView.parse, self.nodes, node_changed))
         return made
 
 

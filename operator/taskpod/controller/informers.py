@@ -60,9 +60,6 @@ class Cache(Generic[V]):
     def __iter__(self) -> Iterator[Hashable]:
         return iter(list(self._by_key))
 
-    def __len__(self) -> int:
-        return len(self._objects)
-
     def put(self, oid: ObjectId, key: Hashable, view: V) -> bool:
         """Store the view of an object; whether it differs from what was stored (a new key is a change)."""
         old = self._objects.get(oid)
