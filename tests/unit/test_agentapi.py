@@ -16,7 +16,7 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from httpx_sse import EventSource
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,7 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @asynccontextmanager
-async def served(handler: Handler) -> AsyncIterator[tuple[TestServer, aiohttp.ClientSession]]:
+async def served(handler: Handler) -> AsyncIterator[tuple[BaseTestServer, aiohttp.ClientSession]]:
     """A local server that answers every request with `handler`, and a session to reach it."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)

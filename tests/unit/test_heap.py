@@ -9,9 +9,9 @@ from taskpod.controller import heap
 
 
 def test_a_burst_is_trimmed_once_at_rest_and_never_during_it() -> None:
-    async def scenario() -> list[tuple[int, bool]]:
-        work = {"done": 0, "busy": False}
-        trims: list[tuple[int, bool]] = []
+    async def scenario() -> list[tuple[int, int]]:
+        work: dict[str, int] = {"done": 0, "busy": False}  # busy: 0 or 1, as the queue's work counts
+        trims: list[tuple[int, int]] = []
         trimmer = asyncio.create_task(
             heap.trim_after_bursts(
                 lambda: work["done"],

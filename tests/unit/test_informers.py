@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from taskpod.core.lifecycle import PodView
 LABEL = "taskpod.dev/task"
 
 
-def scenario(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+def scenario(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """An async test run on a loop of its own."""
 
     @functools.wraps(test)
