@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where results go")
     parser.add_argument("--idle-seconds", type=float, default=60, help="length of the idle measurement")
     parser.add_argument("--single-pauses", type=int, default=20, help="pauses of one task, for its p95")
-    parser.add_argument("--no-floor", action="store_true", help="skip the floor runs")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor runs (pod and task)")
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the operator (raw stacks in the results folder)"
     )
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_floor:
                 say(f"N={n}: floor")
                 run["floor"] = asyncio.run(floor_phases(Path(scratch) / f"floor-{n}", n))
+                say(f"N={n}: task floor")
+                run["task_floor"] = asyncio.run(floor_phases(Path(scratch) / f"tasks-{n}", n, tasks=True))
             runs.append(report.with_ratios(run))
     result = {"started": stamp, "machine": report.machine(), "versions": report.versions(), "runs": runs}
     path = args.out / f"bench-{stamp}.json"

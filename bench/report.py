@@ -46,35 +46,45 @@ def versions() -> dict[str, str]:
 
 
 def with_ratios(run: dict[str, Any]) -> dict[str, Any]:
-    """operator / floor for each phase: the headline numbers."""
-    floor = run.get("floor")
-    if floor:
-        run["ratio"] = {
-            phase: round(run["operator"]["phases"][phase]["all_seconds"] / seconds, 2)
-            for phase in PHASES
-            if phase in run["operator"]["phases"]
-            and (seconds := floor.get(FLOOR_PHASE.get(phase, phase), {}).get("all_seconds"))
-        }
+    """operator / floor for each phase: the headline numbers, against the pod floor (`ratio`) and the
+    task floor (`task_ratio`)."""
+    for floor, ratio in (("floor", "ratio"), ("task_floor", "task_ratio")):
+        if run.get(floor):
+            run[ratio] = {
+                phase: round(run["operator"]["phases"][phase]["all_seconds"] / seconds, 2)
+                for phase in PHASES
+                if phase in run["operator"]["phases"] and (seconds := _floor_seconds(run, floor, phase))
+            }
     return run
+
+
+def _floor_seconds(run: dict[str, Any], floor: str, phase: str) -> float | str:
+    """The floor's seconds for the operator's `phase`, or "" when that floor did not run."""
+    seconds: float | str = (
+        (run.get(floor) or {}).get(FLOOR_PHASE.get(phase, phase), {}).get("all_seconds", "")
+    )
+    return seconds
 
 
 def markdown(result: dict[str, Any]) -> str:
     rows = [
-        "| N | phase | all done (s) | floor (s) | ratio | per-task p50 / p95 / max (s) "
-        "| operator CPU (s) | peak RSS (MiB) | API writes | reconciles run / skipped |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| N | phase | all done (s) | pod floor (s) | ratio | task floor (s) | task ratio "
+        "| per-task p50 / p95 / max (s) | operator CPU (s) | peak RSS (MiB) | API writes "
+        "| reconciles run / skipped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         for phase in PHASES:
             op = run["operator"]["phases"].get(phase)
             if op is None:  # a run from before this phase existed
                 continue
-            floor = (run.get("floor") or {}).get(FLOOR_PHASE.get(phase, phase), {}).get("all_seconds", "")
+            floor, task_floor = _floor_seconds(run, "floor", phase), _floor_seconds(run, "task_floor", phase)
             lat = op["latency"]
-            ratio = run.get("ratio", {}).get(phase, "")
+            ratio, task_ratio = run.get("ratio", {}).get(phase, ""), run.get("task_ratio", {}).get(phase, "")
             reconciles = op.get("reconciles") or {}
             rows.append(
                 f"| {run['n']} | {phase} | {op['all_seconds']} | {floor} | {ratio} "
+                f"| {task_floor} | {task_ratio} "
                 f"| {lat['p50']} / {lat['p95']} / {lat['max']} | {op['operator_cpu_seconds']} "
                 f"| {op['operator_peak_rss_mib']} | {op['api_writes']} "
                 f"| {reconciles.get('run', '?')} / {reconciles.get('skipped', '?')} |"
@@ -94,7 +104,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     cpu = [
         "",
-        "CPU seconds by process in each phase (the operator's run, then the floor's): where the time went.",
+        "CPU seconds by process in each phase (the operator's run, then the floors'): where the time went.",
         "",
         "| N | phase | run | CPU seconds by process |",
         "|---|---|---|---|",
@@ -104,6 +114,7 @@ def markdown(result: dict[str, Any]) -> str:
             sides = [
                 ("operator", run["operator"]["phases"].get(phase)),
                 ("floor", (run.get("floor") or {}).get(phase)),  # none with --no-floor, nor of idle_pause
+                ("task floor", (run.get("task_floor") or {}).get(phase)),
             ]
             for which, figures in sides:
                 if figures:

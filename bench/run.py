@@ -450,10 +450,15 @@ async def single_task_pauses(rest: Rest, watcher: Watcher, count: int) -> dict[s
     return {"count": count, **percentiles(latencies)}
 
 
-async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
+async def floor_phases(directory: Path, n: int, *, tasks: bool = False) -> dict[str, Any]:
     """The pod floor: the same volume claims and pods made and deleted directly by a client, with no
     controller: what the cluster itself needs. Apply creates each task's claim and pod, pause deletes the
-    pod (the claim stays), resume creates the pod again (lifetime 2), as the operator does."""
+    pod (the claim stays), resume creates the pod again (lifetime 2), as the operator does.
+
+    With `tasks`, the task floor: what any operator that keeps a Task's status must cause besides. The
+    user's own writes come first (the Task created, then patched paused and back), a watcher follows the
+    Tasks (the bench's, as in the operator's run), and each task gets one status write per phase, once its
+    pod is Ready or gone. What only taskpod does (the prompt, the snapshot, Events) is left out."""
     cluster = _cluster(directory, n)
     simulator = _simulator(cluster)
     rest = Rest(cluster.user_kubeconfig(FLOOR_USER))
@@ -462,6 +467,7 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
     claims = f"/api/v1/namespaces/{NS}/persistentvolumeclaims"
     ready: set[str] = set()
     alive: set[str] = set()
+    statuses = _Statuses(rest)
 
     def see(pod: dict[str, Any], deleted: bool = False) -> None:
         name = pod["metadata"]["name"]
@@ -469,10 +475,11 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
         if deleted:
             alive.discard(name)
             ready.discard(name)
-            return
-        alive.add(name)
-        is_ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-        (ready.add if is_ready and not pod["metadata"].get("deletionTimestamp") else ready.discard)(name)
+        else:
+            alive.add(name)
+            is_ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            (ready.add if is_ready and not pod["metadata"].get("deletionTimestamp") else ready.discard)(name)
+        statuses.see(name, ready=name in ready, gone=name not in alive)
 
     async def follow() -> None:
         while True:
@@ -494,12 +501,15 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
         deadline = time.monotonic() + 120 + n * 0.5
         while not done():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"pod floor {what}: {len(ready)} pods Ready, {len(alive)} there")
+                raise TimeoutError(f"{floor} {what}: {len(ready)} pods Ready, {len(alive)} there")
             await asyncio.sleep(0.1)
 
-    watch = asyncio.create_task(follow())
+    floor = "task floor" if tasks else "pod floor"
+    background = [asyncio.create_task(follow())]
+    if tasks:
+        background.append(asyncio.create_task(Watcher(rest).follow()))
     result: dict[str, Any] = {}
-    tasks = [
+    models = [
         Task.model_validate({**_task(i), "metadata": {"name": f"t{i:05d}", "namespace": NS}})
         for i in range(n)
     ]
@@ -517,42 +527,105 @@ async def floor_phases(directory: Path, n: int) -> dict[str, Any]:
                 "api_writes": audit.writes(requests),
                 "cpu_seconds_by_process": procstat.since(cpu0, procstat.cpu_by_process()),
             }
-            say(f"N={n} pod floor {name}: {result[name]['all_seconds']}s")
+            say(f"N={n} {floor} {name}: {result[name]['all_seconds']}s")
 
         def unowned(obj: dict[str, Any]) -> dict[str, Any]:
             obj["metadata"].pop("ownerReferences", None)  # no Task to own them here
             return obj
 
+        def expect(t: Task, when: str, status: dict[str, Any]) -> None:
+            if tasks:
+                statuses.expect(workspace.names(t.name).pod, t.name, when, status)
+
+        async def paused(t: Task, value: bool) -> None:
+            if tasks:  # the user's own write, as in the operator's run
+                await rest.merge(f"{TASKS}/{t.name}", {"spec": {"paused": value}})
+
         async def create() -> None:
             async def one(t: Task) -> None:  # the claim, then the pod on it, as a reconcile makes them
+                if tasks:  # the user's own write, as in the operator's run
+                    await rest.create(TASKS, _task(int(t.name.removeprefix("t"))))
+                expect(t, "ready", {"phase": "Active", "workspace": {"lifetime": 1}})
                 await rest.create(claims, unowned(workspace.claim(t, template)))
                 await rest.create(pods, unowned(workspace.pod(t, template, 1)))
 
-            await _all([lambda t=t: one(t) for t in tasks])
+            await _all([lambda t=t: one(t) for t in models])
 
         async def pause() -> None:  # the pod goes (default grace, as the operator's delete); the claim stays
             async def one(t: Task) -> None:
+                await paused(t, True)
+                expect(t, "gone", {"phase": "Paused"})
                 path = f"{pods}/{workspace.names(t.name).pod}"
                 response = await rest.http.delete(path)
                 if response.status_code not in (200, 202):
                     raise RuntimeError(f"DELETE {path}: {response.status_code} {response.text[:300]}")
 
-            await _all([lambda t=t: one(t) for t in tasks])
+            await _all([lambda t=t: one(t) for t in models])
 
         async def resume() -> None:  # a new pod on the same claim: the task's second
-            await _all([lambda t=t: rest.create(pods, unowned(workspace.pod(t, template, 2))) for t in tasks])
+            async def one(t: Task) -> None:
+                await paused(t, False)
+                expect(t, "ready", {"phase": "Active", "workspace": {"lifetime": 2}})
+                await rest.create(pods, unowned(workspace.pod(t, template, 2)))
 
-        await timed("apply", create, lambda: len(ready) >= n)
-        await timed("pause", pause, lambda: not alive)
-        await timed("resume", resume, lambda: len(ready) >= n)
+            await _all([lambda t=t: one(t) for t in models])
+
+        def settled(pods_done: Any) -> Any:
+            return lambda: pods_done() and statuses.done()
+
+        await timed("apply", create, settled(lambda: len(ready) >= n))
+        await timed("pause", pause, settled(lambda: not alive))
+        await timed("resume", resume, settled(lambda: len(ready) >= n))
     finally:
-        watch.cancel()
+        for job in background:
+            job.cancel()
+        await statuses.close()
         await rest.close()
         simulator.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             simulator.wait(20)
         cluster.down(quiet=True)
     return result
+
+
+@dataclass
+class _Statuses:
+    """The task floor's status writes: one per task and phase, made (CONCURRENCY in flight) once the
+    task's pod is where the phase leaves it."""
+
+    rest: Rest
+    waiting: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)  # by pod name
+    writes: set[asyncio.Task[None]] = field(default_factory=set)
+    failed: list[BaseException] = field(default_factory=list)
+    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
+
+    def expect(self, pod: str, task: str, when: str, status: dict[str, Any]) -> None:
+        self.waiting[pod] = (task, when, status)
+
+    def see(self, pod: str, *, ready: bool, gone: bool) -> None:
+        found = self.waiting.get(pod)
+        if found is None or not {"ready": ready, "gone": gone}[found[1]]:
+            return
+        del self.waiting[pod]
+        write = asyncio.create_task(self._write(found[0], found[2]))
+        self.writes.add(write)
+        write.add_done_callback(self.writes.discard)
+
+    async def _write(self, task: str, status: dict[str, Any]) -> None:
+        async with self.limit:
+            try:
+                await self.rest.merge(f"{TASKS}/{task}/status", {"status": status})
+            except Exception as exc:
+                self.failed.append(exc)
+
+    def done(self) -> bool:
+        if self.failed:
+            raise RuntimeError(f"task floor: a status write failed: {self.failed[0]!r}")
+        return not self.waiting and not self.writes
+
+    async def close(self) -> None:
+        for write in self.writes:
+            write.cancel()
 
 
 def median_or_none(values: list[float]) -> float | None:
