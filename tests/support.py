@@ -161,7 +161,7 @@ def act_as_user(kube: Kube, patch: pytest.MonkeyPatch) -> None:
     patch.setenv("KUBECONFIG", str(kube.kubeconfig))
     if not kube.proxyable_pods():
         patch.setenv("TASKPOD_AGENT_TRANSPORT", "direct")
-    taskkube.api_client.cache_clear()
+    taskkube.connection.cache_clear()
 
 
 def kubectl(

@@ -1,8 +1,10 @@
 """The Kubernetes API calls the operator makes, as async functions.
 
-They go as plain REST over one aiohttp session per event loop, with the credentials, TLS and server that
-the `kubernetes` client's configuration loads (in-cluster, or a kubeconfig). The `kubernetes` client
-itself blocks: it serves only the leader election's thread and `exec_in_pod`.
+They go as plain REST over one aiohttp session per event loop. Where the API server is and how to be let
+in (a `Connection`) comes from the pod's service account in a cluster, else from KUBECONFIG, read the way
+Kopf reads it: the operator never loads the `kubernetes` package (see taskpod/__main__.py). A kubectl
+user's commands (`use_kubeconfig`) read theirs with the `kubernetes` package instead, which takes every
+kubeconfig kubectl takes, exec plugins included; `exec_in_pod`, theirs only, uses it too.
 """
 
 from __future__ import annotations
@@ -14,32 +16,37 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 from taskpod.agentapi import Transport
 from taskpod.api.models import GROUP, VERSION, storable
 from taskpod.core.workspace import FIELD_MANAGER
+
+if TYPE_CHECKING:
+    import kopf
+    from kubernetes import client
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 __all__ = [
     "ApiException",
+    "Connection",
+    "Leases",
     "adopt",
     "agent_port",
     "agent_transport",
     "annotate_task",
-    "api_client",
     "api_message",
     "apply",
+    "connection",
     "create",
     "create_task",
     "delete_pod",
@@ -49,6 +56,7 @@ __all__ = [
     "get_task",
     "list_objects",
     "list_page",
+    "login",
     "namespace_terminating",
     "patch_task_spec",
     "patch_task_status",
@@ -65,35 +73,140 @@ _user: tuple[str, str | None] | None = None  # (kubeconfig, context) once use_ku
 # that died without a word would hold a reconcile (and its task) for good. A call that times out fails,
 # and the reconcile is retried.
 CALL_TIMEOUT = (10.0, 60.0)
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+TOKEN_REREAD = (
+    60.0  # seconds: a projected token is rotated long before it expires; client-go re-reads as often
+)
 
 
-class _BoundedClient(client.ApiClient):  # type: ignore[misc]
-    """An ApiClient whose calls give up after CALL_TIMEOUT unless they ask for a timeout of their own."""
+class ApiException(Exception):
+    """A call the API server answered outside 2xx: its status, reason, and body (its Status object, as
+    JSON text). Named and shaped as the `kubernetes` client's exception, whose fields callers read."""
 
-    def call_api(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
-        return super().call_api(*args, _request_timeout=_request_timeout or CALL_TIMEOUT, **kwargs)
+    def __init__(
+        self,
+        status: int | None = None,
+        reason: str | None = None,
+        body: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, reason)
+        self.status, self.reason, self.body, self.headers = status, reason, body, headers
+
+    def __str__(self) -> str:
+        told = f"({self.status})\nReason: {self.reason}\n"
+        return told + (f"HTTP response body: {self.body}\n" if self.body else "")
 
 
-@cache
-def api_client() -> client.ApiClient:
-    """The operator's API client: the in-cluster service account, or KUBECONFIG outside a cluster;
-    or a kubectl user's, after use_kubeconfig()."""
+@dataclass(frozen=True)
+class Connection:
+    """Where the API server is and how to be let in: what every call and watch carries."""
+
+    server: str
+    tls: ssl.SSLContext
+    headers: Callable[[], dict[str, str]]  # asked per request: a token that rotates is read anew
+    proxy: str | None = None
+    tls_server_name: str | None = None
+
+    def reach(self) -> dict[str, Any]:
+        """A request's credentials, HTTP proxy and TLS server name, as aiohttp takes them."""
+        return {"headers": self.headers(), "proxy": self.proxy, "server_hostname": self.tls_server_name}
+
+
+@dataclass
+class _TokenFile:
+    """The service account's token, read again every TOKEN_REREAD seconds: the kubelet rotates it."""
+
+    path: Path
+    token: str = ""
+    read_at: float = field(default=-TOKEN_REREAD)
+
+    def __call__(self) -> dict[str, str]:
+        if time.monotonic() - self.read_at >= TOKEN_REREAD:
+            self.token, self.read_at = self.path.read_text().strip(), time.monotonic()
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+def _in_cluster() -> kopf.ConnectionInfo | None:
+    """The pod's service account, as client-go's in-cluster configuration finds it; None elsewhere."""
+    import kopf  # the operator's, loaded already; not worth its import for a kubectl-task command
+
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    token = SERVICE_ACCOUNT / "token"
+    if not host or not port or not token.exists():
+        return None
+    ca = SERVICE_ACCOUNT / "ca.crt"
+    return kopf.ConnectionInfo(
+        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        ca_path=str(ca) if ca.exists() else None,
+        token=token.read_text().strip() or None,
+    )
+
+
+def login() -> kopf.ConnectionInfo:
+    """The operator's credentials, for Kopf and for our calls alike: the pod's service account in a
+    cluster, else KUBECONFIG's (else ~/.kube/config's) current context: its server, CA, and a client
+    certificate, a token or a password. Raises when there is neither."""
+    import kopf
+
+    found = _in_cluster() or kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    if found is None:
+        raise RuntimeError("no credentials: not in a cluster, and no KUBECONFIG or ~/.kube/config")
+    return found
+
+
+def _client_configuration() -> client.Configuration:
+    """A kubectl user's configuration, read by the `kubernetes` package: the context use_kubeconfig()
+    chose, else KUBECONFIG's current one, else the service account's."""
+    from kubernetes import client, config  # a kubectl-task command's; never the operator's
+
     cfg = client.Configuration()
     if _user is not None:
         config.load_kube_config(config_file=_user[0], context=_user[1], client_configuration=cfg)
+        return cfg
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    return cfg
+
+
+def _bearer(cfg: client.Configuration) -> dict[str, str]:
+    """The Authorization header that the `kubernetes` configuration gives, asked for per call: an exec
+    plugin's token is renewed as it expires (the configuration's refresh hook)."""
+    token = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
+    if not token:
+        return {}
+    return {"Authorization": token if token.lower().startswith("bearer ") else f"Bearer {token}"}
+
+
+@cache
+def connection() -> Connection:
+    """How this process reaches the API server: a kubectl user's kubeconfig after use_kubeconfig(), else
+    the operator's login()."""
+    if _user is not None:
+        cfg = _client_configuration()
+        tls = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if not cfg.verify_ssl:
+            tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        if cfg.cert_file and cfg.key_file:
+            tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+        return Connection(str(cfg.host), tls, lambda: _bearer(cfg), cfg.proxy, cfg.tls_server_name)
+    headers: Callable[[], dict[str, str]]
+    if (info := _in_cluster()) is not None:
+        headers = _TokenFile(SERVICE_ACCOUNT / "token")
     else:
-        try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException:
-            # read KUBECONFIG now: the client library only looks at it when first imported
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
-    return _BoundedClient(cfg)
+        info = login()
+        headers = info.as_http_headers
+    return Connection(info.server, info.as_ssl_context(), headers, info.proxy_url)
 
 
 def use_kubeconfig(path: str | None = None, context: str | None = None) -> str:
     """Act as a kubectl user: credentials from `path` (else the first file in KUBECONFIG, else
     ~/.kube/config) and `context` (else the current one). Returns the namespace that context names,
-    or "default"; raises config.ConfigException when there is no usable kubeconfig."""
+    or "default"; raises kubernetes.config.ConfigException when there is no usable kubeconfig."""
+    from kubernetes import config
+
     global _user
     path = path or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or None
     path = path or os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION)
@@ -104,7 +217,7 @@ def use_kubeconfig(path: str | None = None, context: str | None = None) -> str:
         if chosen is None:
             raise config.ConfigException(f"context {context!r} not found in {path}")
     _user = (path, context)
-    api_client.cache_clear()
+    connection.cache_clear()
     return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
 
@@ -137,16 +250,17 @@ def namespace_terminating(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 403 and "NamespaceTerminating" in str(exc.body)
 
 
-# Every call goes as plain REST through the client's ApiClient (its auth, TLS and timeouts), not through
-# its typed APIs: CoreV1Api alone costs 19 MiB of memory and 1.2 s of CPU to import, its argument
-# validation and body sanitising cost more CPU than a status patch itself, and its models 2-3 ms per
-# object to build, then as much to turn back into a dict. Answers come back as plain JSON.
+# Every call goes as plain REST, not through the `kubernetes` package's typed APIs: its models cost 19 MiB
+# of memory and 1.2 s of CPU to import, its argument validation and body sanitising more CPU than a status
+# patch itself, and each object 2-3 ms to build, then as much to turn back into a dict. Answers come back
+# as plain JSON.
 RESOURCES = {  # kind: (group/version, plural)
     "Pod": ("v1", "pods"),
     "Node": ("v1", "nodes"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "ConfigMap": ("v1", "configmaps"),
     "Service": ("v1", "services"),
+    "Lease": ("coordination.k8s.io/v1", "leases"),
     "StatefulSet": ("apps/v1", "statefulsets"),
     "TokenReview": ("authentication.k8s.io/v1", "tokenreviews"),
     "Task": (f"{GROUP}/{VERSION}", "tasks"),
@@ -176,58 +290,24 @@ def path(kind: str, namespace: str | None = None, name: str = "", subresource: s
 # flight), httpx took 2.4 ms of the client's CPU per call, urllib3 in threads 0.84 ms, aiohttp 0.23 ms.
 # A reconcile makes several calls per task and phase, and on two cores every CPU-second counts twice.
 API_CONNECTIONS = 32
-_sessions: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, tuple[client.Configuration, aiohttp.ClientSession]
-]
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Connection, aiohttp.ClientSession]]
 _sessions = weakref.WeakKeyDictionary()
 _watch_sessions: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, tuple[client.Configuration, aiohttp.ClientSession]
+    asyncio.AbstractEventLoop, tuple[Connection, aiohttp.ClientSession]
 ]
 _watch_sessions = weakref.WeakKeyDictionary()
 
 
-def tls_context(cfg: client.Configuration) -> ssl.SSLContext:
-    """The TLS that the configuration asks for: its CA (else the system's), its client certificate."""
-    tls = (
-        ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        if cfg.ssl_ca_cert
-        else ssl.create_default_context()
-    )
-    if not cfg.verify_ssl:
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
-    if cfg.cert_file and cfg.key_file:
-        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return tls
-
-
-def _bearer(cfg: client.Configuration) -> str | None:
-    """The Authorization header's value, asked for per call: an in-cluster token is re-read as it
-    rotates (the configuration's refresh hook)."""
-    token = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
-    if not token:
-        return None
-    return token if token.lower().startswith("bearer ") else f"Bearer {token}"
-
-
-def _reach(cfg: client.Configuration) -> dict[str, Any]:
-    """What each request to the API server carries, for our calls and for agents behind its pod proxy
-    alike: the credentials, asked for per request, and the kubeconfig's HTTP proxy and tls-server-name,
-    as the kubernetes client would use them."""
-    headers = {"Authorization": bearer} if (bearer := _bearer(cfg)) is not None else {}
-    return {"headers": headers, "proxy": cfg.proxy, "server_hostname": cfg.tls_server_name}
-
-
-def _session(*, watching: bool = False) -> tuple[client.Configuration, aiohttp.ClientSession]:
+def _session(*, watching: bool = False) -> tuple[Connection, aiohttp.ClientSession]:
     """This event loop's session with the API server (a kubectl-task command runs its own loop), made
     anew when the configuration changed (use_kubeconfig). `watching`: the watches' own session, whose
     connections are held by a stream each, and whose reads may be silent for minutes."""
     loop = asyncio.get_running_loop()
-    cfg = api_client().configuration
+    cfg = connection()
     sessions = _watch_sessions if watching else _sessions
     known = sessions.get(loop)
     if known is None or known[0] is not cfg or known[1].closed:
-        connector = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=0 if watching else API_CONNECTIONS)
+        connector = aiohttp.TCPConnector(ssl=cfg.tls, limit=0 if watching else API_CONNECTIONS)
         # No bound on the whole call or on the wait for a free connection: connecting, and each read, are.
         read = WATCH_SILENCE if watching else CALL_TIMEOUT[1]
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT[0], sock_read=read)
@@ -251,7 +331,7 @@ async def _call(
     cfg, session = _session()
     params = [("fieldManager", FIELD_MANAGER)] if method in WRITES else []
     params += [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in query.items()]
-    reach = _reach(cfg)
+    reach = cfg.reach()
     headers = {"Accept": JSON, **reach.pop("headers")}
     content = None
     if body is not None:
@@ -259,7 +339,7 @@ async def _call(
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
     async with session.request(
         method,
-        str(cfg.host).rstrip("/") + url,
+        cfg.server.rstrip("/") + url,
         params=params,
         headers=headers,
         data=content,
@@ -271,11 +351,11 @@ async def _call(
 
 
 def _raise_for(response: aiohttp.ClientResponse, answer: bytes) -> None:
-    """A status outside 2xx as the `kubernetes` client's ApiException, with the API server's words."""
+    """A status outside 2xx as an ApiException, with the API server's words."""
     if not 200 <= response.status <= 299:
-        exc = ApiException(status=response.status, reason=response.reason)
-        exc.body, exc.headers = answer.decode(errors="replace"), response.headers
-        raise exc
+        raise ApiException(
+            response.status, response.reason, answer.decode(errors="replace"), response.headers
+        )
 
 
 def _object(obj: Mapping[str, Any]) -> str:
@@ -343,11 +423,11 @@ def agent_transport(via_proxy: bool, timeout: float = 5.0) -> Transport:
         # one and closes it after, rather than keep a second per agent idle.
         direct = aiohttp.TCPConnector(limit=0, force_close=True)
         return Transport(aiohttp.ClientSession(connector=direct), None, timeout=timeout)
-    cfg = api_client().configuration
+    cfg = connection()
     # Through the proxy a new connection costs a TLS handshake, so the one-off calls keep theirs a while.
-    proxy = aiohttp.TCPConnector(ssl=tls_context(cfg), limit=0, keepalive_timeout=30)
+    proxy = aiohttp.TCPConnector(ssl=cfg.tls, limit=0, keepalive_timeout=30)
     # Per request: a follower lives as long as its pod, longer than an in-cluster token.
-    return Transport(aiohttp.ClientSession(connector=proxy), str(cfg.host), lambda: _reach(cfg), timeout)
+    return Transport(aiohttp.ClientSession(connector=proxy), cfg.server, cfg.reach, timeout)
 
 
 async def get_task(namespace: str, name: str) -> dict[str, Any]:
@@ -356,6 +436,33 @@ async def get_task(namespace: str, name: str) -> dict[str, Any]:
 
 async def patch_task_spec(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return await _call("PATCH", path("Task", namespace, name), {"spec": spec}, MERGE)
+
+
+class Leases:
+    """The leader election's Lease calls, blocking: its thread renews whatever the operator's own event
+    loop is doing. They run on an event loop of this object's (with a session of its own), one call at a
+    time (the election serialises them); `timeout` bounds each. close() when done."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+
+    def _run(self, call: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+        return self._loop.run_until_complete(asyncio.wait_for(call, self.timeout))
+
+    def read(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._run(_call("GET", path("Lease", namespace, name)))
+
+    def create(self, namespace: str, body: dict[str, Any]) -> None:
+        self._run(_call("POST", path("Lease", namespace), body))
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """A compare-and-swap: the body's resourceVersion must still be the Lease's (else a 409)."""
+        self._run(_call("PUT", path("Lease", namespace, name), body))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(close())
+        self._loop.close()
 
 
 async def _get_or_none(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -434,9 +541,9 @@ async def watch(
     ]
     if selector:
         query.append(("labelSelector", selector))
-    reach = _reach(cfg)
+    reach = cfg.reach()
     headers = {"Accept": JSON, **reach.pop("headers")}
-    url = str(cfg.host).rstrip("/") + path(kind, namespace)
+    url = cfg.server.rstrip("/") + path(kind, namespace)
     async with session.get(url, params=query, headers=headers, **reach) as response:
         if not 200 <= response.status <= 299:
             _raise_for(response, await response.read())
@@ -474,23 +581,26 @@ class Ran:
 
 
 def _exec(namespace: str, pod: str, container: str, command: list[str], timeout: float) -> Ran:
-    from kubernetes.client import CoreV1Api  # a client's call, rare: not worth its import for the operator
+    from kubernetes import client  # a kubectl user's call: never the operator's (see the module's text)
     from kubernetes.stream import stream
 
     # A client of its own: stream() swaps the request method of the client it is given while it runs.
-    api = CoreV1Api(client.ApiClient(api_client().configuration))
-    conn = stream(
-        api.connect_get_namespaced_pod_exec,
-        pod,
-        namespace,
-        container=container,
-        command=command,
-        stdin=False,
-        stdout=True,
-        stderr=True,
-        tty=False,
-        _preload_content=False,
-    )
+    api = client.CoreV1Api(client.ApiClient(_client_configuration()))
+    try:
+        conn = stream(
+            api.connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            container=container,
+            command=command,
+            stdin=False,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            _preload_content=False,
+        )
+    except client.ApiException as exc:  # as every other call raises it
+        raise ApiException(exc.status, exc.reason, exc.body, exc.headers) from exc
     out: list[str] = []
     err: list[str] = []
     deadline = time.monotonic() + timeout

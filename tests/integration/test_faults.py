@@ -624,7 +624,7 @@ def user_credentials(kube: Kube) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         act_as_user(kube, patch)
         yield
-    taskkube.api_client.cache_clear()
+    taskkube.connection.cache_clear()
 
 
 def run_stage(

@@ -7,10 +7,10 @@ import copy
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from taskpod.controller import election
 from taskpod.controller.election import Elector
+from taskpod.kube import ApiException
 
 
 class Clock:
@@ -27,22 +27,21 @@ class FakeLeases:
     def __init__(self) -> None:
         self.lease: dict[str, Any] | None = None
         self.version = 0
-        self.api_client = self  # Elector serialises through api_client.sanitize_for_serialization
 
-    def sanitize_for_serialization(self, obj: Any) -> Any:
-        return copy.deepcopy(obj)
-
-    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> dict[str, Any]:
+    def read(self, namespace: str, name: str) -> dict[str, Any]:
         if self.lease is None:
             raise ApiException(status=404)
         return copy.deepcopy(self.lease)
 
-    def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> None:
+    def create(self, namespace: str, body: dict[str, Any]) -> None:
         if self.lease is not None:
             raise ApiException(status=409)
         self._store(body)
 
-    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> None:
+    def close(self) -> None:
+        """Nothing held."""
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         assert self.lease is not None
         if body["metadata"].get("resourceVersion") != self.lease["metadata"]["resourceVersion"]:
             raise ApiException(status=409)
@@ -101,9 +100,9 @@ def test_two_standbys_racing_for_an_expired_lease_cannot_both_win(clock: Clock) 
     b, c = elector(api, "b"), elector(api, "c")
     b.try_acquire_or_renew(), c.try_acquire_or_renew()
     clock.now += election.LEASE + 1
-    real_read = api.read_namespaced_lease
-    reads = [real_read("taskpod-operator", "taskpod-system")]  # both read the same version first
-    api.read_namespaced_lease = lambda name, ns, **_: copy.deepcopy(reads[0])  # type: ignore[method-assign]
+    real_read = api.read
+    reads = [real_read("taskpod-system", "taskpod-operator")]  # both read the same version first
+    api.read = lambda ns, name: copy.deepcopy(reads[0])  # type: ignore[method-assign,assignment]
     results = [b.try_acquire_or_renew(), c.try_acquire_or_renew()]
     assert sorted(results) == [False, True] and api.holder in ("b", "c")
 
@@ -127,11 +126,11 @@ def test_a_leader_that_cannot_renew_steps_down_before_anyone_may_take_over(clock
     assert a.wait_for_leadership() is True
     renewed_at = clock.now
 
-    def hung(name: str, ns: str, **_: Any) -> dict[str, Any]:  # each call hangs until its timeout
+    def hung(ns: str, name: str) -> dict[str, Any]:  # each call hangs until its timeout
         clock.now += election.CALL_TIMEOUT
         raise ApiException(status=504)
 
-    api.read_namespaced_lease = hung  # type: ignore[assignment]
+    api.read = hung  # type: ignore[method-assign,assignment]
 
     class Stop:
         def wait(self, seconds: float) -> bool:
@@ -172,16 +171,16 @@ def test_release_retries_when_someone_writes_between_its_read_and_its_write(cloc
     api = FakeLeases()
     a, b = elector(api, "a"), elector(api, "b")
     a.try_acquire_or_renew()
-    real_replace = api.replace_namespaced_lease
+    real_replace = api.replace
     interfered: list[bool] = []
 
-    def after_another_write(name: str, ns: str, body: dict[str, Any], **kw: Any) -> None:
+    def after_another_write(ns: str, name: str, body: dict[str, Any]) -> None:
         if not interfered:  # a renewal or a kubectl annotate lands first: our resourceVersion is stale
             interfered.append(True)
             api._store(copy.deepcopy(api.lease))  # type: ignore[arg-type]
-        real_replace(name, ns, body, **kw)
+        real_replace(ns, name, body)
 
-    api.replace_namespaced_lease = after_another_write  # type: ignore[method-assign,assignment]
+    api.replace = after_another_write  # type: ignore[method-assign,assignment]
     a.release()
     assert interfered and api.holder is None
     assert b.try_acquire_or_renew() is True

@@ -46,7 +46,7 @@ def silent_server(tmp_path: Path) -> Iterator[None]:
     _use_server(tmp_path, listener.getsockname()[1])
     yield
     kube._user = None
-    kube.api_client.cache_clear()
+    kube.connection.cache_clear()
     listener.close()
 
 
@@ -95,7 +95,7 @@ class HeldServer:
 def own_kubeconfig() -> Iterator[None]:
     yield
     kube._user = None
-    kube.api_client.cache_clear()
+    kube.connection.cache_clear()
 
 
 def test_calls_run_at_once_up_to_the_connection_limit_and_no_further(
@@ -183,21 +183,32 @@ def test_an_apply_body_escapes_what_yaml_would_refuse_or_fold() -> None:
     assert body == '{"a":"🚀 \\u007f\\u0085\\u2028\\ufeff"}'  # the emoji raw, not as a surrogate pair
 
 
-def test_agents_through_the_proxy_get_the_token_as_it_is_now(tmp_path: Path, own_kubeconfig: None) -> None:
+def test_agents_through_the_proxy_get_the_token_as_it_is_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An agent's follower lives as long as its pod, longer than an in-cluster token: each request through
-    the API server's proxy carries the token the configuration holds then, not the one of the start."""
+    the API server's proxy carries the service account's token as the kubelet last rotated it, not the one
+    of the start."""
     server = HeldServer()
     server.release.set()
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    monkeypatch.setattr(kube, "TOKEN_REREAD", 0.0)  # the file is read again at every request
 
     async def scenario() -> None:
         async with server as port:
-            _use_server(tmp_path, port)
+            headers = kube._TokenFile(token)
+            monkeypatch.setattr(
+                kube,
+                "connection",
+                lambda: kube.Connection(f"http://127.0.0.1:{port}", ssl.create_default_context(), headers),
+            )
             transport = kube.agent_transport(via_proxy=True)
             assert transport.server == f"http://127.0.0.1:{port}"
             agent = transport.client("team", "p", "10.244.0.7", 3284)
             try:
                 await agent.messages()
-                kube.api_client().configuration.api_key["authorization"] = "Bearer rotated"
+                token.write_text("rotated")
                 await agent.messages()
             finally:
                 await transport.aclose()
@@ -206,6 +217,23 @@ def test_agents_through_the_proxy_get_the_token_as_it_is_now(tmp_path: Path, own
     asyncio.run(scenario())
     assert [r.path for r in server.requests] == ["/api/v1/namespaces/team/pods/p:3284/proxy/messages"] * 2
     assert [r.headers["Authorization"] for r in server.requests] == ["Bearer t", "Bearer rotated"]
+
+
+def test_the_service_account_token_is_read_again_only_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a file read per call: the token is read again once TOKEN_REREAD seconds have passed."""
+    now = [1000.0]
+    monkeypatch.setattr("taskpod.kube.time.monotonic", lambda: now[0])
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    headers = kube._TokenFile(token)
+    assert headers() == {"Authorization": "Bearer first"}
+    token.write_text("second")
+    now[0] += kube.TOKEN_REREAD - 1
+    assert headers() == {"Authorization": "Bearer first"}
+    now[0] += 1
+    assert headers() == {"Authorization": "Bearer second"}
 
 
 def test_an_api_server_known_by_its_tls_server_name_is_reached_for_calls_and_agents_alike(
@@ -244,3 +272,23 @@ def test_an_api_server_known_by_its_tls_server_name_is_reached_for_calls_and_age
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("host", "server"), [("10.96.0.1", "https://10.96.0.1:443"), ("fd00::1", "https://[fd00::1]:443")]
+)
+def test_in_a_cluster_the_service_account_and_the_service_address_are_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, server: str
+) -> None:
+    """As client-go's in-cluster configuration: the kubernetes Service's address from the environment
+    (an IPv6 one bracketed), the mounted token and CA; and elsewhere, nothing from it."""
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT", tmp_path)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert kube._in_cluster() is None  # no token mounted: not in a pod
+    (tmp_path / "token").write_text("sa-token\n")
+    (tmp_path / "ca.crt").write_text("")
+    info = kube._in_cluster()
+    assert info is not None
+    assert (info.server, info.token, info.ca_path) == (server, "sa-token", str(tmp_path / "ca.crt"))
+    assert kube.login() == info

@@ -115,3 +115,23 @@ def test_events_that_cannot_go_to_a_namespace_being_deleted_are_not_logged(
 ) -> None:
     record = logging.LogRecord(KOPF_POSTING, level, __file__, 1, text, None, None)
     assert not_for_a_namespace_being_deleted(record) is shown
+
+
+def test_the_operator_runs_without_the_kubernetes_package() -> None:
+    """The operator's whole import graph loads without the `kubernetes` package (the kubectl-task
+    commands' only), and Kopf, imported after the operator's entry made it unimportable, holds none of
+    its models: 19 MiB of memory the operator never uses."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from taskpod.__main__ import without_the_kubernetes_package as hide; hide()\n"
+        "import sys, kopf\n"
+        "from taskpod.controller import election, handlers, metrics, reconcile\n"
+        "from kopf._cogs.helpers import thirdparty\n"
+        "loaded = sorted(m for m, v in sys.modules.items() if m.startswith('kubernetes') and v is not None)\n"
+        "print(loaded, thirdparty.V1ObjectMetaSync)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split() == ["[]", "None"]

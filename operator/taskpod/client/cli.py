@@ -94,7 +94,7 @@ def _explained(namespace: str) -> Iterator[None]:
     except TimeoutError as exc:
         raise Failure(str(exc), EXIT_TIMEOUT) from None
     except (TransportError, OSError) as exc:
-        host = kube.api_client().configuration.host
+        host = kube.connection().server
         raise Failure(f"cannot reach the cluster at {host}: {_reason(exc)}") from None
 
 

@@ -21,10 +21,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from taskpod.kube import ApiException
 
 log = logging.getLogger("taskpod.controller.election")
 LEASE = 15  # seconds a silent holder keeps the Lease
@@ -59,9 +58,18 @@ def _micro_time() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class LeaseApi(Protocol):
+    """The three Lease calls an election makes (kube.Leases), each raising ApiException as answered."""
+
+    def read(self, namespace: str, name: str) -> dict[str, Any]: ...
+    def create(self, namespace: str, body: dict[str, Any]) -> None: ...
+    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class Elector:
-    api: client.CoordinationV1Api
+    leases: LeaseApi
     namespace: str
     name: str
     identity: str
@@ -103,7 +111,7 @@ class Elector:
             "leaseTransitions": (spec.get("leaseTransitions") or 0) + (1 if taking_over and holder else 0),
         }
         try:  # the resourceVersion we read makes this a compare-and-swap
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=CALL_TIMEOUT)
+            self.leases.replace(self.namespace, self.name, lease)
         except ApiException as exc:
             if exc.status == 409:
                 return False  # another replica wrote first
@@ -120,8 +128,7 @@ class Elector:
         return True
 
     def _read(self) -> dict[str, Any]:
-        lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=CALL_TIMEOUT)
-        return dict(self.api.api_client.sanitize_for_serialization(lease))
+        return self.leases.read(self.namespace, self.name)
 
     def _create(self) -> bool:
         stamp = _micro_time()
@@ -138,7 +145,7 @@ class Elector:
             },
         }
         try:
-            self.api.create_namespaced_lease(self.namespace, body, _request_timeout=CALL_TIMEOUT)
+            self.leases.create(self.namespace, body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -221,5 +228,5 @@ class Elector:
             return False
         stamp = _micro_time()
         lease["spec"] = {**spec, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": stamp}
-        self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=CALL_TIMEOUT)
+        self.leases.replace(self.namespace, self.name, lease)
         return True

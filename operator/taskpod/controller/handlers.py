@@ -203,8 +203,9 @@ async def stop_following(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_via_client(**kwargs)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """Kopf's credentials are ours (kube.login): asked again when the API server answers 401."""
+    return kube.login()
 
 
 # -- what the watches saw ------------------------------------------------------------------------
