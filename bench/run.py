@@ -555,10 +555,7 @@ async def floor_phases(directory: Path, n: int, *, tasks: bool = False) -> dict[
             async def one(t: Task) -> None:
                 await paused(t, True)
                 expect(t, "gone", {"phase": "Paused"})
-                path = f"{pods}/{workspace.names(t.name).pod}"
-                response = await rest.http.delete(path)
-                if response.status_code not in (200, 202):
-                    raise RuntimeError(f"DELETE {path}: {response.status_code} {response.text[:300]}")
+                await rest.delete(f"{pods}/{workspace.names(t.name).pod}")
 
             await _all([lambda t=t: one(t) for t in models])
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from bench.rest import Rest
+from bench.rest import tls
 from bench.soak import (
     API,
     BEHAVIOURS,
@@ -217,7 +217,7 @@ class Soak:
         self.state_dir = directory / "agent-state"
         self.operator = Operator(self.cluster.kubeconfig, directory / "operator.log")
         self.simulator: subprocess.Popen[bytes] | None = None
-        self.rest: Rest | None = None
+        self.api: httpx.AsyncClient | None = None  # the API server, as the user
         self.agents = httpx.AsyncClient(timeout=5)
         self.workload = Workload(tasks)
         self.ledger = Ledger(directory / "ops.jsonl")
@@ -258,7 +258,9 @@ class Soak:
             preexec_fn=_set_pdeathsig,
         )
         self.operator.start()
-        self.rest = Rest(self.cluster.kubeconfig, connections=16)
+        server, context = tls(self.cluster.kubeconfig)
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        self.api = httpx.AsyncClient(base_url=server, verify=context, limits=limits, timeout=60)
 
     async def down(self) -> None:
         self.stopped = True
@@ -266,9 +268,9 @@ class Soak:
             job.cancel()
         with contextlib.suppress(Exception):
             await self.agents.aclose()
-        if self.rest is not None:
+        if self.api is not None:
             with contextlib.suppress(Exception):
-                await self.rest.close()
+                await self.api.aclose()
         self.operator.stop()
         if self.simulator is not None and self.simulator.poll() is None:
             self.simulator.terminate()
@@ -293,8 +295,8 @@ class Soak:
 
     @property
     def http(self) -> httpx.AsyncClient:
-        assert self.rest is not None
-        return self.rest.http
+        assert self.api is not None
+        return self.api
 
     async def call(self, method: str, path: str, body: Any = None, merge: bool = False) -> httpx.Response:
         headers = {"Content-Type": "application/merge-patch+json"} if merge else {}
