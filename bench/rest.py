@@ -9,11 +9,14 @@ ratio. With httpx here, the pod floor's driver spent 18 CPU-s of the apply's 100
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import builtins
 import json
 import ssl
+import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,39 @@ class Rest:
                 for line in lines:
                     if line.strip():
                         yield dict(json.loads(line))
+
+    async def follow(
+        self,
+        path: str,
+        listed: Callable[[builtins.list[dict[str, Any]]], None],
+        changed: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """List, then watch from the list's version, for good, as an informer does: `listed` gets each
+        listing's items, `changed` each watch event. A watch the API server cuts (it drops a watcher that
+        falls behind), or that ends, goes on from the last version seen, without a list; a 410 or any other
+        refusal lists afresh."""
+        version: str | None = None
+        while True:
+            if version is None:
+                try:
+                    listing = await self.list(path)
+                except Exception as exc:  # e.g. a CRD not served yet, or 429 while storage initialises
+                    print(f"[bench] listing {path}: {exc!r}; again in 1s", file=sys.stderr, flush=True)
+                    await asyncio.sleep(1)
+                    continue
+                listed(listing["items"])
+                version = listing["metadata"]["resourceVersion"]
+            try:
+                async for event in self.watch(path, version):
+                    if event.get("type") == "ERROR":  # 410: the version is too old
+                        version = None
+                        break
+                    changed(event)
+                    version = event["object"]["metadata"]["resourceVersion"]
+            except (TimeoutError, aiohttp.ClientError) as exc:  # cut: on from the last version
+                print(f"[bench] watch of {path} cut: {exc!r}; on from {version}", file=sys.stderr, flush=True)
+                await asyncio.sleep(0.1)
+            except RuntimeError as exc:  # refused (a 410 at the start, a 429): list afresh
+                print(f"[bench] watch of {path} refused: {exc}; listing again", file=sys.stderr, flush=True)
+                version = None
+                await asyncio.sleep(0.1)

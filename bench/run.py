@@ -113,19 +113,15 @@ class Watcher:
             times.auto_paused = now
 
     async def follow(self) -> None:
-        while True:
-            try:
-                listing = await self.rest.list(TASKS)
-            except Exception as exc:  # e.g. the CRD not served yet, right after Established
-                say(f"listing tasks: {exc!r}; again in 1s")
-                await asyncio.sleep(1)
-                continue
-            for task in listing["items"]:
+        def listed(tasks: list[dict[str, Any]]) -> None:
+            for task in tasks:
                 self.see(task)
-            with contextlib.suppress(Exception):  # an expired watch: list and watch again
-                async for event in self.rest.watch(TASKS, listing["metadata"]["resourceVersion"]):
-                    if event.get("type") in ("ADDED", "MODIFIED"):
-                        self.see(event["object"])
+
+        def changed(event: dict[str, Any]) -> None:
+            if event.get("type") in ("ADDED", "MODIFIED"):
+                self.see(event["object"])
+
+        await self.rest.follow(TASKS, listed, changed)
 
     def _count(self, old: str | None, new: str) -> None:
         """A timeline point at every change of the counts: a brief state (all Paused for 0.2 s) shows."""
@@ -481,21 +477,16 @@ async def floor_phases(directory: Path, n: int, *, tasks: bool = False) -> dict[
             (ready.add if is_ready and not pod["metadata"].get("deletionTimestamp") else ready.discard)(name)
         statuses.see(name, ready=name in ready, gone=name not in alive)
 
-    async def follow() -> None:
-        while True:
-            try:
-                listing = await rest.list(pods)
-            except Exception as exc:
-                say(f"listing pods: {exc!r}; again in 1s")
-                await asyncio.sleep(1)
-                continue
-            alive.clear()  # a new listing: what it lacks went while the watch was down
-            ready.clear()
-            for pod in listing["items"]:
-                see(pod)
-            with contextlib.suppress(Exception):
-                async for event in rest.watch(pods, listing["metadata"]["resourceVersion"]):
-                    see(event["object"], deleted=event.get("type") == "DELETED")
+    def listed(items: list[dict[str, Any]]) -> None:
+        alive.clear()  # a new listing: what it lacks went while no watch ran
+        ready.clear()
+        for pod in items:
+            see(pod)
+
+    def follow() -> Any:
+        return rest.follow(
+            pods, listed, lambda event: see(event["object"], deleted=event["type"] == "DELETED")
+        )
 
     async def until(done: Any, what: str) -> None:
         deadline = time.monotonic() + 120 + n * 0.5
