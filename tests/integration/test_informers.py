@@ -53,9 +53,7 @@ def test_a_cache_follows_the_selected_pods_and_tells_each_change(kube: Kube, nam
         cache: informers.Cache[PodView] = informers.Cache()
         informer = informers.Informer(
             taskkube,
-            "Pod",
-            namespace,
-            SELECTOR,
+            informers.Source("Pod", namespace, SELECTOR),
             task_key,
             PodView.parse,
             cache,

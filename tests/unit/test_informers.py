@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from taskpod import kube
-from taskpod.controller.informers import Cache, Informer
+from taskpod.controller.informers import Cache, Informer, Source
 from taskpod.core.lifecycle import PodView
 
 LABEL = "taskpod.dev/task"
@@ -112,9 +112,7 @@ def informer(api: FakeApi, told: Told, cache: Cache[PodView] | None = None) -> I
 
     return Informer(
         api,
-        "Pod",
-        "ns",
-        "selector",
+        Source("Pod", "ns", "selector"),
         key,
         PodView.parse,
         cache if cache is not None else Cache(),

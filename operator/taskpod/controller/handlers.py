@@ -23,7 +23,7 @@ from taskpod import kube
 from taskpod.api.models import GROUP, VERSION, InvalidTask, Key, Task, TaskTemplate
 from taskpod.controller import heap, informers, metrics, reports
 from taskpod.controller.agents import Agents
-from taskpod.controller.informers import Informer
+from taskpod.controller.informers import Informer, Source
 from taskpod.controller.reconcile import MAX_MESSAGE, Options, Reconciler, Views
 from taskpod.controller.settings import Settings
 from taskpod.core import clock, workspace
@@ -91,22 +91,13 @@ class Children:
 
         made: list[informers.Informer[Any]] = []
         for namespace in namespaces or (None,):
-            made.append(
-                Informer(kube, "Pod", namespace, SELECTOR, _task_key, PodView.parse, self.pods, pod_changed)
+            pods, claims = (
+                Source("Pod", namespace, SELECTOR),
+                Source("PersistentVolumeClaim", namespace, SELECTOR),
             )
-            made.append(
-                Informer(
-                    kube,
-                    "PersistentVolumeClaim",
-                    namespace,
-                    SELECTOR,
-                    _task_key,
-                    ClaimView.parse,
-                    self.claims,
-                    claim_changed,
-                )
-            )
-        made.append(Informer(kube, "Node", None, None, _name, NodeView.parse, self.nodes, node_changed))
+            made.append(Informer(kube, pods, _task_key, PodView.parse, self.pods, pod_changed))
+            made.append(Informer(kube, claims, _task_key, ClaimView.parse, self.claims, claim_changed))
+        made.append(Informer(kube, Source("Node"), _name, NodeView.parse, self.nodes, node_changed))
         return made
 
 
@@ -162,7 +153,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Reconciles wait for every cache's first list: a task reconciled before its pod is known would
     # be told Pending, and its pod created again.
     reconciler.queue.wait_for(asyncio.gather(*(i.synced.wait() for i in watching)))
-    memo.background.extend(asyncio.create_task(i.run(), name=f"watch {i.kind}s") for i in watching)
+    memo.background.extend(asyncio.create_task(i.run(), name=f"watch {i.source}") for i in watching)
     if (trim := heap.malloc_trim()) is not None:
         queue = reconciler.queue
         memo.background.append(

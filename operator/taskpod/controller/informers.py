@@ -89,23 +89,34 @@ class Cache(Generic[V]):
 Changed = Callable[[Hashable, str, bool], None]  # the key, the object's uid, and whether it is gone
 
 
+@dataclass(frozen=True)
+class Source:
+    """What an informer lists and watches: the objects of `kind` in `namespace` (None: every namespace)
+    that `selector` picks (None: all)."""
+
+    kind: str
+    namespace: str | None = None
+    selector: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}s" + (f" in {self.namespace}" if self.namespace else "")
+
+
 @dataclass
 class Informer(Generic[V]):
-    """Keeps `cache` up to date with the objects of `kind` in `namespace` (None: every namespace) that
-    `selector` picks, and calls `changed` for each stored view that changed. `key` says which key an
-    object is stored under (None: not stored), `parse` what of it is kept."""
+    """Keeps `cache` up to date with the objects `source` names, and calls `changed` for each stored view
+    that changed. `key` says which key an object is stored under (None: not stored), `parse` what of it
+    is kept."""
 
     api: Lister
-    kind: str
-    namespace: str | None
-    selector: str | None
+    source: Source
     key: Callable[[Mapping[str, Any]], Hashable | None]
     parse: Callable[[Mapping[str, Any]], V]
     cache: Cache[V]
     changed: Changed
     retry_delays: tuple[float, ...] = RETRY_DELAYS
     synced: asyncio.Event = field(default_factory=asyncio.Event)
-    _mine: set[ObjectId] = field(default_factory=set)  # what this informer stored (a cache may be shared)
+    # What this informer stored (a cache may be shared), with each object's uid.
     _uids: dict[ObjectId, str] = field(default_factory=dict)
     _version: str | None = None  # the version the next watch starts from; None: list first
 
@@ -124,7 +135,7 @@ class Informer(Generic[V]):
                 await self._watch(version)
                 failures = 0
             except Expired:
-                log.debug("watch of %s expired; listing again", self._what())
+                log.debug("watch of %s expired; listing again", self.source)
                 self._version = None
             except asyncio.CancelledError:
                 raise
@@ -132,13 +143,10 @@ class Informer(Generic[V]):
                 delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
                 failures += 1
                 log.warning(
-                    "watch of %s failed, again in %.0fs: %s", self._what(), delay, kube.api_message(exc)
+                    "watch of %s failed, again in %.0fs: %s", self.source, delay, kube.api_message(exc)
                 )
                 await asyncio.sleep(delay)
             version = self._version
-
-    def _what(self) -> str:
-        return f"{self.kind}s" + (f" in {self.namespace}" if self.namespace else "")
 
     async def _list(self) -> str:
         """Store what a complete list holds and forget what it lacks; the list's version."""
@@ -146,7 +154,7 @@ class Informer(Generic[V]):
         listed: dict[ObjectId, Mapping[str, Any]] = {}
         while True:
             try:
-                page = await self.api.list_page(self.kind, self.namespace, self.selector, PAGE, token)
+                page = await self.api.list_page(*self._query(), PAGE, token)
             except kube.ApiException as exc:
                 if exc.status == 410 and token:  # the continue token expired: start the list again
                     token, listed = None, {}
@@ -158,7 +166,7 @@ class Informer(Generic[V]):
             if not (token := meta.get("continue")):
                 version = str(meta.get("resourceVersion") or "")
                 break
-        for oid in self._mine - listed.keys():
+        for oid in self._uids.keys() - listed.keys():
             self._forget(oid)
         for obj in listed.values():
             self._store(obj)
@@ -168,7 +176,7 @@ class Informer(Generic[V]):
         """Apply the watch's events from `version` until the API server ends the stream, keeping the
         version reached for the next watch to start from."""
         try:
-            async for event in self.api.watch(self.kind, self.namespace, self.selector, version):
+            async for event in self.api.watch(*self._query(), version):
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == 410:
@@ -184,6 +192,9 @@ class Informer(Generic[V]):
                 raise Expired from exc
             raise
 
+    def _query(self) -> tuple[str, str | None, str | None]:
+        return self.source.kind, self.source.namespace, self.source.selector
+
     def _store(self, obj: Mapping[str, Any]) -> None:
         oid = _oid(obj)
         key = self.key(obj)
@@ -196,13 +207,11 @@ class Informer(Generic[V]):
             self._forget(oid)  # a successor of the same name: the predecessor went unseen
         elif (old_key := self.cache.key_of(oid)) is not None and old_key != key:
             self._forget(oid)  # relabelled: it no longer belongs to what it did
-        self._mine.add(oid)
         self._uids[oid] = uid
         if self.cache.put(oid, key, self.parse(obj)):
             self._tell(key, uid, gone=False)
 
     def _forget(self, oid: ObjectId) -> None:
-        self._mine.discard(oid)
         uid = self._uids.pop(oid, "")
         old = self.cache.remove(oid)
         if old is not None:
@@ -212,7 +221,7 @@ class Informer(Generic[V]):
         try:
             self.changed(key, uid, gone)
         except Exception:  # a bug in a callback must not stop the cache
-            log.exception("handling a change of %s %r failed", self.kind, key)
+            log.exception("handling a change of %s %r failed", self.source.kind, key)
 
 
 def _oid(obj: Mapping[str, Any]) -> ObjectId:
