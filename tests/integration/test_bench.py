@@ -36,6 +36,10 @@ def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) 
         assert op["api_writes"] > 0 and op["operator_peak_rss_mib"] > 0, phase
         assert op["reconciles"]["run"] >= 10, phase  # each task is reconciled at least once per phase
         assert run["floor"][phase]["all_seconds"] > 0 and phase in run["ratio"]
+        # The task floor: the user's writes, the workspace's, and one status write per task and phase.
+        assert run["task_floor"][phase]["all_seconds"] > 0 and phase in run["task_ratio"]
+        assert run["task_floor"][phase]["api_writes"] == {"apply": 40, "pause": 30, "resume": 30}[phase]
+        assert run["task_floor"][phase]["api_requests"]["patch tasks/status"] == 10, phase
         # Where the time went: the operator and the API server worked; the floor has no operator.
         used = op["cpu_seconds_by_process"]
         assert {"taskpod", "kube-apiserver"} <= set(used), used
