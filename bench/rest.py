@@ -33,14 +33,14 @@ def tls(kubeconfig: Path) -> tuple[str, ssl.SSLContext]:
     config = yaml.safe_load(kubeconfig.read_text())
     cluster = config["clusters"][0]["cluster"]
     user = config["users"][0]["user"]
-    folder = Path(tempfile.mkdtemp(prefix="bench-tls-"))
-    ca = folder / "ca.crt"
-    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-    cert, key = folder / "client.crt", folder / "client.key"
-    cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
-    key.write_bytes(base64.b64decode(user["client-key-data"]))
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(str(cert), str(key))
+    context = ssl.create_default_context(
+        cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as folder:  # ssl loads a key from files only
+        cert, key = Path(folder) / "client.crt", Path(folder) / "client.key"
+        cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+        key.write_bytes(base64.b64decode(user["client-key-data"]))
+        context.load_cert_chain(str(cert), str(key))
     return str(cluster["server"]), context
 
 
