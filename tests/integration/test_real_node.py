@@ -256,8 +256,18 @@ def test_a_pod_reaches_another_pods_service_by_its_dns_name(real: RealCluster, p
     lookup = "import socket, sys; print(*(socket.gethostbyname(n) for n in sys.argv[1:]))"
     resolved = real.kubectl("exec", "frontend", "--", "python", "-c", lookup, *names)
     assert resolved.split() == [cluster_ip] * len(names)
+    # kube-proxy programs the Service a moment after its endpoints exist: a first connection may go
+    # nowhere. Each try gives up after 3 s; the Service must answer within 45 s.
     fetch = (
-        "import urllib.request; print(urllib.request.urlopen('http://backend.default.svc/').read().decode())"
+        "import time, urllib.request\n"
+        "deadline = time.monotonic() + 45\n"
+        "while True:\n"
+        "    try:\n"
+        "        answer = urllib.request.urlopen('http://backend.default.svc/', timeout=3).read()\n"
+        "        print(answer.decode()); break\n"
+        "    except OSError:\n"
+        "        if time.monotonic() > deadline: raise\n"
+        "        time.sleep(0.5)\n"
     )
     assert real.kubectl("exec", "frontend", "--", "python", "-c", fetch).strip() == "served-through-a-service"
     # and the backend through its own Service (hairpin), by the address: busybox resolves no names
