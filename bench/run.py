@@ -500,10 +500,7 @@ async def floor_phases(directory: Path, n: int, *, tasks: bool = False) -> dict[
     if tasks:
         background.append(asyncio.create_task(Watcher(rest).follow()))
     result: dict[str, Any] = {}
-    models = [
-        Task.model_validate({**_task(i), "metadata": {"name": f"t{i:05d}", "namespace": NS}})
-        for i in range(n)
-    ]
+    models = [Task.model_validate(_task(i)) for i in range(n)]
     try:
 
         async def timed(name: str, act: Any, done: Any) -> None:
@@ -533,14 +530,14 @@ async def floor_phases(directory: Path, n: int, *, tasks: bool = False) -> dict[
                 await rest.merge(f"{TASKS}/{t.name}", {"spec": {"paused": value}})
 
         async def create() -> None:
-            async def one(t: Task) -> None:  # the claim, then the pod on it, as a reconcile makes them
+            async def one(i: int, t: Task) -> None:  # the claim, then the pod on it, as a reconcile does
                 if tasks:  # the user's own write, as in the operator's run
-                    await rest.create(TASKS, _task(int(t.name.removeprefix("t"))))
+                    await rest.create(TASKS, _task(i))
                 expect(t, "ready", {"phase": "Active", "workspace": {"lifetime": 1}})
                 await rest.create(claims, unowned(workspace.claim(t, template)))
                 await rest.create(pods, unowned(workspace.pod(t, template, 1)))
 
-            await _all([lambda t=t: one(t) for t in models])
+            await _all([lambda i=i, t=t: one(i, t) for i, t in enumerate(models)])
 
         async def pause() -> None:  # the pod goes (default grace, as the operator's delete); the claim stays
             async def one(t: Task) -> None:

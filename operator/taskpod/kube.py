@@ -74,9 +74,9 @@ _user: tuple[str, str | None] | None = None  # (kubeconfig, context) once use_ku
 # and the reconcile is retried.
 CALL_TIMEOUT = (10.0, 60.0)
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-TOKEN_REREAD = (
-    60.0  # seconds: a projected token is rotated long before it expires; client-go re-reads as often
-)
+# Seconds between reads of the service account's token: the kubelet rotates it long before it expires,
+# and client-go reads it again as often.
+TOKEN_REREAD = 60.0
 
 
 class ApiException(Exception):
@@ -192,13 +192,10 @@ def connection() -> Connection:
         if cfg.cert_file and cfg.key_file:
             tls.load_cert_chain(cfg.cert_file, cfg.key_file)
         return Connection(str(cfg.host), tls, lambda: _bearer(cfg), cfg.proxy, cfg.tls_server_name)
-    headers: Callable[[], dict[str, str]]
-    if (info := _in_cluster()) is not None:
-        headers = _TokenFile(SERVICE_ACCOUNT / "token")
-    else:
-        info = login()
-        headers = info.as_http_headers
-    return Connection(info.server, info.as_ssl_context(), headers, info.proxy_url)
+    if (info := _in_cluster()) is not None:  # the token as the kubelet last rotated it, per request
+        return Connection(info.server, info.as_ssl_context(), _TokenFile(SERVICE_ACCOUNT / "token"))
+    info = login()
+    return Connection(info.server, info.as_ssl_context(), info.as_http_headers, info.proxy_url)
 
 
 def use_kubeconfig(path: str | None = None, context: str | None = None) -> str:

@@ -169,6 +169,21 @@ def test_a_call_to_an_api_server_that_never_answers_gives_up(
     assert time.monotonic() - started < 30
 
 
+def test_a_lease_call_to_an_api_server_that_never_answers_gives_up_within_its_bound(
+    silent_server: None,
+) -> None:
+    """The leader election's thread must learn within its own bound that a renewal did not go through,
+    whatever the calls' read timeout: it steps down before a standby may take over."""
+    leases = kube.Leases(timeout=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            leases.read("taskpod-system", "taskpod-operator")
+    finally:
+        leases.close()
+    assert time.monotonic() - started < 5
+
+
 @given(st.text(st.one_of(st.characters(), st.characters(categories=["Cs"]))))
 def test_an_apply_body_reads_back_whole_as_yaml(text: str) -> None:
     """The API server reads an apply body as YAML: any text must come back as sent (a lone surrogate, which
