@@ -482,6 +482,8 @@ async def floor_phases(directory: Path, n: int, *, tasks: bool = False) -> dict[
         ready.clear()
         for pod in items:
             see(pod)
+        for name in list(statuses.waiting):  # a pod that went unseen is gone all the same
+            statuses.see(name, ready=name in ready, gone=name not in alive)
 
     def follow() -> Any:
         return rest.follow(
