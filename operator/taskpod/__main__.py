@@ -92,7 +92,8 @@ def without_the_kubernetes_package() -> None:
     already. The operator reaches the API server through taskpod.kube alone; the package serves the
     kubectl-task commands. Kopf imports its models whenever it can, and they cost 19 MiB of memory that the
     operator would never use. A None in sys.modules makes an import raise ModuleNotFoundError, and Kopf
-    then works without it, as it is documented to."""
+    then works without it, as it is documented to. kube.login() allows it again for a kubeconfig user who
+    logs in through a program, which only the package runs."""
     sys.modules.setdefault("kubernetes", cast(Any, None))
 
 

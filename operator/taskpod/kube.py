@@ -2,18 +2,21 @@
 
 They go as plain REST over one aiohttp session per event loop. Where the API server is and how to be let
 in (a `Connection`) comes from the pod's service account in a cluster, else from KUBECONFIG, read the way
-Kopf reads it: the operator never loads the `kubernetes` package (see taskpod/__main__.py). A kubectl
-user's commands (`use_kubeconfig`) read theirs with the `kubernetes` package instead, which takes every
-kubeconfig kubectl takes, exec plugins included; `exec_in_pod`, theirs only, uses it too.
+Kopf reads it: in a cluster, and outside one with a certificate, a token or a password, the operator never
+loads the `kubernetes` package (see taskpod/__main__.py). A kubeconfig user who logs in through a program
+(exec) is read by the package, as a kubectl user's commands (`use_kubeconfig`) always are: it takes every
+kubeconfig kubectl takes. `exec_in_pod`, theirs only, uses it too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import ssl
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -67,7 +70,7 @@ __all__ = [
     "watch",
 ]
 
-
+log = logging.getLogger("taskpod")
 _user: tuple[str, str | None] | None = None  # (kubeconfig, context) once use_kubeconfig() chose them
 # Seconds to connect, then to wait for an answer. The client's default is to wait forever: a connection
 # that died without a word would hold a reconcile (and its task) for good. A call that times out fails,
@@ -145,20 +148,51 @@ def _in_cluster() -> kopf.ConnectionInfo | None:
 
 def login() -> kopf.ConnectionInfo:
     """The operator's credentials, for Kopf and for our calls alike: the pod's service account in a
-    cluster, else KUBECONFIG's (else ~/.kube/config's) current context: its server, CA, and a client
-    certificate, a token or a password. Raises when there is neither."""
+    cluster, else KUBECONFIG's (else ~/.kube/config's) current context. A client certificate, a token or
+    a password there is read as it stands; a user who logs in through a program (exec, as cloud logins
+    do) or a token file is logged in by the `kubernetes` package. Kopf logs in again
+    when the API server refuses a token that expired. Raises when there is no kubeconfig either."""
     import kopf
 
-    found = _in_cluster() or kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    found = _in_cluster() or _kubeconfig()
+    if _credentialed(found):
+        return found
+    _allow_the_kubernetes_package()
+    through = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
+    assert through is not None  # the package is importable now
+    return through
+
+
+def _kubeconfig() -> kopf.ConnectionInfo:
+    """KUBECONFIG's (else ~/.kube/config's) current context as Kopf reads it, with no exec plugin run."""
+    import kopf
+
+    found = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
     if found is None:
         raise RuntimeError("no credentials: not in a cluster, and no KUBECONFIG or ~/.kube/config")
     return found
 
 
+def _credentialed(info: kopf.ConnectionInfo) -> bool:
+    """Whether the credential is in the connection as read: a service account's token, or a kubeconfig
+    user's token, password or client certificate. Kopf's own reading runs no exec plugin and reads no
+    token file; without one of these, the API server would take the operator for system:anonymous."""
+    return bool(info.token or info.password or info.certificate_path or info.certificate_data)
+
+
+def _allow_the_kubernetes_package() -> None:
+    """Undo taskpod.__main__'s without_the_kubernetes_package(): this kubeconfig needs the package's
+    reading (its memory is the price, outside a cluster only)."""
+    if "kubernetes" in sys.modules and sys.modules["kubernetes"] is None:
+        del sys.modules["kubernetes"]
+        log.info("the kubeconfig's user logs in through a program: the kubernetes package reads it")
+
+
 def _client_configuration() -> client.Configuration:
-    """A kubectl user's configuration, read by the `kubernetes` package: the context use_kubeconfig()
-    chose, else KUBECONFIG's current one, else the service account's."""
-    from kubernetes import client, config  # a kubectl-task command's; never the operator's
+    """A configuration read by the `kubernetes` package: the context use_kubeconfig() chose, else
+    KUBECONFIG's current one, else the service account's. A kubectl user's, or an operator's whose
+    kubeconfig user logs in through a program."""
+    from kubernetes import client, config
 
     cfg = client.Configuration()
     if _user is not None:
@@ -183,19 +217,21 @@ def _bearer(cfg: client.Configuration) -> dict[str, str]:
 @cache
 def connection() -> Connection:
     """How this process reaches the API server: a kubectl user's kubeconfig after use_kubeconfig(), else
-    the operator's login()."""
-    if _user is not None:
-        cfg = _client_configuration()
-        tls = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        if not cfg.verify_ssl:
-            tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
-        if cfg.cert_file and cfg.key_file:
-            tls.load_cert_chain(cfg.cert_file, cfg.key_file)
-        return Connection(str(cfg.host), tls, lambda: _bearer(cfg), cfg.proxy, cfg.tls_server_name)
-    if (info := _in_cluster()) is not None:  # the token as the kubelet last rotated it, per request
-        return Connection(info.server, info.as_ssl_context(), _TokenFile(SERVICE_ACCOUNT / "token"))
-    info = login()
-    return Connection(info.server, info.as_ssl_context(), info.as_http_headers, info.proxy_url)
+    the operator's, found as login() finds it."""
+    if _user is None:
+        if (info := _in_cluster()) is not None:  # the token as the kubelet last rotated it, per request
+            return Connection(info.server, info.as_ssl_context(), _TokenFile(SERVICE_ACCOUNT / "token"))
+        if _credentialed(info := _kubeconfig()):
+            return Connection(info.server, info.as_ssl_context(), info.as_http_headers, info.proxy_url)
+        _allow_the_kubernetes_package()
+    # The package's reading: asked per request, an exec plugin's token is renewed as it expires.
+    cfg = _client_configuration()
+    tls = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    if not cfg.verify_ssl:
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    if cfg.cert_file and cfg.key_file:
+        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return Connection(str(cfg.host), tls, lambda: _bearer(cfg), cfg.proxy, cfg.tls_server_name)
 
 
 def use_kubeconfig(path: str | None = None, context: str | None = None) -> str:

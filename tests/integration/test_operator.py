@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from tests.support import (
@@ -297,6 +301,49 @@ def test_a_killed_operator_converges_after_restart(
         assert all(
             c["observedGeneration"] == task["metadata"]["generation"] for c in task["status"]["conditions"]
         )
+
+
+def exec_kubeconfig(kube: Kube, directory: Path) -> Path:
+    """The test cluster's kubeconfig, its user's credential handed over by a program instead, as cloud
+    logins (aws eks get-token, gke-gcloud-auth-plugin) do: an ExecCredential on the program's stdout."""
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+    entry = next(u for u in config["users"] if u["name"] == context["user"])
+    user = entry["user"]
+
+    def pem(key: str) -> str:
+        data = user.get(f"{key}-data")
+        return base64.b64decode(data).decode() if data else Path(user[key]).read_text()
+
+    status = {"token": user["token"]} if "token" in user else {}
+    if "token" not in user:
+        status = {"clientCertificateData": pem("client-certificate"), "clientKeyData": pem("client-key")}
+    credential = directory / "credential.json"
+    kind = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential"}
+    credential.write_text(json.dumps(kind | {"status": status}))
+    program = {"apiVersion": kind["apiVersion"], "command": "cat", "args": [str(credential)]}
+    entry["user"] = {"exec": program | {"interactiveMode": "Never"}}
+    path = directory / "exec.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_operator_whose_kubeconfig_logs_in_through_a_program_runs_tasks(
+    kube: Kube, namespace: str, crds: list[str], simulator: Path, tmp_path: Path
+) -> None:
+    """Outside a cluster, a kubeconfig user may log in through an exec plugin. The operator runs it (by
+    the kubernetes package) rather than go on as system:anonymous, for Kopf's watch and its own calls."""
+    op = Operator(exec_kubeconfig(kube, tmp_path), [namespace], tmp_path / "operator.log").start()
+    try:
+        create_template(kube, namespace)
+        create_task(kube, namespace, "through-a-program")
+        wait_for(partial(phase_is, kube, namespace, "through-a-program", "Active"), 60, "Active")
+        patch_task(kube, namespace, "through-a-program", {"paused": True})
+        wait_for(partial(phase_is, kube, namespace, "through-a-program", "Paused"), 60, "Paused")
+    finally:
+        op.stop()
+        print(f"--- operator log (last lines) ---\n{op.tail()}")
+    assert "system:anonymous" not in op.log.read_text()
 
 
 def test_settled_tasks_are_not_rewritten(kube: Kube, namespace: str, operator: Operator) -> None:
