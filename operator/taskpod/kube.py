@@ -71,6 +71,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("taskpod")
+NO_CREDENTIAL = (
+    "the kubeconfig's user logs in through a program, which gave no credential (the kubernetes package "
+    "logged why); not going on as system:anonymous"
+)
 _user: tuple[str, str | None] | None = None  # (kubeconfig, context) once use_kubeconfig() chose them
 # Seconds to connect, then to wait for an answer. The client's default is to wait forever: a connection
 # that died without a word would hold a reconcile (and its task) for good. A call that times out fails,
@@ -159,7 +163,8 @@ def login() -> kopf.ConnectionInfo:
         return found
     _allow_the_kubernetes_package()
     through = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
-    assert through is not None  # the package is importable now
+    if through is None or not _credentialed(through):
+        raise RuntimeError(NO_CREDENTIAL)  # Kopf tries its login handler again, after a while
     return through
 
 
@@ -226,6 +231,8 @@ def connection() -> Connection:
         _allow_the_kubernetes_package()
     # The package's reading: asked per request, an exec plugin's token is renewed as it expires.
     cfg = _client_configuration()
+    if _user is None and not (_bearer(cfg) or cfg.cert_file):
+        raise RuntimeError(NO_CREDENTIAL)  # not cached: the next call runs the program again
     tls = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
     if not cfg.verify_ssl:
         tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE

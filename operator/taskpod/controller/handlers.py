@@ -36,6 +36,7 @@ SELECTOR = f"{MANAGED_BY}=taskpod,{TASK_LABEL}"  # the workspaces' pods and clai
 log = logging.getLogger("taskpod")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 RECONCILE_WORKERS = 64
+LOGIN_BACKOFF = 10.0  # seconds before a failed login or start-up step runs again (Kopf's default: 60)
 
 
 def _post_event(task: Task | InvalidTask, *, type: str, reason: str, message: str) -> None:
@@ -168,7 +169,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.servers.append(runner)
 
 
-@kopf.on.startup()
+@kopf.on.startup(backoff=LOGIN_BACKOFF)  # an API server not there yet: try again soon, not in Kopf's 60 s
 async def upgrade_from_statefulsets(memo: kopf.Memo, **_: Any) -> None:
     """Before the watches start, the StatefulSets of earlier releases give their pods and volume claims
     up: reconciles adopt the claims and replace the pods, snapshot first (see kube.retire_statefulsets)."""
@@ -193,9 +194,10 @@ async def stop_following(memo: kopf.Memo, **_: Any) -> None:
     await kube.close()
 
 
-@kopf.on.login()
+@kopf.on.login(backoff=LOGIN_BACKOFF)
 def login(**_: Any) -> kopf.ConnectionInfo:
-    """Kopf's credentials are ours (kube.login): asked again when the API server answers 401."""
+    """Kopf's credentials are ours (kube.login): asked again when the API server answers 401, and
+    LOGIN_BACKOFF seconds after a login that failed (a kubeconfig's login program that gave nothing)."""
     return kube.login()
 
 
