@@ -8,6 +8,7 @@ Kopf's memo. The Kubernetes connection comes from the in-cluster service account
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -118,18 +119,28 @@ def main(argv: list[str] | None = None) -> int:
         metrics.serve(settings.http_listen, health)
     elector = _elected(settings) if settings.leader_election else None
     metrics.LEADER.set(1)
+    memo = handlers.memo_for(settings, health)
+
+    async def operate() -> None:
+        try:
+            await kopf.operator(
+                standalone=True,
+                # Kopf's own default is user@host from the passwd database, which has no entry for the
+                # image's uid 65532 (or for the arbitrary uids some platforms run pods as): it would crash
+                # at start. (Kopf's Identity is a NewType of str that it does not export.)
+                identity=cast(Any, election.default_identity()),
+                clusterwide=settings.cluster_wide,
+                namespaces=settings.namespaces,
+                liveness_endpoint=settings.liveness,
+                memo=memo,
+            )
+        finally:
+            await handlers.stop(memo)  # also when a stop during start-up skipped Kopf's cleanup handlers
+
     try:
-        kopf.run(
-            standalone=True,
-            # Kopf's own default is user@host from the passwd database, which has no entry for the image's
-            # uid 65532 (or for the arbitrary uids some platforms run pods as): it would crash at start.
-            # (Kopf's Identity is a NewType of str that it does not export.)
-            identity=cast(Any, election.default_identity()),
-            clusterwide=settings.cluster_wide,
-            namespaces=settings.namespaces,
-            liveness_endpoint=settings.liveness,
-            memo=handlers.memo_for(settings, health),
-        )
+        asyncio.run(operate())  # what kopf.run does, and what configure started stopped at the end
+    except asyncio.CancelledError:
+        pass
     finally:
         if elector is not None:
             elector[1].set()  # stop renewing, then hand over at once

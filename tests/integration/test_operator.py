@@ -351,6 +351,23 @@ def test_an_operator_whose_kubeconfig_logs_in_through_a_program_runs_tasks(
     assert 'User "system:anonymous"' not in op.log.read_text()  # never let in as nobody
 
 
+def test_an_operator_stopped_while_it_starts_exits_at_once_and_cleanly(
+    kube: Kube, namespace: str, crds: list[str], tmp_path: Path
+) -> None:
+    """SIGTERM while start-up still waits for the API server (here: for a login): Kopf skips its cleanup
+    handlers then, and the operator must still stop its watches and close its connections."""
+    kubeconfig, _, _ = exec_kubeconfig(kube, tmp_path)  # its program never answers
+    op = Operator(kubeconfig, [namespace], tmp_path / "operator.log").start()
+    wait_for(lambda: "which gave no credential" in op.log.read_text(), 30, "the operator to say why")
+    assert op.proc is not None
+    started = time.monotonic()
+    op.proc.terminate()
+    assert op.proc.wait(10) == 0
+    print(f"stopped in {time.monotonic() - started:.1f}s\n{op.tail()}")
+    log = op.log.read_text()
+    assert "Unclosed" not in log and "never retrieved" not in log, op.tail()
+
+
 def test_settled_tasks_are_not_rewritten(kube: Kube, namespace: str, operator: Operator) -> None:
     """Many tasks created at once settle: no status or workspace write once nothing changes."""
     create_template(kube, namespace)

@@ -181,15 +181,23 @@ async def upgrade_from_statefulsets(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_following(memo: kopf.Memo, **_: Any) -> None:
-    for job in memo.background:
+    await stop(memo)
+
+
+async def stop(memo: kopf.Memo) -> None:
+    """Stop what `configure` started and close every connection. Kopf runs it at its end, and
+    taskpod.__main__ again after Kopf: a stop during start-up skips Kopf's cleanup handlers."""
+    background, memo.background = memo.background, []
+    for job in background:
         job.cancel()
-    await asyncio.gather(*memo.background, return_exceptions=True)
+    await asyncio.gather(*background, return_exceptions=True)
     reconciler: Reconciler = memo.reconciler
     await reconciler.stop()
     if reconciler.agents is not None:
         await reconciler.agents.stop_all()
         await reconciler.agents.transport.aclose()
-    for runner in memo.servers:
+    servers, memo.servers = memo.servers, []
+    for runner in servers:
         await runner.cleanup()
     await kube.close()
 

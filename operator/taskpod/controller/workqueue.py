@@ -130,6 +130,9 @@ class WorkQueue(Generic[K]):
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        if self._ready is not None:  # stopped before the caches listed: their wait goes too
+            self._ready.cancel()
+            await asyncio.gather(self._ready, return_exceptions=True)
 
     async def _work(self) -> None:
         if self._ready is not None:
