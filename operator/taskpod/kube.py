@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("taskpod")
+T = TypeVar("T")
 NO_CREDENTIAL = (
     "the kubeconfig's user logs in through a program, which gave no credential (the kubernetes package "
     "logged why); not going on as system:anonymous"
@@ -353,6 +354,19 @@ def _session(*, watching: bool = False) -> tuple[Connection, aiohttp.ClientSessi
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT[0], sock_read=read)
         known = sessions[loop] = (cfg, aiohttp.ClientSession(connector=connector, timeout=timeout))
     return known
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(coro), and this event loop's sessions with the API server closed at its end: for a
+    command, or a test, that makes its calls on a loop of its own."""
+
+    async def closing() -> T:
+        try:
+            return await coro
+        finally:
+            await close()
+
+    return asyncio.run(closing())
 
 
 async def close() -> None:

@@ -7,7 +7,6 @@ through the API server's pod proxy, as a user's kubectl does, wherever the clust
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from taskpod import kube as taskkube
 from taskpod.client import tasks as taskops
 from taskpod.core.agentstate import prompt_sha
 from taskpod.core.workspace import credentials_env
@@ -114,7 +114,7 @@ def test_pause_snapshots_the_newest_messages_within_64_kib(
     assert 56 * 1024 - 4 <= len(last.split("]\n", 1)[1].encode()) <= 56 * 1024
     assert "日本" in last and "\ufffd" not in last
 
-    logs = asyncio.run(taskops.logs(namespace, "big"))
+    logs = taskkube.run(taskops.logs(namespace, "big"))
     assert logs.snapshot and logs.snapshot_at == record["takenAt"]
     assert logs.messages == messages
 
@@ -127,7 +127,7 @@ def test_logs_are_live_while_active_and_a_conflict_in_error(
     wait_for(partial(delivered, kube, namespace, "live"), 60, "delivered")
 
     def replied() -> taskops.Logs | None:
-        logs = asyncio.run(taskops.logs(namespace, "live"))
+        logs = taskkube.run(taskops.logs(namespace, "live"))
         return logs if logs.messages and logs.messages[-1]["content"] == "Looking into it." else None
 
     logs = wait_for(replied, 30, "the agent's reply in the live logs")
@@ -137,7 +137,7 @@ def test_logs_are_live_while_active_and_a_conflict_in_error(
     create_task(kube, namespace, "broken", template="missing")
     wait_for(partial(phase_is, kube, namespace, "broken", "Error"), 30, "Error")
     with pytest.raises(taskops.TaskConflict, match="cannot fetch logs"):
-        asyncio.run(taskops.logs(namespace, "broken"))
+        taskkube.run(taskops.logs(namespace, "broken"))
 
 
 def test_an_edited_prompt_is_delivered_once_after_resume(
@@ -181,10 +181,10 @@ def test_through_the_pod_proxy_the_operator_delivers_follows_and_snapshots(
         30,
         "STATE idle with the agent's answer",
     )
-    asyncio.run(taskops.send(namespace, "via", "And once more", progress=lambda _: None))
+    taskkube.run(taskops.send(namespace, "via", "And once more", progress=lambda _: None))
 
     def sent() -> taskops.Logs | None:
-        live = asyncio.run(taskops.logs(namespace, "via"))
+        live = taskkube.run(taskops.logs(namespace, "via"))
         return live if prompts_in(live.messages, "And once more") == 1 else None
 
     live = wait_for(sent, 30, "the input in the live logs")
@@ -210,14 +210,14 @@ def test_send_resumes_a_paused_task_then_delivers_the_input(
     wait_for(partial(phase_is, kube, namespace, "later", "Paused"), 60, "Paused")
 
     said: list[str] = []
-    asyncio.run(taskops.send(namespace, "later", "Now finish it", timeout=120, progress=said.append))
+    taskkube.run(taskops.send(namespace, "later", "Now finish it", timeout=120, progress=said.append))
     assert said[0] == "Resuming task later..."
     assert get_task(kube, namespace, "later")["status"]["phase"] == "Active"
     messages = agent_messages(kube, namespace, "later")
     assert prompts_in(messages, "Now finish it") == 1
     assert prompts_in(messages, "Start the upgrade") == 1  # the resume did not re-send the prompt
     with pytest.raises(ValueError, match="empty"):
-        asyncio.run(taskops.send(namespace, "later", "  "))
+        taskkube.run(taskops.send(namespace, "later", "  "))
 
 
 def test_a_pause_does_not_wait_for_an_unreachable_agent(
@@ -309,7 +309,7 @@ def test_the_agent_reports_complete_and_it_stands(
     # A task whose agent reported complete takes input (kubectl task send), works again and goes idle:
     # the report stands.
     sim_config(kube, namespace, "pr", append_messages=[{"role": "agent", "content": "idle now"}])
-    asyncio.run(taskops.send(namespace, "pr", "thanks", timeout=30, progress=lambda _: None))
+    taskkube.run(taskops.send(namespace, "pr", "thanks", timeout=30, progress=lambda _: None))
     assert prompts_in(agent_messages(kube, namespace, "pr"), "thanks") == 1
     time.sleep(3)
     assert get_task(kube, namespace, "pr")["status"]["state"]["state"] == "complete"

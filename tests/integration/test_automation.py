@@ -5,7 +5,6 @@ early; the same manifest applied again changes nothing; a finished task pauses, 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from taskpod import kube as taskkube
 from taskpod.client import tasks as taskops
 from tests.support import (
     Kube,
@@ -88,7 +88,7 @@ def test_an_idle_task_pauses_itself_and_send_wakes_it_with_the_input_delivered_o
     assert again["metadata"]["resourceVersion"] == version and again["status"]["phase"] == "Paused"
 
     said: list[str] = []
-    asyncio.run(taskops.send(namespace, "nap", "Now the migrations", timeout=120, progress=said.append))
+    taskkube.run(taskops.send(namespace, "nap", "Now the migrations", timeout=120, progress=said.append))
     assert said[0] == "Resuming task nap..."
     woken = get_task(kube, namespace, "nap")
     assert woken["spec"]["paused"] is False and "taskpod.dev/wake" in woken["metadata"]["annotations"]
@@ -106,7 +106,7 @@ def test_an_idle_task_pauses_itself_and_send_wakes_it_with_the_input_delivered_o
         "the answer",
     )
     # The logs: the conversation across both lifetimes, each message once, marked with its lifetime.
-    shown = asyncio.run(taskops.logs(namespace, "nap"))
+    shown = taskkube.run(taskops.logs(namespace, "nap"))
     lines = [(int(m["lifetime"]), str(m["role"]), str(m["content"])) for m in shown.messages]
     assert not shown.snapshot
     assert [line for line in lines if line[1] == "user"] == [
@@ -137,10 +137,10 @@ def test_a_working_agent_is_not_paused_and_resume_wakes_an_idle_pause(
         paused["status"]["prompt"]["deliveredAt"]
     ) + dt.timedelta(seconds=13)
 
-    asyncio.run(taskops.resume(namespace, "busy"))
+    taskkube.run(taskops.resume(namespace, "busy"))
     wait_for(partial(phase_is, kube, namespace, "busy", "Active"), 60, "Active again after resume")
     with pytest.raises(taskops.TaskConflict, match="not paused"):
-        asyncio.run(taskops.resume(namespace, "busy"))
+        taskkube.run(taskops.resume(namespace, "busy"))
 
 
 def test_a_killed_operator_neither_restarts_the_idle_clock_nor_pauses_early(

@@ -34,7 +34,6 @@ the end of the module (pytest -s, or -rA) and written as JSON to the path printe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -495,7 +494,7 @@ def send_until_healed(stage: Stage, cell: Cell, url: str, since: float, outcome:
         if not failed:
             inputs.append(f"Input {len(inputs) + 1} of {cell}")
         try:
-            asyncio.run(taskops.send(stage.namespace, cell.name, inputs[-1], timeout=60, progress=_quiet))
+            taskkube.run(taskops.send(stage.namespace, cell.name, inputs[-1], timeout=60, progress=_quiet))
             failed = False
         except (AgentError, AgentUnavailable) as exc:
             outcome.notes.append(f"send refused: {str(exc)[:120]}")

@@ -11,7 +11,6 @@ field, or the task ends in a phase with a message; and a pause always scales the
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
@@ -247,7 +246,7 @@ def test_any_text_survives_a_server_side_apply(
         "metadata": {"name": "any-text", "namespace": namespace, "annotations": {"note": text}},
         "data": {"text": text},
     }
-    applied = asyncio.run(taskkube.apply(configmap))
+    applied = taskkube.run(taskkube.apply(configmap))
     assert applied["data"].get("text", "") == storable(text)
     assert applied["metadata"]["annotations"].get("note", "") == storable(text)
 

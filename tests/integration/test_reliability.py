@@ -4,7 +4,6 @@ lost node that went unnoticed, and noise in the operator's log."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from localkube.cluster import LocalCluster
+from taskpod import kube as taskkube
 from taskpod.client import tasks as taskops
 from tests.support import (
     Kube,
@@ -418,7 +418,7 @@ def test_a_task_created_again_under_a_deleted_ones_name_gets_a_workspace_of_its_
     assert not any("secret plan" in m for m in said), said
     pause(kube, namespace, "again")
     assert "secret plan" not in snapshot_text(kube, namespace, "again")
-    kept = asyncio.run(taskops.logs(namespace, "again")).messages
+    kept = taskkube.run(taskops.logs(namespace, "again")).messages
     assert [m["content"] for m in kept if m["role"] == "user"] == ["A second, unrelated task"]
 
 

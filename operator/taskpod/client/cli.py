@@ -11,13 +11,12 @@ not allow it now (e.g. logs of a task in Error, a prompt edit while it runs); 4 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import itertools
 import json
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
@@ -53,14 +52,7 @@ class Failure(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def closing() -> T:
-        try:
-            return await coro
-        finally:
-            await kube.close()  # its connections to the API server go with this command's event loop
-
-    return asyncio.run(closing())
+run = kube.run  # a command's calls, on an event loop of its own
 
 
 @contextmanager
