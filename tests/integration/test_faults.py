@@ -722,14 +722,20 @@ class ControlPlane:
     def revive(self) -> None:
         self.revived += self.cluster.revive()
 
-    def wait(self, check: Callable[[], T | None], timeout: float, what: str) -> T:
+    def wait(
+        self,
+        check: Callable[[], T | None],
+        timeout: float,
+        what: str,
+        explain: Callable[[], object] | None = None,
+    ) -> T:
         """wait_for(check), keeping the control plane running meanwhile."""
 
         def supervised() -> T | None:
             self.revive()
             return check()
 
-        return wait_for(supervised, timeout, what)
+        return wait_for(supervised, timeout, what, explain=explain)
 
     def healthy_again(self, kube: Kube, namespace: str) -> None:
         """The cluster works again for the tests after this one: nodes Ready, and a new task goes Active."""
@@ -743,7 +749,16 @@ class ControlPlane:
 
         self.wait(nodes_ready, 90, "every node Ready again")
         create_task(kube, namespace, "afterwards", prompt="Check the cluster works")
-        self.wait(partial(settled, kube, namespace, "afterwards"), SETUP_BOUND, "a new task Active")
+
+        def seen() -> object:  # where it stopped: the operator's status, or the pod's (kwok's) part
+            pods = kube.core.list_namespaced_pod(namespace, label_selector="taskpod.dev/task=afterwards")
+            return {
+                "status": get_task(kube, namespace, "afterwards").get("status"),
+                "pods": [(p.metadata.name, p.status.phase, p.spec.node_name) for p in pods.items],
+                "revived": self.revived,
+            }
+
+        self.wait(partial(settled, kube, namespace, "afterwards"), SETUP_BOUND, "a new task Active", seen)
 
 
 def settled(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
