@@ -73,8 +73,8 @@ __all__ = [
 log = logging.getLogger("taskpod")
 T = TypeVar("T")
 NO_CREDENTIAL = (
-    "the kubeconfig's user logs in through a program, which gave no credential (the kubernetes package "
-    "logged why); not going on as system:anonymous"
+    "the kubeconfig's user logs in through a program or a token file, which gave no credential (the "
+    "kubernetes package logged why); not going on as system:anonymous"
 )
 _user: tuple[str, str | None] | None = None  # (kubeconfig, context) once use_kubeconfig() chose them
 # Seconds to connect, then to wait for an answer. The client's default is to wait forever: a connection
@@ -159,24 +159,27 @@ def login() -> kopf.ConnectionInfo:
     when the API server refuses a token that expired. Raises when there is no kubeconfig either."""
     import kopf
 
-    found = _in_cluster() or _kubeconfig()
-    if _credentialed(found):
+    if (found := _as_read()) is not None:
         return found
-    _allow_the_kubernetes_package()
     through = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
     if through is None or not _credentialed(through):
         raise RuntimeError(NO_CREDENTIAL)  # Kopf tries its login handler again, after a while
     return through
 
 
-def _kubeconfig() -> kopf.ConnectionInfo:
-    """KUBECONFIG's (else ~/.kube/config's) current context as Kopf reads it, with no exec plugin run."""
+def _as_read() -> kopf.ConnectionInfo | None:
+    """The operator's credentials as read without the `kubernetes` package: the service account's, else
+    KUBECONFIG's (else ~/.kube/config's) current context as Kopf reads it. None when that context's user
+    has no credential there (a program or a token file gives it): the package is let in to read it."""
     import kopf
 
-    found = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    found = _in_cluster() or kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
     if found is None:
         raise RuntimeError("no credentials: not in a cluster, and no KUBECONFIG or ~/.kube/config")
-    return found
+    if _credentialed(found):
+        return found
+    _allow_the_kubernetes_package()
+    return None
 
 
 def _credentialed(info: kopf.ConnectionInfo) -> bool:
@@ -191,7 +194,7 @@ def _allow_the_kubernetes_package() -> None:
     reading (its memory is the price, outside a cluster only)."""
     if "kubernetes" in sys.modules and sys.modules["kubernetes"] is None:
         del sys.modules["kubernetes"]
-        log.info("the kubeconfig's user logs in through a program: the kubernetes package reads it")
+        log.info("the kubeconfig's user logs in through a program or a token file: kubernetes reads it")
 
 
 def _client_configuration() -> client.Configuration:
@@ -227,9 +230,8 @@ def connection() -> Connection:
     if _user is None:
         if (info := _in_cluster()) is not None:  # the token as the kubelet last rotated it, per request
             return Connection(info.server, info.as_ssl_context(), _TokenFile(SERVICE_ACCOUNT / "token"))
-        if _credentialed(info := _kubeconfig()):
+        if (info := _as_read()) is not None:
             return Connection(info.server, info.as_ssl_context(), info.as_http_headers, info.proxy_url)
-        _allow_the_kubernetes_package()
     # The package's reading: asked per request, an exec plugin's token is renewed as it expires.
     cfg = _client_configuration()
     if _user is None and not (_bearer(cfg) or cfg.cert_file):

@@ -317,8 +317,9 @@ def exec_kubeconfig(kube: Kube, directory: Path) -> tuple[Path, Path, str]:
         data = user.get(f"{key}-data")
         return base64.b64decode(data).decode() if data else Path(user[key]).read_text()
 
-    status = {"token": user["token"]} if "token" in user else {}
-    if "token" not in user:
+    if "token" in user:
+        status = {"token": user["token"]}
+    else:
         status = {"clientCertificateData": pem("client-certificate"), "clientKeyData": pem("client-key")}
     kind = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential"}
     credential = directory / "credential.json"
