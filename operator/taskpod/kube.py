@@ -11,6 +11,7 @@ kubeconfig kubectl takes. `exec_in_pod`, theirs only, uses it too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -164,7 +165,8 @@ def login() -> kopf.ConnectionInfo:
     through = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
     if through is None or not _credentialed(through):
         raise RuntimeError(NO_CREDENTIAL)  # Kopf tries its login handler again, after a while
-    return through
+    # A tokenFile's newline, which client-go trims too, would make Kopf's every header invalid.
+    return dataclasses.replace(through, token=through.token.strip() if through.token else None)
 
 
 def _as_read() -> kopf.ConnectionInfo | None:
@@ -218,6 +220,7 @@ def _bearer(cfg: client.Configuration) -> dict[str, str]:
     """The Authorization header that the `kubernetes` configuration gives, asked for per call: an exec
     plugin's token is renewed as it expires (the configuration's refresh hook)."""
     token = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
+    token = (token or "").strip()  # a tokenFile's newline, which client-go trims too, is no header
     if not token:
         return {}
     return {"Authorization": token if token.lower().startswith("bearer ") else f"Bearer {token}"}

@@ -16,6 +16,7 @@ import yaml
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
+from kubernetes.config import kube_config
 
 from localkube import pki
 from taskpod import kube
@@ -139,6 +140,43 @@ def test_a_write_carries_the_token_the_field_manager_and_its_body(
     assert request.headers["Content-Type"] == kube.MERGE
     assert request.query["fieldManager"] == "taskpod"
     assert json.loads(server.bodies[0]) == {"status": {"message": "ü 🚀"}}
+
+
+def test_an_operator_whose_kubeconfig_user_has_a_token_file_sends_it_once_it_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_kubeconfig: None
+) -> None:
+    """Outside a cluster, a tokenFile user's token is read by the kubernetes package. While the file is
+    missing no call goes as system:anonymous: it fails, naming the file, and the next call reads it."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    server = HeldServer()
+    server.release.set()
+    token = tmp_path / "token"
+
+    async def scenario() -> None:
+        async with server as port:
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(
+                f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{tokenFile: "{token}"}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""
+            )
+            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+            # The package reads KUBECONFIG when first imported (Kopf's login asks it for the default).
+            monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+            kube.connection.cache_clear()
+            with pytest.raises(OSError, match="token"):  # the package names the file it could not read
+                await kube.get_task("team", "fix-login")
+            token.write_text("from-the-file\n")  # as `echo $TOKEN > file` leaves it
+            assert await kube.get_task("team", "fix-login") == {"kind": "Task"}
+
+    asyncio.run(scenario())
+    (request,) = server.requests  # the first call never left
+    assert request.headers["Authorization"] == "Bearer from-the-file"
+    assert kube.login().token == "from-the-file"  # and Kopf's, the same
 
 
 def test_a_refusal_is_an_api_exception_with_the_api_servers_sentence(
