@@ -181,6 +181,9 @@ async def upgrade_from_statefulsets(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_following(memo: kopf.Memo, **_: Any) -> None:
+    # Not left to taskpod.__main__ alone: when Kopf's root tasks end, it gives every task started since
+    # (our watches) 5 s to end on its own, then cancels it with a warning. Stopped here, they are gone
+    # by then. (A stop during start-up skips this handler: that is the 5 s such a stop takes.)
     await stop(memo)
 
 
