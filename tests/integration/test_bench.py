@@ -59,3 +59,26 @@ def test_a_tiny_benchmark_run_produces_every_figure(kube: Kube, tmp_path: Path) 
     )
     assert "| 10 | resume | floor |" in markdown
     assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_tiny_run_of_the_write_cost_benchmark_shows_the_status_as_one_field(kube: Kube) -> None:
+    """python -m bench.writes at N = 20: a figure per round for both CRD copies, and the shipped copy's
+    Tasks carry the smaller managedFields (the status one field, not its leaves)."""
+    if not kube.local:
+        pytest.skip("starts its own local control plane; pointless beside an existing cluster")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "hack"), str(ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.writes", "--n", "20", "--rounds", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    for copy in ("shipped", "leafy"):
+        assert len(data[copy]["status_ms"]) == len(data[copy]["spec_ms"]) == 2, copy
+        assert all(ms >= 0 for ms in data[copy]["status_ms"] + data[copy]["spec_ms"]), copy
+    assert data["shipped"]["managed_fields_bytes"] < data["leafy"]["managed_fields_bytes"] / 2
+    assert data["shipped"]["object_bytes"] < data["leafy"]["object_bytes"]

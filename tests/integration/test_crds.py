@@ -4,6 +4,7 @@ lists tasks. Everything here is enforced by the API server alone; no operator ru
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -507,3 +508,112 @@ def test_kubectl_explains_the_pod_fields_kubernetes_defines(kube: Kube, crds: li
     )
     assert explained
     assert "The UID to run the entrypoint" in " ".join(kubectl(kube, "explain", explain).split())
+
+
+# -- The status as one field to the API server's field manager ----------------------------------------
+
+
+def test_a_status_written_before_it_was_one_field_shrinks_at_its_next_write(
+    kube: Kube, crds: list[str], namespace: str
+) -> None:
+    """The operator is the status's one writer, so the CRD marks the status atomic: the API server tracks
+    it as one field in managedFields, not leaf by leaf, which makes every Task write cheaper. A Task whose
+    status an earlier release wrote (each leaf tracked) keeps working after the upgrade: the operator's
+    next status write replaces the leaves by one field, and the user's server-side apply still goes
+    through without a conflict. Run on a copy of the Task CRD under another group, so that the shared
+    cluster's own CRD stays as shipped."""
+    shipped = yaml.safe_load((ROOT / "crds" / "taskpod.dev_tasks.yaml").read_text())
+    group = "upgrade.test.taskpod.dev"
+    shipped["metadata"]["name"] = f"tasks.{group}"
+    shipped["spec"]["group"] = group
+    shipped["spec"]["names"].pop("shortNames", None)
+    shipped["spec"]["names"].pop("categories", None)
+    status_schema = shipped["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status_schema.get("x-kubernetes-map-type") == "atomic"
+    earlier = copy.deepcopy(shipped)  # this release's CRD but for the marker: as earlier releases had it
+    del earlier["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"][
+        "x-kubernetes-map-type"
+    ]
+    ext = client.ApiextensionsV1Api(kube.api)
+    api = client.CustomObjectsApi(kube.api)
+
+    def install(crd: dict[str, Any]) -> None:
+        kubectl(kube, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(crd))
+        kubectl(kube, "wait", "--for=condition=Established", "--timeout=60s", f"crd/tasks.{group}")
+
+    def write_status(phase: str) -> dict[str, Any]:
+        status = {
+            "phase": phase,
+            "message": "The agent is up." if phase == "Active" else "The workspace pod is stopped.",
+            "workspace": {"claim": "workspace-fix-login-0", "lifetime": 1},
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": str(phase == "Active"),
+                    "reason": phase,
+                    "message": "",
+                    "lastTransitionTime": "2026-12-02T08:00:00Z",
+                }
+            ],
+        }
+        return dict(
+            api.patch_namespaced_custom_object_status(
+                group,
+                VERSION,
+                namespace,
+                "tasks",
+                "fix-login",
+                {"status": status},
+                field_manager="taskpod",
+                _content_type=MERGE_PATCH,
+            )
+        )
+
+    def operators_fields(obj: dict[str, Any]) -> dict[str, Any]:
+        (entry,) = [m for m in obj["metadata"]["managedFields"] if m["manager"] == "taskpod"]
+        return dict(entry["fieldsV1"])
+
+    def user_applies(paused: bool) -> dict[str, Any]:
+        manifest = task(paused=paused) | {"apiVersion": f"{group}/{VERSION}"}
+        out = kubectl(
+            kube,
+            "apply",
+            "--server-side",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "-f",
+            "-",
+            stdin=yaml.safe_dump(manifest),
+        )
+        return dict(yaml.safe_load(out))
+
+    try:
+        install(earlier)
+        wait_for(lambda: user_applies(paused=False), 30, "the earlier CRD to be served")
+        before = write_status("Active")
+        assert set(operators_fields(before)["f:status"]) >= {"f:phase", "f:message", "f:workspace"}
+
+        install(shipped)
+
+        # The API server takes up a changed schema within moments: write until the status is one field.
+        def one_field() -> dict[str, Any] | None:
+            obj = write_status("Paused")
+            return obj if operators_fields(obj) == {"f:status": {}} else None
+
+        after = wait_for(
+            one_field,
+            30,
+            "the status to be one field to the field manager",
+            explain=lambda: operators_fields(write_status("Paused")),
+        )
+        assert after["status"]["phase"] == "Paused"
+        assert after["status"]["workspace"] == {"claim": "workspace-fix-login-0", "lifetime": 1}
+        assert len(str(after["metadata"]["managedFields"])) < len(str(before["metadata"]["managedFields"]))
+
+        applied = user_applies(paused=True)  # the user's own manifest, as before the upgrade
+        assert applied["spec"]["paused"] is True
+        assert applied["status"]["phase"] == "Paused"
+    finally:
+        ext.delete_custom_resource_definition(f"tasks.{group}")
