@@ -18,7 +18,7 @@ NAMING_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_MODEL", "ANTHROPIC_BASE_URL"
 
 
 class Settings(BaseSettings):
-    """What `python -m taskpod --help` lists; README's "Operator flags" table documents each."""
+    """What `python -m taskpod --help` lists; docs/operator.md's table documents each."""
 
     model_config = SettingsConfigDict(env_prefix="TASKPOD_", frozen=True, extra="forbid")
 
