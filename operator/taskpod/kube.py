@@ -41,9 +41,11 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 __all__ = [
+    "UNREACHABLE",
     "ApiException",
     "Connection",
     "Leases",
+    "NoCredential",
     "adopt",
     "agent_port",
     "agent_transport",
@@ -88,6 +90,13 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TOKEN_REREAD = 60.0
 
 
+class NoCredential(RuntimeError):
+    """The kubeconfig's user logs in through a program or a token file, which gave no credential."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_CREDENTIAL)
+
+
 class ApiException(Exception):
     """A call the API server answered outside 2xx: its status, reason, and body (its Status object, as
     JSON text). Named and shaped as the `kubernetes` client's exception, whose fields callers read."""
@@ -105,6 +114,11 @@ class ApiException(Exception):
     def __str__(self) -> str:
         told = f"({self.status})\nReason: {self.reason}\n"
         return told + (f"HTTP response body: {self.body}\n" if self.body else "")
+
+
+# What a call raises when the API server cannot be reached or refuses it (down, restarting, not yet
+# serving, or no credential to give it): reported in a line and tried again, never a traceback.
+UNREACHABLE = (aiohttp.ClientError, OSError, TimeoutError, ApiException, NoCredential)
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,7 @@ def login() -> kopf.ConnectionInfo:
         return found
     through = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
     if through is None or not _credentialed(through):
-        raise RuntimeError(NO_CREDENTIAL)  # Kopf tries its login handler again, after a while
+        raise NoCredential()  # Kopf tries its login handler again, after a while
     # A tokenFile's newline, which client-go trims too, would make Kopf's every header invalid.
     return dataclasses.replace(through, token=through.token.strip() if through.token else None)
 
@@ -238,7 +252,7 @@ def connection() -> Connection:
     # The package's reading: asked per request, an exec plugin's token is renewed as it expires.
     cfg = _client_configuration()
     if _user is None and not (_bearer(cfg) or cfg.cert_file):
-        raise RuntimeError(NO_CREDENTIAL)  # not cached: the next call runs the program again
+        raise NoCredential()  # not cached: the next call runs the program again
     tls = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
     if not cfg.verify_ssl:
         tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE

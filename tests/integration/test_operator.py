@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
+import socket
+import socketserver
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -22,6 +26,7 @@ from tests.support import (
     condition,
     create_task,
     create_template,
+    free_port,
     get_task,
     kubectl,
     patch_task,
@@ -367,6 +372,68 @@ def test_an_operator_stopped_while_it_starts_exits_at_once_and_cleanly(
     print(f"stopped in {time.monotonic() - started:.1f}s\n{op.tail()}")
     log = op.log.read_text()
     assert "Unclosed" not in log and "never retrieved" not in log, op.tail()
+
+
+def forward(port: int, upstream: tuple[str, int]) -> socketserver.ThreadingTCPServer:
+    """Open `port` on 127.0.0.1, passing every connection through to `upstream` byte for byte: an API
+    server that arrives at an address late (a cluster booting, a tunnel not up yet)."""
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    class Pipe(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with socket.create_connection(upstream) as up:
+                back = threading.Thread(target=pump, args=(up, self.request), daemon=True)
+                back.start()
+                pump(self.request, up)
+                back.join()
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Pipe)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_an_operator_started_before_its_api_server_says_so_in_a_line_then_runs_tasks(
+    kube: Kube, namespace: str, crds: list[str], simulator: Path, tmp_path: Path
+) -> None:
+    """The API server not there yet when the operator starts: each try of the start-up is one line saying
+    what failed, not a traceback, and once the API server answers, the operator runs tasks."""
+    if not kube.local:
+        pytest.skip("points a copy of the local control plane's kubeconfig at a port of its own")
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    (cluster,) = [c["cluster"] for c in config["clusters"]]
+    host, _, api_port = cluster["server"].removeprefix("https://").rpartition(":")
+    port = free_port()
+    cluster["server"] = f"https://127.0.0.1:{port}"
+    late = tmp_path / "late.kubeconfig"
+    late.write_text(yaml.safe_dump(config))
+    op = Operator(late, [namespace], tmp_path / "operator.log").start()
+    server = None
+    try:
+        retry = "'upgrade_from_statefulsets' failed temporarily"
+        wait_for(
+            lambda: op.log.read_text().count(retry) >= 2, 30, "two tries of the start-up", explain=op.tail
+        )
+        log = op.log.read_text()
+        assert "Traceback" not in log, op.tail()
+        assert "listing StatefulSets: Cannot connect to host" in log, op.tail()
+
+        server = forward(port, (host.strip("[]"), int(api_port)))
+        create_template(kube, namespace)
+        create_task(kube, namespace, "late")
+        wait_for(partial(phase_is, kube, namespace, "late", "Active"), 90, "Active", explain=op.tail)
+        assert "Traceback" not in op.log.read_text(), op.tail()
+    finally:
+        op.stop()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
 def test_settled_tasks_are_not_rewritten(kube: Kube, namespace: str, operator: Operator) -> None:

@@ -175,8 +175,14 @@ async def upgrade_from_statefulsets(memo: kopf.Memo, **_: Any) -> None:
     up: reconciles adopt the claims and replace the pods, snapshot first (see kube.retire_statefulsets)."""
     ours: Settings = memo.settings
     selector = f"{MANAGED_BY}=taskpod,{TASK_LABEL}"
-    for retired in await kube.retire_statefulsets(list(ours.namespaces) or None, selector):
-        log.info("upgrade: retired StatefulSet %s; its pod and volume claim are the operator's now", retired)
+    try:
+        retired = await kube.retire_statefulsets(list(ours.namespaces) or None, selector)
+    except kube.UNREACHABLE as exc:  # a line each time, not a traceback: the API server may come later
+        raise kopf.TemporaryError(
+            f"listing StatefulSets: {kube.api_message(exc)}", delay=LOGIN_BACKOFF
+        ) from exc
+    for name in retired:
+        log.info("upgrade: retired StatefulSet %s; its pod and volume claim are the operator's now", name)
 
 
 @kopf.on.cleanup()
@@ -209,7 +215,10 @@ async def stop(memo: kopf.Memo) -> None:
 def login(**_: Any) -> kopf.ConnectionInfo:
     """Kopf's credentials are ours (kube.login): asked again when the API server answers 401, and
     LOGIN_BACKOFF seconds after a login that failed (a kubeconfig's login program that gave nothing)."""
-    return kube.login()
+    try:
+        return kube.login()
+    except kube.NoCredential as exc:  # said in a line (the program's own words are logged above it)
+        raise kopf.TemporaryError(str(exc), delay=LOGIN_BACKOFF) from exc
 
 
 # -- what the watches saw ------------------------------------------------------------------------
