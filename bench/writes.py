@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from localkube import binaries
 from localkube.cluster import LocalCluster
 
 NS = "writes"
+Write = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # Rest.create or Rest.merge
 PROMPT = "Fix the flaky login test in the auth service: the mock must wait for the session. " * 3
 
 
@@ -97,7 +99,7 @@ async def measure(kubeconfig: Path, n: int, rounds: int) -> dict[str, Any]:
     def base(name: str) -> str:
         return f"/apis/{crds[name]['spec']['group']}/v1alpha1/namespaces/{NS}/tasks"
 
-    async def each(write: Any, url: str, bodies: list[dict[str, Any]]) -> float:
+    async def each(write: Write, url: str, bodies: list[dict[str, Any]]) -> float:
         """`write` to url.format(i) with bodies[i], for every Task: kube-apiserver CPU-ms a write."""
         before = procstat.cpu_by_process()
         await _all([partial(write, url.format(i), body) for i, body in enumerate(bodies)])
