@@ -35,7 +35,7 @@ PROMPT = "Fix the flaky login test in the auth service: the mock must wait for t
 
 
 def variants() -> dict[str, dict[str, Any]]:
-    """The two CRD copies, by plural, each under a group of its own."""
+    """The two CRD copies by name (shipped, leafy), each under a group of its own."""
     shipped = yaml.safe_load((ROOT / "crds" / "taskpod.dev_tasks.yaml").read_text())
     found: dict[str, dict[str, Any]] = {}
     for name in ("shipped", "leafy"):
