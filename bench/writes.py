@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import subprocess
 import sys
@@ -34,23 +33,28 @@ Write = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # Rest.creat
 PROMPT = "Fix the flaky login test in the auth service: the mock must wait for the session. " * 3
 
 
+def task_crd(group: str, *, atomic_status: bool = True) -> dict[str, Any]:
+    """This release's Task CRD (crds/) under `group`, without the short names and categories that would
+    clash with the real one's. With `atomic_status` false, its status is tracked leaf by leaf in
+    managedFields, as before the CRD marked it atomic."""
+    crd = yaml.safe_load((ROOT / "crds" / "taskpod.dev_tasks.yaml").read_text())
+    crd["metadata"]["name"] = f"tasks.{group}"
+    crd["spec"]["group"] = group
+    for key in ("shortNames", "categories"):
+        crd["spec"]["names"].pop(key, None)
+    if not atomic_status:
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"].pop(
+            "x-kubernetes-map-type", None
+        )
+    return dict(crd)
+
+
 def variants() -> dict[str, dict[str, Any]]:
     """The two CRD copies by name (shipped, leafy), each under a group of its own."""
-    shipped = yaml.safe_load((ROOT / "crds" / "taskpod.dev_tasks.yaml").read_text())
-    found: dict[str, dict[str, Any]] = {}
-    for name in ("shipped", "leafy"):
-        crd = copy.deepcopy(shipped)
-        group = f"{name}.bench.taskpod.dev"
-        crd["metadata"]["name"] = f"tasks.{group}"
-        crd["spec"]["group"] = group
-        for key in ("shortNames", "categories"):
-            crd["spec"]["names"].pop(key, None)
-        if name == "leafy":
-            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"].pop(
-                "x-kubernetes-map-type", None
-            )
-        found[name] = crd
-    return found
+    return {
+        name: task_crd(f"{name}.bench.taskpod.dev", atomic_status=name == "shipped")
+        for name in ("shipped", "leafy")
+    }
 
 
 def status(i: int, round_: int) -> dict[str, Any]:

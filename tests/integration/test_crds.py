@@ -4,7 +4,6 @@ lists tasks. Everything here is enforced by the API server alone; no operator ru
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from bench.writes import task_crd
 from tests.support import ROOT, Kube, kubectl, wait_for
 
 pytestmark = pytest.mark.integration
@@ -522,18 +522,11 @@ def test_a_status_written_before_it_was_one_field_shrinks_at_its_next_write(
     next status write replaces the leaves by one field, and the user's server-side apply still goes
     through without a conflict. Run on a copy of the Task CRD under another group, so that the shared
     cluster's own CRD stays as shipped."""
-    shipped = yaml.safe_load((ROOT / "crds" / "taskpod.dev_tasks.yaml").read_text())
     group = "upgrade.test.taskpod.dev"
-    shipped["metadata"]["name"] = f"tasks.{group}"
-    shipped["spec"]["group"] = group
-    shipped["spec"]["names"].pop("shortNames", None)
-    shipped["spec"]["names"].pop("categories", None)
+    shipped = task_crd(group)
     status_schema = shipped["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert status_schema.get("x-kubernetes-map-type") == "atomic"
-    earlier = copy.deepcopy(shipped)  # this release's CRD but for the marker: as earlier releases had it
-    del earlier["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"][
-        "x-kubernetes-map-type"
-    ]
+    earlier = task_crd(group, atomic_status=False)  # as earlier releases had it
     ext = client.ApiextensionsV1Api(kube.api)
     api = client.CustomObjectsApi(kube.api)
 
